@@ -1,0 +1,49 @@
+"""deconv: see what a CNN's units respond to, with the deconvnet of Zeiler & Fergus (2013).
+
+>>> mirror = deconv.build_mirror(model)
+>>> rec = mirror.project(images, layer="features.29", channel=12)   # (N, C, H, W)
+"""
+from .builders import register_mirror, registered_types, unregister_mirror
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    DeconvError,
+    InputError,
+    ModelLoadError,
+    NonFiniteError,
+    OutputError,
+    SelectionError,
+    StateError,
+    UnsupportedGraphError,
+    UnsupportedModuleError,
+)
+from .mirror import DEFAULT_MEMORY_BUDGET, Box, LayerInfo, Mirror, ReceptiveField, Selection, build_mirror
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "build_mirror",
+    "Mirror",
+    "Selection",
+    "Box",
+    "LayerInfo",
+    "ReceptiveField",
+    "DEFAULT_MEMORY_BUDGET",
+    "register_mirror",
+    "unregister_mirror",
+    "registered_types",
+    "DeconvError",
+    "UnsupportedModuleError",
+    "UnsupportedGraphError",
+    "SelectionError",
+    "InputError",
+    "NonFiniteError",
+    "ConfigError",
+    "DatasetError",
+    "CheckpointError",
+    "ModelLoadError",
+    "StateError",
+    "OutputError",
+    "__version__",
+]

@@ -1,0 +1,63 @@
+"""What every mirror module shares: its geometry and the memory it keeps from the forward pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Geometry", "POINTWISE", "MirrorModule", "pair"]
+
+
+def pair(value: int | tuple[int, ...]) -> tuple[int, int]:
+    """``3 -> (3, 3)``; ``(3, 5) -> (3, 5)``."""
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) == 1:
+        return (value[0], value[0])
+    return (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How output positions of a layer see its input, per axis ``(h, w)``.
+
+    Output row ``o`` reads input rows ``o * stride - padding + t * dilation`` for ``t < kernel``.
+    A mirror whose ``geometry`` is ``None`` mixes all positions (``Linear``, ``Flatten``).
+    """
+
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    def span(self, axis: int) -> int:
+        """Input rows (or columns) one output position reads: ``dilation * (kernel - 1) + 1``."""
+        return self.dilation[axis] * (self.kernel[axis] - 1) + 1
+
+
+POINTWISE = Geometry()
+
+
+class MirrorModule(nn.Module):
+    """Maps a reconstruction of a layer's output ``(N, C_out, ...)`` back to its input ``(N, C_in, ...)``.
+
+    ``remember`` runs beside the forward pass and returns what ``forward`` needs to go back (the
+    *memory*): tensors in it are per image, batch first and laid out like the layer's output
+    ``(N, C, H_out, W_out)``; anything else (sizes) is shared by all images.
+    """
+
+    geometry: Geometry | None = POINTWISE
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        """Memory of one forward step ``y = layer(x)``; nothing by default."""
+        return ()
+
+    def restrict(self, memory: tuple[Any, ...], origin: torch.Tensor, size: tuple[int, int]) -> tuple[Any, ...]:
+        """Memory for a window of the input: ``origin`` ``(K, 2)`` its top-left in the input map, ``size`` ``(h, w)``.
+
+        Per-image tensors arrive already cut to the matching output window ``(K, C, h_out, w_out)``.
+        Only mirrors with a local ``geometry`` and non-empty memory need to change anything.
+        """
+        return memory

@@ -1,0 +1,25 @@
+"""A fully-connected layer in reverse: multiplication by its transposed weight."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import MirrorModule
+
+__all__ = ["TransposedLinear"]
+
+
+class TransposedLinear(MirrorModule):
+    """``signal @ W`` with ``W`` *the* ``linear.weight`` ``(out, in)``; no bias. ``(N, out) -> (N, in)``."""
+
+    geometry = None
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = linear.weight
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        return signal @ self.weight
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}->{self.weight.shape[1]}"
