@@ -391,3 +391,17 @@ def batches(
         if isinstance(batch, DatasetError):
             raise batch
         yield batch
+
+
+def load_image(path: StrPath, preprocess: Preprocess) -> torch.Tensor:
+    """One image file as a ``(C, H, W)`` tensor; :class:`UnreadableImage` if it cannot be read."""
+    path = str(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+    except FileNotFoundError:
+        raise UnreadableImage(path, "no such file") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise UnreadableImage(path, _one_line(error)) from None
+    return preprocess(image)

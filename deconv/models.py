@@ -68,9 +68,10 @@ class ZFNet28(nn.Module):
     ====  ==========================================  ==============
 
     classifier: Dropout, Linear(256, 256), ReLU, Dropout, Linear(256, 256), ReLU, Linear(256, 10).
+    Weights start He-normal (no BatchNorm, so the scale matters), biases zero.
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.25) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, kernel_size=7, stride=2, padding=3),
@@ -96,6 +97,10 @@ class ZFNet28(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(256, num_classes),
         )
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, 28, 28)`` -> ``(B, num_classes)`` logits."""
@@ -161,7 +166,7 @@ def _model_from_spec(spec: str) -> nn.Module:
     except ModelLoadError:
         raise
     except BaseException as error:  # noqa: BLE001 - user code may raise anything, even SystemExit
-        raise ModelLoadError(f"model spec {spec!r}: importing {module_name} failed: {_first_line(error)}") from None
+        raise ModelLoadError(f"model spec {spec!r}: importing {module_name} failed: {_reason(error)}") from None
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -172,7 +177,7 @@ def _model_from_spec(spec: str) -> nn.Module:
     try:
         model = target()
     except BaseException as error:  # noqa: BLE001
-        raise ModelLoadError(f"model spec {spec!r}: calling {attribute}() failed: {_first_line(error)}") from None
+        raise ModelLoadError(f"model spec {spec!r}: calling {attribute}() failed: {_reason(error)}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(
             f"model spec {spec!r}: {attribute}() returned {type(model).__name__}, expected a torch.nn.Module"
@@ -202,25 +207,29 @@ def _import_file(path: Path) -> Any:
 
 def _read_checkpoint(path: Path) -> Any:
     """torch.load with ``weights_only=True``; falls back to a full unpickle only for valid pickles
-    that hold non-tensor objects (a whole saved module)."""
+    whose sole problem is classes outside the weights-only allowlist (a whole saved module)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error):
-            raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(error)})") from None
-    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... on bad files
-        raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(error)})") from None
+            raise CheckpointError(f"{path}: cannot read checkpoint, corrupt or not saved by torch.save ({_reason(error)})") from None
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError, ... on bad files
+        raise CheckpointError(f"{path}: cannot read checkpoint, corrupt or not saved by torch.save ({_reason(error)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot unpickle checkpoint ({_first_line(error)})") from None
+        raise CheckpointError(
+            f"{path}: cannot unpickle whole-module checkpoint; its classes must be importable ({_reason(error)})"
+        ) from None
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+def _reason(error: BaseException, limit: int = 160) -> str:
+    """``"Type: first sentence of the message"``, at most ``limit`` characters, one line."""
+    text = " ".join(str(error).split()).split(". ")[0]
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _names(keys: list[str], limit: int = 8) -> str:

@@ -1,0 +1,42 @@
+"""The ``deconv`` commands. Each module registers one with :func:`command`; the CLI reads the registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..config import Option
+
+__all__ = ["Command", "COMMANDS", "command", "all_options"]
+
+Run = Callable[[dict[str, Any]], int | None]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, one-line help, settings and what it runs on the resolved settings."""
+
+    name: str
+    help: str
+    options: tuple[Option, ...]
+    run: Run
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, options: tuple[Option, ...]) -> Callable[[Run], Run]:
+    """Registers ``run(settings)`` as the command ``name``."""
+
+    def decorator(run: Run) -> Run:
+        COMMANDS[name] = Command(name, help, options, run)
+        return run
+
+    return decorator
+
+
+def all_options() -> list[Option]:
+    """Every command's options, each key once: the keys a config file may hold."""
+    return list({o.key: o for c in COMMANDS.values() for o in c.options}.values())
+
+
+from . import layers, project, top9, train  # noqa: E402,F401  (register the commands)

@@ -1,0 +1,93 @@
+"""What the commands share: the model, data and output settings and how they become objects."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..config import option
+from ..data import Preprocess, open_dataset
+from ..errors import ConfigError, OutputError
+from ..models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
+
+__all__ = ["MODEL", "DATA", "RUN", "model_from", "preprocess_from", "dataset_from", "device_from", "out_dir"]
+
+BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
+
+MODEL = (
+    option("model", str, "", "the model as 'package.module:function' or 'file.py:function' (empty: the embedded default)"),
+    option("checkpoint", str, "", "weights for the model: a state_dict or a whole saved model (empty: none)"),
+    option("device", str, "auto", "'cpu', 'cuda', 'cuda:1', ... or 'auto' (cuda when available)"),
+)
+DATA = (
+    option("data", str, "", "a folder of images (searched recursively) or an idx file (empty: the bundled Fashion-MNIST test split)"),
+    option("image_channels", int, 0, "1 (grey) or 3 (RGB); 0: what the model's first convolution takes"),
+    option("resize", int, 0, "resize images so the shorter side has this many pixels (0: keep)"),
+    option("crop", int, 0, "centre-crop images to this square size (0: keep)"),
+    option("mean", list, [], "per-channel mean to subtract (empty: the embedded model's, or 0)", item=float),
+    option("std", list, [], "per-channel standard deviation to divide by (empty: the embedded model's, or 1)", item=float),
+    option("batch_size", int, 256, "images per forward pass"),
+    option("workers", int, 0, "data-loading worker processes"),
+)
+RUN = (
+    option("out", str, "runs/default", "output folder"),
+    option("overwrite", bool, False, "replace the outputs of another run in the output folder"),
+    option("progress", bool, True, "show progress bars"),
+)
+
+
+def device_from(settings: dict[str, Any]) -> torch.device:
+    name = settings["device"]
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"key 'device': unknown device {name!r} (valid: auto, cpu, cuda, cuda:N)") from None
+
+
+def model_from(settings: dict[str, Any]) -> nn.Module:
+    """The configured model, in eval mode, on the configured device."""
+    model = load_model(settings["model"] or None, settings["checkpoint"] or None)
+    return model.to(device_from(settings))
+
+
+def _first_conv_channels(model: nn.Module) -> int:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return 3 if conv is None else conv.in_channels
+
+
+def preprocess_from(settings: dict[str, Any], model: nn.Module) -> Preprocess:
+    """The configured preprocessing; empty mean/std mean the embedded model's own (or 0 and 1)."""
+    default = not settings["model"]
+    mean = settings["mean"] or (list(FASHION_MNIST_MEAN) if default else [0.0])
+    std = settings["std"] or (list(FASHION_MNIST_STD) if default else [1.0])
+    try:
+        return Preprocess(
+            channels=settings["image_channels"] or _first_conv_channels(model),
+            size=settings["resize"] or None,
+            crop=settings["crop"] or None,
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+    except ValueError as error:
+        raise ConfigError(f"preprocessing: {error}") from None
+
+
+def dataset_from(settings: dict[str, Any], preprocess: Preprocess) -> Dataset:
+    """The configured dataset (the bundled Fashion-MNIST test split when ``data`` is empty)."""
+    return open_dataset(settings["data"] or BUNDLED, preprocess)
+
+
+def out_dir(settings: dict[str, Any], marker: str, resume: bool = False) -> Path:
+    """The output folder, refused if it holds another run (its ``marker`` file) unless overwriting or resuming."""
+    out = Path(settings["out"])
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    if (out / marker).exists() and not (settings["overwrite"] or resume):
+        raise OutputError(f"{out} holds another run ({marker}); pass --overwrite to replace it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

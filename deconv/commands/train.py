@@ -1,0 +1,22 @@
+"""``deconv train``: reproduce the embedded default's weights (see deconv/train.py)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import option
+from ..train import train
+from . import command
+
+OPTIONS = (
+    option("out", str, "runs/train", "folder for checkpoints and metrics.json"),
+    option("epochs", int, 8, "training epochs"),
+    option("seed", int, 0, "random seed"),
+    option("fashion_mnist", str, "/usr/share/datasets/fashion-mnist", "folder of the Fashion-MNIST idx files"),
+)
+
+
+@command("train", "train the embedded default ZFNet28 on Fashion-MNIST", OPTIONS)
+def run(settings: dict[str, Any]) -> int:
+    metrics = train(settings["out"], epochs=settings["epochs"], seed=settings["seed"], data_dir=settings["fashion_mnist"])
+    print(metrics)
+    return 0

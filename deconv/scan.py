@@ -1,0 +1,251 @@
+"""The paper's Fig. 2: the strongest activations of every channel over a dataset, projected to pixels.
+
+:func:`scan` streams a dataset once and keeps, per channel, the ``k`` images whose strongest
+activation in that channel is largest (one entry per image, as in the paper). :func:`project_top`
+then projects each of them and cuts the receptive-field box from the projection and the image.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .cone import cut, inside
+from .data import batches
+from .mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection
+from .progress import progress_bar
+
+__all__ = ["TopK", "Record", "ScanState", "Projected", "scan", "project_top"]
+
+
+class TopK:
+    """Running top ``k`` per channel of one layer: ``values``, dataset ``index``, position ``y``, ``x``,
+    each ``(C, k)``, best first; ties go to the lower dataset index. Empty slots have index -1."""
+
+    def __init__(self, channels: int, k: int = 9, dtype: torch.dtype = torch.float32) -> None:
+        self.values = torch.full((channels, k), -torch.inf, dtype=dtype)
+        self.index = torch.full((channels, k), -1, dtype=torch.long)
+        self.y = torch.zeros(channels, k, dtype=torch.long)
+        self.x = torch.zeros(channels, k, dtype=torch.long)
+
+    @property
+    def k(self) -> int:
+        return self.values.shape[1]
+
+    def update(self, values: torch.Tensor, index: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> None:
+        """Adds candidates ``(C, M)`` (``values``, ``y``, ``x``) with dataset ``index`` ``(M,)`` or ``(C, M)``."""
+        if index.dim() == 1:
+            index = index.expand(values.shape[0], -1)
+        values = torch.cat([self.values, values.to(self.values.dtype)], 1)
+        index = torch.cat([self.index, index], 1)
+        by_index = torch.argsort(index, dim=1, stable=True)
+        by_value = torch.argsort(values.gather(1, by_index), dim=1, descending=True, stable=True)
+        best = by_index.gather(1, by_value)[:, : self.k]
+        self.values, self.index = values.gather(1, best), index.gather(1, best)
+        self.y = torch.cat([self.y, y], 1).gather(1, best)
+        self.x = torch.cat([self.x, x], 1).gather(1, best)
+
+    def merge(self, other: TopK) -> None:
+        """Adds another shard's entries: the result is that of one scan over both shards."""
+        self.update(other.values, other.index, other.y, other.x)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values, "index": self.index, "y": self.y, "x": self.x}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> TopK:
+        top = cls(*state["values"].shape, dtype=state["values"].dtype)
+        top.values, top.index, top.y, top.x = state["values"], state["index"], state["y"], state["x"]
+        return top
+
+
+@dataclass(frozen=True)
+class Record:
+    """One of the top ``k`` of a channel: the keys of ``top9.json``.
+
+    ``index`` is the image's position in the dataset, ``path`` its file (or ``None``), ``(y, x)``
+    the activation's position (``None`` for vector layers) and ``value`` the activation.
+    """
+
+    layer: str
+    channel: int
+    rank: int
+    index: int
+    path: str | None
+    y: int | None
+    x: int | None
+    value: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScanState:
+    """Where a scan is: the running top ``k`` per layer, how many items of its order it has consumed,
+    how many images it has scanned and which items it could not read."""
+
+    tops: dict[str, TopK]
+    position: int = 0
+    images: int = 0
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)
+    vector_layers: set[str] = field(default_factory=set)
+
+    def records(self, dataset: Dataset) -> list[Record]:
+        """The filled slots as records, by layer, channel and rank."""
+        path = getattr(dataset, "path", lambda i: None)
+        out = []
+        for layer, top in self.tops.items():
+            vector = layer in self.vector_layers
+            for c in range(top.values.shape[0]):
+                for rank in range(top.k):
+                    index = int(top.index[c, rank])
+                    if index < 0:
+                        break
+                    y, x = (None, None) if vector else (int(top.y[c, rank]), int(top.x[c, rank]))
+                    out.append(Record(layer, c, rank, index, path(index), y, x, float(top.values[c, rank])))
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tops": {layer: top.state_dict() for layer, top in self.tops.items()},
+            "position": self.position,
+            "images": self.images,
+            "skipped": self.skipped,
+            "vector_layers": sorted(self.vector_layers),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> ScanState:
+        return cls(
+            {layer: TopK.from_state_dict(top) for layer, top in state["tops"].items()},
+            state["position"],
+            state["images"],
+            [tuple(s) for s in state["skipped"]],
+            set(state["vector_layers"]),
+        )
+
+
+def scan(
+    mirror: Mirror,
+    dataset: Dataset,
+    layers: Sequence[str],
+    *,
+    k: int = 9,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    indices: Sequence[int] | None = None,
+    state: ScanState | None = None,
+    every: int = 0,
+    save: Callable[[ScanState], None] | None = None,
+    progress: bool = True,
+) -> ScanState:
+    """Finds the top ``k`` images of every channel of ``layers`` over ``dataset`` in one streaming pass.
+
+    Each image enters a channel's ranking once, with its strongest position in that channel (the
+    first in row-major order on ties). The forward pass stops at the deepest requested layer.
+    Memory grows with channels x ``k``, not with the dataset. ``indices`` orders (or shards) the
+    items; a ``state`` resumes after its ``position``; ``save(state)`` runs every ``every`` batches.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    tops = [mirror.index(layer) for layer in layers]
+    order = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
+    if state is None:
+        state = ScanState({})
+    remaining = order[state.position :]
+    bar = progress_bar(total=len(order), initial=state.position, desc="scan", unit="img", enabled=progress)
+    with bar:
+        for count, batch in enumerate(batches(dataset, batch_size, num_workers, remaining), 1):
+            if len(batch):
+                trace = mirror.run(mirror.check_images(batch.images), keep=tops, until=max(tops), remember=False)
+                for layer, top in zip(layers, tops):
+                    _add(state, layer, trace.outputs[top], batch.indices, k)
+            state.images += len(batch)
+            state.skipped.extend(batch.skipped)
+            state.position += len(batch) + len(batch.skipped)
+            bar.update(len(batch) + len(batch.skipped))
+            if save is not None and every and count % every == 0:
+                save(state)
+    return state
+
+
+def _add(state: ScanState, layer: str, out: torch.Tensor, index: torch.Tensor, k: int) -> None:
+    """Enters one batch's activations ``(B, C, H, W)`` or ``(B, F)`` of ``layer`` into the ranking."""
+    out = out.detach().cpu()
+    if layer not in state.tops:
+        state.tops[layer] = TopK(out.shape[1], k, out.dtype)
+        if out.dim() == 2:
+            state.vector_layers.add(layer)
+    if out.dim() == 2:
+        values, y = out.T, torch.zeros(out.shape[1], out.shape[0], dtype=torch.long)
+        state.tops[layer].update(values, index, y, y)
+        return
+    values, flat = out.flatten(2).max(2)  # (B, C): the first maximum on ties
+    width = out.shape[3]
+    state.tops[layer].update(values.T, index, (flat // width).T, (flat % width).T)
+
+
+@dataclass
+class Projected:
+    """A chunk of projected records: ``projections`` and image ``patches`` cut to each activation's
+    receptive-field box, ``(k, C, h, w)``; ``inside`` ``(k, 1, h, w)`` marks box pixels inside the image."""
+
+    records: list[Record]
+    projections: torch.Tensor
+    patches: torch.Tensor
+    inside: torch.Tensor
+
+
+def project_top(
+    mirror: Mirror,
+    dataset: Dataset,
+    records: Sequence[Record],
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool = True,
+) -> Iterator[Projected]:
+    """Projects records layer by layer, yielding :class:`Projected` chunks.
+
+    Each projection and its input image are cut to the activation's receptive-field box (zero where
+    the box leaves the image; the whole image past a global layer). All chunks of one layer come
+    before the next layer's. Images are loaded ``batch_size`` at a time.
+    """
+    bar = progress_bar(total=len(records), desc="project", unit="proj", enabled=progress)
+    with bar:
+        for layer in dict.fromkeys(r.layer for r in records):
+            mine = sorted((r for r in records if r.layer == layer), key=lambda r: r.index)
+            needed = list(dict.fromkeys(r.index for r in mine))
+            for batch in batches(dataset, batch_size, num_workers, needed):
+                if not len(batch):
+                    continue
+                images = mirror.check_images(batch.images)
+                local = {int(i): n for n, i in enumerate(batch.indices)}
+                chunk = [r for r in mine if r.index in local]
+                selections = [Selection(local[r.index], r.layer, r.channel, r.y, r.x) for r in chunk]
+                image = torch.tensor([s.image for s in selections], device=images.device)
+                for where, projections in mirror.projections(images, selections, crop=True, memory_budget=memory_budget):
+                    done = [chunk[i] for i in where.tolist()]
+                    yield Projected(done, projections, *_patches(mirror, images, image[where], done))
+                    bar.update(len(done))
+
+
+def _patches(
+    mirror: Mirror, images: torch.Tensor, image: torch.Tensor, records: list[Record]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The receptive-field boxes of ``records`` cut from ``images`` ``(N, C, H, W)``, and where they are inside."""
+    boxes = [mirror.receptive_field(r.layer, r.y, r.x) if r.y is not None else None for r in records]
+    if boxes[0] is None:
+        patches = images[image]
+        return patches, torch.ones_like(patches[:, :1], dtype=torch.bool)
+    origin = torch.tensor([[b.top, b.left] for b in boxes], device=images.device)
+    size = (boxes[0].bottom - boxes[0].top, boxes[0].right - boxes[0].left)
+    patches = cut(images, image, origin, size)
+    mask = inside(origin, size, tuple(images.shape[-2:]))
+    if mask is None:
+        return patches, torch.ones_like(patches[:, :1], dtype=torch.bool)
+    return patches * mask, mask
