@@ -19,6 +19,7 @@ from .errors import (
     UnsupportedModuleError,
 )
 from .mirror import DEFAULT_MEMORY_BUDGET, Box, LayerInfo, Mirror, ReceptiveField, Selection, build_mirror
+from .models import default_dataset, default_model
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,8 @@ __all__ = [
     "LayerInfo",
     "ReceptiveField",
     "DEFAULT_MEMORY_BUDGET",
+    "default_model",
+    "default_dataset",
     "register_mirror",
     "unregister_mirror",
     "registered_types",

@@ -1,0 +1,35 @@
+# Two commands on a fresh machine; each installs what it needs (a virtual environment, pinned torch).
+#   make demo   top-9 sheets for every conv layer of the embedded default -> runs/default/
+#   make test   the test suite (torch 2.14.1 + torchvision, to test real VGG/AlexNet architectures)
+PYTHON ?= python3
+VENV := .venv
+TEST_VENV := .venv-test
+
+.PHONY: demo test bench clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/deconv top9 --config configs/default.toml --out runs/default --overwrite
+
+test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest
+
+bench: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python benchmarks/run.py
+
+# The CPU build of torch is pinned and installed first: an unpinned torch is a multi-GB CUDA build.
+$(VENV)/.installed: setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+# torchvision imports beside torch 2.14.1 (not beside the 2.13.0 CPU wheel).
+$(TEST_VENV)/.installed: setup.cfg scripts/system-packages.sh
+	sh scripts/system-packages.sh
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(TEST_VENV)/bin/pip install -q -e '.[test,bench]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(TEST_VENV) runs

@@ -1,0 +1,181 @@
+"""A reference deconvnet for the tests, written without any of ``deconv``.
+
+The deconvnet of an activation equals the input gradient that autograd computes through the
+model's own forward pass when every ReLU's backward is replaced by ``clamp(min=0)`` of the incoming
+gradient (the paper's "rectify the reconstruction"), seeded with the activation's own value:
+torch's ``max_pool2d`` backward routes each value to the window's argmax and *sums* where
+windows overlap, convolutions and linear layers back-propagate with their transposed weights,
+eval-mode batch norm with ``weight / sqrt(running_var + eps)``, pools with their transposes.
+
+Everything runs the model in eval mode (restoring every module's flag afterwards) and leaves it
+otherwise untouched. Use float64 models and images.
+
+A *tap* says where an activation is read:
+``"features.3"`` the output of that module, ``"relu:1"`` its second call, ``"<classifier"`` the
+input of a module, ``""`` the model's output, or a callable ``(model, images) -> activation``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+Tap = Union[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]]
+
+
+class RectifiedGrad(torch.autograd.Function):
+    """ReLU going up, ReLU of the gradient going down."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
+
+
+_RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+
+
+class DeconvReLUs(TorchFunctionMode):
+    """Every ReLU (``nn.ReLU`` calls ``F.relu``; functional and tensor-method calls too) becomes
+    ``RectifiedGrad``; in-place ones return a new tensor instead."""
+
+    calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _RELUS:
+            self.calls += 1
+            return RectifiedGrad.apply(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def deconv_mode(model: nn.Module) -> Iterator[DeconvReLUs]:
+    """Eval mode and rectified ReLU backward for the block; restores every ``training`` flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with DeconvReLUs() as mode:
+            yield mode
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_to(model: nn.Module, images: torch.Tensor, tap: Tap) -> torch.Tensor:
+    """The activation at ``tap``; stops the forward pass as soon as it is known."""
+    if callable(tap):
+        return tap(model, images)
+    if tap == "":
+        return model(images)
+    want_input = tap.startswith("<")
+    name, _, occurrence = tap.lstrip("<").partition(":")
+    occurrence = int(occurrence or 0)
+    seen: list[torch.Tensor] = []
+
+    def record(value: torch.Tensor) -> None:
+        seen.append(value)
+        if len(seen) > occurrence:
+            raise _Stop
+
+    module = model.get_submodule(name)
+    if want_input:
+        handle = module.register_forward_pre_hook(lambda m, args: record(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda m, args, out: record(out))
+    try:
+        model(images)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[occurrence]
+
+
+def activation(model: nn.Module, images: torch.Tensor, tap: Tap) -> torch.Tensor:
+    """The activation at ``tap`` (eval mode, no autograd)."""
+    with deconv_mode(model), torch.no_grad():
+        return run_to(model, images, tap)
+
+
+def project(
+    model: nn.Module, images: torch.Tensor, selections: Sequence[tuple], taps: dict[str, Tap] | None = None
+) -> torch.Tensor:
+    """Reference projections of ``(image, layer, channel[, y, x])`` selections: ``(K, C, H, W)``.
+
+    Each activation keeps its own value, all others are zero; ``taps`` maps layer names that are
+    not module names (functional layers) to where they are read.
+    """
+    taps = taps or {}
+    out = images.new_zeros(len(selections), *images.shape[1:])
+    layers = dict.fromkeys(s[1] for s in selections)
+    for layer in layers:
+        rows = [k for k, s in enumerate(selections) if s[1] == layer]
+        x = images[[selections[k][0] for k in rows]].clone().requires_grad_(True)
+        with deconv_mode(model):
+            h = run_to(model, x, taps.get(layer, layer))
+        seed = torch.zeros_like(h)
+        for j, k in enumerate(rows):
+            index = (j, *selections[k][2:]) if h.dim() == 4 else (j, selections[k][2])
+            seed[index] = h[index].detach()
+        (out[rows],) = torch.autograd.grad(h, x, seed)
+    return out
+
+
+def project_map(model: nn.Module, images: torch.Tensor, tap: Tap, channel: int) -> torch.Tensor:
+    """Reference projection of a whole feature map: the seed is the channel's map, the rest zero."""
+    x = images.clone().requires_grad_(True)
+    with deconv_mode(model):
+        h = run_to(model, x, tap)
+    seed = torch.zeros_like(h)
+    seed[:, channel] = h[:, channel].detach()
+    return torch.autograd.grad(h, x, seed)[0]
+
+
+def positive_sites(h: torch.Tensor, count: int, gen: torch.Generator) -> list[tuple[int, ...]]:
+    """``count`` random positions with a positive value in ``h`` ``(N, C[, H, W])`` plus the argmax,
+    as ``(image, channel[, y, x])``; fewer if there are fewer positive values."""
+    positive = (h > 0).nonzero()
+    if len(positive) == 0:
+        return []
+    picks = positive[torch.randperm(len(positive), generator=gen)[:count]].tolist()
+    argmax = torch.unravel_index(h.argmax(), h.shape)
+    return [tuple(p) for p in picks] + [tuple(int(i) for i in argmax)]
+
+
+def selections_at(
+    model: nn.Module, images: torch.Tensor, layers: Sequence[str], per_layer: int, gen: torch.Generator,
+    taps: dict[str, Tap] | None = None,
+) -> list[tuple]:
+    """Random positive selections ``(image, layer, channel[, y, x])`` at every layer in ``layers``."""
+    taps = taps or {}
+    selections = []
+    for layer in layers:
+        h = activation(model, images, taps.get(layer, layer))
+        selections += [(site[0], layer, *site[1:]) for site in positive_sites(h, per_layer, gen)]
+    return selections
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-9, min_nonzero: float = 0.5) -> None:
+    """Every projection within ``rtol`` of the reference, relative to its own largest value (with a
+    floor of 1e-6 of the batch's largest), same shape and dtype; and at least ``min_nonzero`` of the
+    references are not all zero, so that the comparison means something."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype == torch.float64, (actual.dtype, expected.dtype)
+    scale = expected.abs().flatten(1).amax(1)
+    floor = 1e-6 * float(scale.max()) if len(scale) else 0.0
+    error = (actual - expected).abs().flatten(1).amax(1)
+    tolerance = rtol * scale.clamp_min(floor)
+    bad = (error > tolerance).nonzero().flatten().tolist()
+    assert not bad, f"projections {bad[:10]} differ from the oracle: error {error[bad[:5]].tolist()} > {tolerance[bad[:5]].tolist()}"
+    assert float((scale > 0).double().mean()) >= min_nonzero, f"only {int((scale > 0).sum())}/{len(scale)} references are non-zero"

@@ -1,0 +1,42 @@
+"""Rendering: display scaling, grids and Fig. 2 sheets."""
+from __future__ import annotations
+
+import torch
+
+from deconv.render import channel_panel, grid, sheets, show_patch, show_projection, upscale
+
+
+def test_projection_display_is_centred_grey_and_per_patch() -> None:
+    p = torch.zeros(2, 1, 2, 2)
+    p[0, 0, 0, 0], p[0, 0, 1, 1] = 2.0, -1.0
+    p[1, 0, 0, 0] = 1e-3
+    shown = show_projection(p)
+    assert shown.shape == (2, 3, 2, 2)
+    assert shown[0, :, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert shown[0, 0, 0, 1] == 0.5 and shown[0, 0, 1, 1] == 0.25
+    assert shown[1, 0, 0, 0] == 1.0  # each patch uses its own range
+
+
+def test_patch_display_undoes_normalisation_and_hatches_outside() -> None:
+    patch = torch.full((1, 1, 4, 4), 1.0)
+    valid = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    valid[..., :2, :] = True
+    shown = show_patch(patch, lambda x: x * 0.5 + 0.25, valid)
+    assert torch.allclose(shown[0, :, :2], torch.full((3, 2, 4), 0.75))
+    assert (shown[0, :, 2:] < 0.5).all()
+
+
+def test_grid_and_upscale() -> None:
+    tiles = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 2, 2)
+    image = grid(tiles, columns=3, gap=1)
+    assert image.shape == (3, 5, 8)
+    assert image[0, 3, 0] == 3.0 and image[0, 0, 6] == 2.0 and image[0, 4, 7] == 1.0  # empty cell is background
+    assert upscale(torch.tensor([[1.0, 2.0]]), 2).tolist() == [[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]]
+
+
+def test_sheets_split_large_layers() -> None:
+    panel = channel_panel(torch.rand(9, 3, 8, 8), torch.rand(9, 3, 8, 8), "layer x  channel 0")
+    assert panel.width == 2 * (3 * 8 + 2 * 2) + 6
+    pages = sheets([panel] * 70, "layer x", per_sheet=32)
+    assert len(pages) == 3
+    assert pages[0].width > pages[2].width
