@@ -27,6 +27,7 @@ __all__ = [
     "read_idx",
     "IdxDataset",
     "ImageFolder",
+    "load_image",
     "open_dataset",
     "Batch",
     "batches",
@@ -61,9 +62,10 @@ class Preprocess:
     """Turns a PIL image into a normalised ``(channels, H, W)`` float32 tensor.
 
     Steps: convert to greyscale (``channels=1``) or RGB (``channels=3``), with any transparency
-    composited onto black; resize so the shorter side is ``size`` (bilinear); centre-crop to
-    ``crop x crop`` (padding with black if the image is smaller); scale to [0, 1]; then
-    ``(x - mean) / std`` per channel. ``mean``/``std`` of length 1 apply to every channel.
+    composited onto black (16-bit greyscale is scaled from 0..65535, float images clipped to
+    0..1); resize so the shorter side is ``size`` (bilinear); centre-crop to ``crop x crop``
+    (padding with black if the image is smaller); scale to [0, 1]; then ``(x - mean) / std`` per
+    channel. ``mean``/``std`` of length 1 apply to every channel.
     """
 
     channels: int = 3
@@ -168,7 +170,8 @@ def read_idx(path: StrPath) -> np.ndarray:
             ) from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00":
         raise DatasetError(
-            f"{name}: not an idx file: expected magic bytes 00 00 <dtype> <ndim>, got {raw[:4].hex(' ') or 'empty file'}"
+            f"{name}: not an idx file: expected magic bytes 00 00 <dtype> <ndim>, "
+            f"got {raw[:4].hex(' ') or 'empty file'}"
         )
     code, ndim = raw[2], raw[3]
     if code not in _IDX_DTYPES:
@@ -210,13 +213,16 @@ class IdxDataset(Dataset):
                 f"{os.fspath(images)}: expected uint8 images of shape (N, H, W), "
                 f"got {self.images.dtype} of shape {self.images.shape}"
             )
+        if len(self.images) == 0:
+            raise DatasetError(f"{os.fspath(images)}: holds no images (its header declares shape {self.images.shape})")
         if labels is None:
             self.labels = np.full(len(self.images), -1, dtype=np.int64)
         else:
             read = read_idx(labels)
             if read.ndim != 1 or read.dtype.kind not in "iu":
                 raise DatasetError(
-                    f"{os.fspath(labels)}: expected integer labels of shape (N,), got {read.dtype} of shape {read.shape}"
+                    f"{os.fspath(labels)}: expected integer labels of shape (N,), "
+                    f"got {read.dtype} of shape {read.shape}"
                 )
             if len(read) != len(self.images):
                 raise DatasetError(
@@ -280,14 +286,24 @@ class ImageFolder(Dataset):
         return str(self.root / self.files[index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path = self.path(index)
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = ImageOps.exif_transpose(opened)
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-            raise UnreadableImage(path, _one_line(error)) from None
-        return self.preprocess(image), self.labels[index]
+        return load_image(self.path(index), self.preprocess), self.labels[index]
+
+
+def load_image(path: StrPath, preprocess: Preprocess) -> torch.Tensor:
+    """One image file (EXIF orientation applied) -> ``(C, H, W)`` via ``preprocess``.
+
+    Raises :class:`UnreadableImage` naming the file if it is missing, unreadable, truncated or not
+    an image.
+    """
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return preprocess(ImageOps.exif_transpose(opened))
+    except FileNotFoundError:
+        raise UnreadableImage(path, "no such file") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise UnreadableImage(path, _one_line(error)) from None
 
 
 def open_dataset(path: StrPath, preprocess: Preprocess) -> Dataset:
@@ -391,17 +407,3 @@ def batches(
         if isinstance(batch, DatasetError):
             raise batch
         yield batch
-
-
-def load_image(path: StrPath, preprocess: Preprocess) -> torch.Tensor:
-    """One image file as a ``(C, H, W)`` tensor; :class:`UnreadableImage` if it cannot be read."""
-    path = str(path)
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-    except FileNotFoundError:
-        raise UnreadableImage(path, "no such file") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-        raise UnreadableImage(path, _one_line(error)) from None
-    return preprocess(image)

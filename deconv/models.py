@@ -1,10 +1,10 @@
 """The bundled model (a small ZFNet for Fashion-MNIST), its data, and loading user models and checkpoints."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
-import pickle
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,26 +75,26 @@ class ZFNet28(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 32, kernel_size=7, stride=2, padding=3),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             nn.Conv2d(32, 64, kernel_size=5, padding=2),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             nn.Conv2d(64, 96, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.Conv2d(96, 96, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.Conv2d(96, 64, kernel_size=3, padding=1),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
         )
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(64 * 2 * 2, 256),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(256, 256),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.Linear(256, num_classes),
         )
         for module in self.modules():
@@ -165,7 +165,7 @@ def _model_from_spec(spec: str) -> nn.Module:
             module = importlib.import_module(module_name)
     except ModelLoadError:
         raise
-    except BaseException as error:  # noqa: BLE001 - user code may raise anything, even SystemExit
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - user code may raise anything
         raise ModelLoadError(f"model spec {spec!r}: importing {module_name} failed: {_reason(error)}") from None
     target: Any = module
     for part in attribute.split("."):
@@ -176,7 +176,7 @@ def _model_from_spec(spec: str) -> nn.Module:
         raise ModelLoadError(f"model spec {spec!r}: {attribute} is a {type(target).__name__}, not a function")
     try:
         model = target()
-    except BaseException as error:  # noqa: BLE001
+    except (Exception, SystemExit) as error:  # noqa: BLE001
         raise ModelLoadError(f"model spec {spec!r}: calling {attribute}() failed: {_reason(error)}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(
@@ -186,10 +186,17 @@ def _model_from_spec(spec: str) -> nn.Module:
 
 
 def _import_file(path: Path) -> Any:
+    """Import a .py file as module ``path.stem`` (its folder goes on ``sys.path``, so classes in it
+    pickle and unpickle by that name), or under a unique name if ``path.stem`` is already taken."""
     if not path.is_file():
         raise ModelLoadError(f"model spec: no such Python file {path}")
     path = path.resolve()
-    name = f"_deconv_model_{path.stem}_{abs(hash(str(path)))}"
+    name = path.stem
+    if name in sys.modules:
+        loaded = getattr(sys.modules[name], "__file__", None)
+        if loaded is not None and Path(loaded).resolve() == path:
+            return sys.modules[name]
+        name = f"_deconv_model_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"model spec: cannot import {path} as a Python module")
@@ -206,17 +213,21 @@ def _import_file(path: Path) -> Any:
 
 
 def _read_checkpoint(path: Path) -> Any:
-    """torch.load with ``weights_only=True``; falls back to a full unpickle only for valid pickles
-    whose sole problem is classes outside the weights-only allowlist (a whole saved module)."""
+    """torch.load with ``weights_only=True``; falls back to a full unpickle only for an intact
+    checkpoint whose sole problem is classes outside the weights-only allowlist (a whole module)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):
-            raise CheckpointError(f"{path}: cannot read checkpoint, corrupt or not saved by torch.save ({_reason(error)})") from None
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError, ... on bad files
-        raise CheckpointError(f"{path}: cannot read checkpoint, corrupt or not saved by torch.save ({_reason(error)})") from None
+        try:
+            needs_classes = bool(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - not a readable torch.save archive
+            needs_classes = False
+        if not needs_classes:
+            raise CheckpointError(
+                f"{path}: cannot read checkpoint, corrupt or not saved by torch.save ({_reason(error)})"
+            ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001
@@ -266,10 +277,7 @@ def _load_state_dict(model: nn.Module, loaded: Any, path: Path) -> None:
         if k in expected and v.shape != expected[k].shape
     ]
     if missing or unexpected or misshaped:
-        problems = [
-            f"{label}: {_names(keys)}"
-            for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped))
-            if keys
-        ]
+        groups = (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped))
+        problems = [f"{label}: {_names(keys)}" for label, keys in groups if keys]
         raise CheckpointError(f"{path} does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state)

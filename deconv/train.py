@@ -1,6 +1,6 @@
 """Train :class:`~deconv.models.ZFNet28` on Fashion-MNIST (produces the shipped weights).
 
-    python -m deconv.train --out runs/zfnet28 --epochs 12
+    python -m deconv.train --out runs/zfnet28 --epochs 20
 """
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from deconv.data import read_idx
 from deconv.errors import DatasetError, DeconvError
+from deconv.io import atomic_write, write_json
 from deconv.models import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ZFNet28
 
 __all__ = ["DEFAULT_DATA_DIR", "train", "main"]
@@ -75,21 +75,37 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     return correct / len(x)
 
 
-def _save_atomic(write: Any, path: Path) -> None:
-    """Call ``write(temp_path)`` for a temp file beside ``path``, then move it onto ``path``."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def _train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    desc: str,
+    progress: bool,
+) -> tuple[float, float]:
+    """One pass over ``x`` ``(N, 1, 28, 28)`` in [0, 1] in a random order; -> (mean loss, accuracy)."""
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    loss_sum, correct = 0.0, 0
+    for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
+        index = order[start : start + batch_size]
+        logits = model(_normalize(_augment(x[index], generator)))
+        loss = F.cross_entropy(logits, y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += loss.item() * len(index)
+        correct += int((logits.argmax(1) == y[index]).sum())
+    return loss_sum / len(x), correct / len(x)
 
 
 def train(
     out_dir: str | os.PathLike[str],
-    epochs: int = 12,
+    epochs: int = 20,
     batch_size: int = 128,
     lr: float = 3e-3,
     seed: int = 0,
@@ -104,70 +120,65 @@ def train(
     Writes ``epoch{K}.pt`` (state_dict) for each K in ``checkpoint_epochs`` and for the last epoch,
     ``final.pt`` and ``metrics.json`` into ``out_dir``, each atomically. ``limit`` trains on the
     first ``limit`` training images only. AdamW with a one-cycle learning-rate schedule peaking at
-    ``lr``. Deterministic given ``seed`` and ``threads``; the global RNG state is restored afterwards.
-    Returns the metrics that ``metrics.json`` holds.
+    ``lr``; augmentation is random horizontal flips and shifts of up to ``SHIFT`` pixels.
+    Deterministic given ``seed`` and ``threads``; the global RNG state and thread count are restored
+    afterwards. Returns the metrics that ``metrics.json`` holds.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0 or (limit is not None and limit < 1):
-        raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0, limit >= 1; got {epochs}, {batch_size}, {lr}, {limit}")
+        raise ValueError(
+            f"need epochs >= 1, batch_size >= 1, lr > 0, limit None or >= 1; got {epochs}, {batch_size}, {lr}, {limit}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    x_train, y_train = _load_split(Path(data_dir), "train", limit)
-    x_test, y_test = _load_split(Path(data_dir), "t10k", None)
-    steps_per_epoch = math.ceil(len(x_train) / batch_size)
-    metrics: dict[str, Any] = {
-        "model": "ZFNet28",
-        "dataset": "Fashion-MNIST",
-        "train_images": len(x_train),
-        "test_images": len(x_test),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "threads": threads,
-        "torch_version": torch.__version__,
-        "per_epoch": [],
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        model = ZFNet28()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            model.train()
-            order = torch.randperm(len(x_train), generator=generator)
-            loss_sum, correct = 0.0, 0
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-            for step in bar:
-                index = order[step * batch_size : (step + 1) * batch_size]
-                x = _normalize(_augment(x_train[index], generator))
-                logits = model(x)
-                loss = F.cross_entropy(logits, y_train[index])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                loss_sum += loss.item() * len(index)
-                correct += int((logits.argmax(1) == y_train[index]).sum())
-            seconds = time.perf_counter() - start
-            test_accuracy = _accuracy(model, x_test, y_test)
-            record = {
-                "epoch": epoch,
-                "train_loss": round(loss_sum / len(x_train), 5),
-                "train_accuracy": round(correct / len(x_train), 5),
-                "test_accuracy": round(test_accuracy, 5),
-                "seconds": round(seconds, 2),
-            }
-            metrics["per_epoch"].append(record)
-            if progress:
-                tqdm.write(json.dumps(record), file=sys.stderr)
-            if epoch in checkpoint_epochs or epoch == epochs:
-                _save_atomic(lambda p: torch.save(model.state_dict(), p), out / f"epoch{epoch}.pt")
-    _save_atomic(lambda p: torch.save(model.state_dict(), p), out / "final.pt")
-    metrics["final_test_accuracy"] = metrics["per_epoch"][-1]["test_accuracy"]
-    _save_atomic(lambda p: Path(p).write_text(json.dumps(metrics, indent=2) + "\n"), out / "metrics.json")
+    try:
+        x_train, y_train = _load_split(Path(data_dir), "train", limit)
+        x_test, y_test = _load_split(Path(data_dir), "t10k", None)
+        steps_per_epoch = math.ceil(len(x_train) / batch_size)
+        metrics: dict[str, Any] = {
+            "model": "ZFNet28",
+            "dataset": "Fashion-MNIST",
+            "train_images": len(x_train),
+            "test_images": len(x_test),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "threads": threads,
+            "torch_version": torch.__version__,
+            "per_epoch": [],
+        }
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)
+            model = ZFNet28()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
+            for epoch in range(1, epochs + 1):
+                start = time.perf_counter()
+                loss, accuracy = _train_epoch(
+                    model, optimizer, schedule, x_train, y_train, batch_size, generator, f"epoch {epoch}/{epochs}", progress
+                )
+                seconds = time.perf_counter() - start
+                test_accuracy = _accuracy(model, x_test, y_test)
+                record = {
+                    "epoch": epoch,
+                    "train_loss": round(loss, 5),
+                    "train_accuracy": round(accuracy, 5),
+                    "test_accuracy": round(test_accuracy, 5),
+                    "seconds": round(seconds, 2),
+                }
+                metrics["per_epoch"].append(record)
+                if progress:
+                    tqdm.write(json.dumps(record), file=sys.stderr)
+                if epoch in checkpoint_epochs or epoch == epochs:
+                    atomic_write(out / f"epoch{epoch}.pt", lambda f: torch.save(model.state_dict(), f))
+        atomic_write(out / "final.pt", lambda f: torch.save(model.state_dict(), f))
+        metrics["final_test_accuracy"] = metrics["per_epoch"][-1]["test_accuracy"]
+        write_json(out / "metrics.json", metrics)
+    finally:
+        torch.set_num_threads(previous_threads)
     return metrics
 
 
@@ -175,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m deconv.train --out DIR [--epochs N] ...``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m deconv.train", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder for checkpoints and metrics.json")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle schedule)")
     parser.add_argument("--seed", type=int, default=0)

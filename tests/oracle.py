@@ -12,19 +12,31 @@ otherwise untouched. Use float64 models and images.
 
 A *tap* says where an activation is read:
 ``"features.3"`` the output of that module, ``"relu:1"`` its second call, ``"<classifier"`` the
-input of a module, ``""`` the model's output, or a callable ``(model, images) -> activation``.
+input of a module, ``""`` the model's output, ``Call(F.max_pool2d, 1)`` the output of the second
+call of a function (or tensor method) in the forward pass, or a callable ``(model, images) -> activation``.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-Tap = Union[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Call:
+    """Tap: the output of call number ``occurrence`` (from 0) of ``function`` in the forward pass."""
+
+    function: Any
+    occurrence: int = 0
+
+
+Tap = Union[str, Call, Callable[[nn.Module, torch.Tensor], torch.Tensor]]
 
 
 class RectifiedGrad(torch.autograd.Function):
@@ -72,8 +84,29 @@ class _Stop(Exception):
     pass
 
 
+class _Capture(TorchFunctionMode):
+    """Records what one function returns; entered inside ``DeconvReLUs``, so ReLUs are still replaced."""
+
+    def __init__(self, tap: Call) -> None:
+        super().__init__()
+        self.tap = tap
+        self.seen: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is self.tap.function:
+            self.seen.append(out)
+            if len(self.seen) > self.tap.occurrence:
+                raise _Stop
+        return out
+
+
 def run_to(model: nn.Module, images: torch.Tensor, tap: Tap) -> torch.Tensor:
     """The activation at ``tap``; stops the forward pass as soon as it is known."""
+    if isinstance(tap, Call):
+        with contextlib.suppress(_Stop), _Capture(tap) as capture:
+            model(images)
+        return capture.seen[tap.occurrence]
     if callable(tap):
         return tap(model, images)
     if tap == "":
@@ -153,16 +186,58 @@ def positive_sites(h: torch.Tensor, count: int, gen: torch.Generator) -> list[tu
     return [tuple(p) for p in picks] + [tuple(int(i) for i in argmax)]
 
 
+def activations(model: nn.Module, images: torch.Tensor, taps: dict[str, Tap]) -> dict[str, torch.Tensor]:
+    """The activations at many taps ``{layer: tap}`` from one forward pass (eval mode, no autograd)."""
+    found: dict[str, list[torch.Tensor]] = {layer: [] for layer in taps}
+    handles, calls = [], {}
+    for layer, tap in taps.items():
+        if isinstance(tap, Call):
+            calls.setdefault(tap.function, []).append(layer)
+        elif isinstance(tap, str) and tap:
+            name = tap.lstrip("<").partition(":")[0]
+            module = model.get_submodule(name)
+            if tap.startswith("<"):
+                handles.append(module.register_forward_pre_hook(lambda m, args, _l=layer: found[_l].append(args[0])))
+            else:
+                handles.append(module.register_forward_hook(lambda m, args, out, _l=layer: found[_l].append(out)))
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for layer in calls.get(func, ()):
+                found[layer].append(out)
+            return out
+
+    try:
+        with deconv_mode(model), torch.no_grad(), Record():
+            output = model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    result = {}
+    for layer, tap in taps.items():
+        if isinstance(tap, Call):
+            result[layer] = found[layer][tap.occurrence]
+        elif tap == "":
+            result[layer] = output
+        elif isinstance(tap, str):
+            result[layer] = found[layer][int(tap.partition(":")[2] or 0)]
+        else:
+            result[layer] = activation(model, images, tap)
+    return result
+
+
 def selections_at(
     model: nn.Module, images: torch.Tensor, layers: Sequence[str], per_layer: int, gen: torch.Generator,
     taps: dict[str, Tap] | None = None,
 ) -> list[tuple]:
-    """Random positive selections ``(image, layer, channel[, y, x])`` at every layer in ``layers``."""
+    """Selections ``(image, layer, channel[, y, x])`` at every layer in ``layers``: ``per_layer``
+    random positive activations and the layer's largest."""
     taps = taps or {}
+    found = activations(model, images, {layer: taps.get(layer, layer) for layer in layers})
     selections = []
     for layer in layers:
-        h = activation(model, images, taps.get(layer, layer))
-        selections += [(site[0], layer, *site[1:]) for site in positive_sites(h, per_layer, gen)]
+        selections += [(site[0], layer, *site[1:]) for site in positive_sites(found[layer], per_layer, gen)]
     return selections
 
 

@@ -17,6 +17,7 @@ from deconv.data import (
     Preprocess,
     UnreadableImage,
     batches,
+    load_image,
     open_dataset,
     read_idx,
 )
@@ -208,6 +209,25 @@ def test_unreadable_file_raises_naming_it(tmp_path: Path) -> None:
     with pytest.raises(UnreadableImage, match=r"fake\.jpg: cannot read image") as info:
         dataset[0]
     assert isinstance(info.value, DatasetError) and info.value.path.endswith("fake.jpg")
+
+
+def test_load_image(tmp_path: Path) -> None:
+    path = save(tmp_path / "one.png", Image.new("RGB", (5, 3), (255, 255, 255)))
+    x = load_image(path, Preprocess(channels=1, mean=(0.5,), std=(0.5,)))
+    assert x.shape == (1, 3, 5) and torch.allclose(x, torch.ones(1, 3, 5))
+    with pytest.raises(UnreadableImage, match=r"absent\.png: cannot read image: no such file"):
+        load_image(tmp_path / "absent.png", Preprocess())
+    (tmp_path / "text.png").write_text("not a png")
+    with pytest.raises(UnreadableImage, match=r"text\.png: cannot read image: UnidentifiedImageError"):
+        load_image(tmp_path / "text.png", Preprocess())
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    image = Image.new("L", (4, 2))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg", Preprocess(channels=1)).shape == (1, 4, 2)
 
 
 # ------------------------------------------------------------------------------------- conversion

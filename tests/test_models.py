@@ -1,6 +1,8 @@
 """Tests for deconv.models: the bundled model and data, and loading user models and checkpoints."""
 from __future__ import annotations
 
+import importlib
+import sys
 import textwrap
 from pathlib import Path
 
@@ -34,15 +36,26 @@ class Tiny(nn.Module):
 
 
 @pytest.fixture()
-def model_file(tmp_path: Path) -> Path:
+def model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's model file; ``sys.path`` and ``sys.modules`` are restored after the test."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "user_models", raising=False)
     path = tmp_path / "user_models.py"
     path.write_text(
         textwrap.dedent(
             """
             import torch.nn as nn
 
+            class Custom(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(2, 2)
+
             def build():
                 return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
+
+            def custom():
+                return Custom()
 
             def broken():
                 raise RuntimeError("no weights here")
@@ -113,9 +126,15 @@ def test_load_model_default() -> None:
 # --------------------------------------------------------------------------------------- specs
 
 
-def test_spec_from_file(model_file: Path) -> None:
+def test_spec_from_file(model_file: Path, tmp_path: Path) -> None:
     model = load_model(f"{model_file}:build", None)
     assert isinstance(model, nn.Sequential) and not model.training
+    # Classes of the file live in a module named after it, so whole-module checkpoints round-trip.
+    custom = load_model(f"{model_file}:custom", None)
+    assert type(custom).__module__ == "user_models"
+    torch.save(custom, tmp_path / "custom.pt")
+    again = load_model(None, tmp_path / "custom.pt")
+    assert type(again) is type(custom) and torch.equal(again.fc.weight, custom.fc.weight)
 
 
 def test_spec_from_package(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,3 +258,14 @@ def test_unreadable_checkpoints(tmp_path: Path) -> None:
     torch.save({"weight": torch.zeros(1), "note": "hi"}, tmp_path / "mixed.pt")
     with pytest.raises(CheckpointError, match=r"not a state_dict; entries that are not tensors: note"):
         load_model(None, tmp_path / "mixed.pt")
+
+
+def test_whole_module_checkpoint_with_missing_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "gone_net_x1.py").write_text("import torch.nn as nn\nclass Net(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(importlib.import_module("gone_net_x1").Net(2, 2), tmp_path / "whole.pt")
+    monkeypatch.undo()
+    del sys.modules["gone_net_x1"]
+    (tmp_path / "gone_net_x1.py").unlink()
+    with pytest.raises(CheckpointError, match=r"whole\.pt: cannot unpickle whole-module checkpoint.*ModuleNotFoundError"):
+        load_model(None, tmp_path / "whole.pt")

@@ -38,7 +38,8 @@ def _max_pool(pool: nn.MaxPool2d) -> Unpool2d:
 
 @register_mirror(nn.AdaptiveMaxPool2d)
 def _adaptive_max_pool(pool: nn.AdaptiveMaxPool2d) -> Unpool2d:
-    return Unpool2d(adaptive=pair(pool.output_size))
+    size = pool.output_size  # None keeps that axis
+    return Unpool2d(adaptive=(size, size) if isinstance(size, int) or size is None else tuple(size))
 
 
 @register_mirror(nn.AvgPool2d)

@@ -65,9 +65,11 @@ class _Tracer(fx.Tracer):
     """Keeps registered modules, leaves and torch's own layers whole; traces through containers."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if find_mirror_factory(m) is not None or next(m.children(), None) is None:
+        if find_mirror_factory(m) is not None:
             return True
-        return m.__module__.startswith("torch.nn") and not isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            return False
+        return next(m.children(), None) is None or m.__module__.startswith("torch.nn")
 
 
 def _call_name(node: fx.Node) -> str:

@@ -9,7 +9,7 @@ from . import command
 
 OPTIONS = (
     option("out", str, "runs/train", "folder for checkpoints and metrics.json"),
-    option("epochs", int, 8, "training epochs"),
+    option("epochs", int, 20, "training epochs (20 reproduces the shipped weights)"),
     option("seed", int, 0, "random seed"),
     option("fashion_mnist", str, "/usr/share/datasets/fashion-mnist", "folder of the Fashion-MNIST idx files"),
 )
