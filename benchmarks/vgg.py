@@ -13,7 +13,7 @@ __all__ = ["VGG16", "vgg16", "PROBES"]
 CFG_D = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 # Paper-style name -> torchvision module name of the ReLU output.
-PROBES = {"conv1_2": "features.2", "conv3_3": "features.15", "conv5_3": "features.29"}
+PROBES = {"conv1_2": "features.3", "conv3_3": "features.15", "conv5_3": "features.29"}
 
 
 class VGG16(nn.Module):

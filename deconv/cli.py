@@ -48,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeconvError as error:
         print(f"deconv {command.name}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"deconv {command.name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"deconv {command.name}: interrupted" + (f" by {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return 130
 
 

@@ -1,7 +1,9 @@
 """Windows of feature maps: the cone of positions one activation reaches on the way down.
 
-A window is a top-left ``origin`` ``(K, 2)`` per selection (it may lie partly outside the map) and a
-``size`` ``(h, w)`` shared by all K selections.
+A window is a top-left ``origin`` ``(K, 2)`` per selection and a ``size`` ``(h, w)`` shared by all K
+selections. :func:`cut` and :func:`paste` take windows that may lie partly outside the map; the
+reverse pass keeps its windows inside their maps and uses :func:`window`, :func:`shift` and
+:func:`clip`, which need no masks.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 
 from .layers.base import Geometry
 
-__all__ = ["descend", "cut", "inside", "paste"]
+__all__ = ["descend", "cut", "inside", "paste", "window", "shift", "clip", "place"]
 
 
 def descend(geometry: Geometry, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -62,3 +64,82 @@ def paste(windows: torch.Tensor, origin: torch.Tensor, shape: tuple[int, int]) -
     batch = torch.arange(k, device=windows.device)[:, None, None]
     full.index_put_((batch, rows, cols), windows.permute(0, 2, 3, 1), accumulate=True)
     return full.permute(0, 3, 1, 2)
+
+
+def _gather(view: torch.Tensor, image: torch.Tensor, origin: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``view`` ``(N, C, Y, X, h, w)`` (windows of a map, from ``unfold``) at ``image[k], origin[k]``: ``(K, C, h, w)``."""
+    if channels_last:  # gather as (K, h, w, C) so that the result is channels-last
+        return view.permute(0, 2, 3, 4, 5, 1)[image, origin[:, 0], origin[:, 1]].permute(0, 3, 1, 2)
+    return view[image, :, origin[:, 0], origin[:, 1]]
+
+
+def window(
+    maps: torch.Tensor, image: torch.Tensor, origin: torch.Tensor, size: tuple[int, int], channels_last: bool = False
+) -> torch.Tensor:
+    """Windows that lie inside per-image maps: ``(N, C, H, W) -> (K, C, h, w)``, image ``image[k]`` at ``origin[k]``.
+
+    One gather, no clamping and no masks; a window covering the whole map is just ``maps[image]``.
+    """
+    if size == tuple(maps.shape[-2:]):
+        out = maps.index_select(0, image)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+    return _gather(maps.unfold(2, size[0], 1).unfold(3, size[1], 1), image, origin, channels_last)
+
+
+def shift(signal: torch.Tensor, offset: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Windows of windows: ``(K, C, h, w) -> (K, C, size)``, window ``k`` starting at ``offset[k]`` in
+    ``signal[k]``; zero where it leaves ``signal[k]``. Keeps the memory format; a view when all offsets agree."""
+    k, _, h, w = signal.shape
+    before = (-offset).clamp(min=0).amax(0).tolist()
+    after = (offset + offset.new_tensor(size) - offset.new_tensor((h, w))).clamp(min=0).amax(0).tolist()
+    channels_last = signal.dim() == 4 and signal.is_contiguous(memory_format=torch.channels_last) and not signal.is_contiguous()
+    if any(before) or any(after):
+        signal = torch.nn.functional.pad(signal, (before[1], after[1], before[0], after[0]))
+        if channels_last:
+            signal = signal.contiguous(memory_format=torch.channels_last)
+        offset = offset + offset.new_tensor(before)
+    first = offset[0]
+    if bool((offset == first).all()):
+        y, x = first.tolist()
+        return signal[:, :, y : y + size[0], x : x + size[1]]
+    view = signal.unfold(2, size[0], 1).unfold(3, size[1], 1)
+    return _gather(view, torch.arange(k, device=signal.device), offset, channels_last)
+
+
+def clip(
+    cone: torch.Tensor, cone_size: tuple[int, int], bound: torch.Tensor, bound_size: tuple[int, int], shape: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The smallest windows of one shared size inside a map of ``shape`` that hold, for every k, the
+    part of window ``cone[k]`` (of ``cone_size``) that lies inside window ``bound[k]`` and the map.
+
+    Where it can, window k also stays inside ``bound[k]`` (so that cutting it from there needs no zeros).
+    """
+    limit = cone.new_tensor(shape)
+    lo = torch.maximum(torch.maximum(cone, bound), torch.zeros_like(cone))
+    hi = torch.minimum(torch.minimum(cone + cone.new_tensor(cone_size), bound + bound.new_tensor(bound_size)), limit)
+    size = (hi - lo).clamp(min=1).amax(0)
+    # any origin in [hi - size, lo] holds [lo, hi); keep it in the map, then, if possible, in the bound
+    low = torch.maximum(hi - size, torch.zeros_like(hi))
+    high = torch.minimum(lo, limit - size)
+    origin = torch.minimum(torch.maximum(high, low), high)
+    origin = torch.minimum(torch.maximum(origin, bound), (bound + bound.new_tensor(bound_size) - size))
+    origin = torch.minimum(torch.maximum(origin, low), high)
+    return origin, (int(size[0]), int(size[1]))
+
+
+def place(windows: torch.Tensor, origin: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Windows that lie inside a map into zero maps: ``(K, C, h, w) -> (K, C, H, W)`` (contiguous).
+
+    Writes only the windows (one scatter) over one fill of zeros.
+    """
+    k, c, h, w = windows.shape
+    out = windows.new_zeros(k, c, shape[0], shape[1])
+    first = origin[0]
+    if bool((origin == first).all()):
+        y, x = first.tolist()
+        out[:, :, y : y + h, x : x + w] = windows
+        return out
+    rows, cols = _grid(origin, (h, w))
+    flat = (rows[:, :, None] * shape[1] + cols[:, None, :]).view(k, 1, h * w).expand(k, c, h * w)
+    out.view(k, c, -1).scatter_(2, flat, windows.reshape(k, c, h * w))
+    return out

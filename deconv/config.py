@@ -6,6 +6,7 @@ file, the file over the defaults. Unknown keys and wrong types are errors naming
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,16 +76,24 @@ def load_config(path: str | Path, options: Iterable[Option]) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read config ({error.strerror or error})") from None
     try:
-        data = tomllib.loads(text.decode("utf-8"))
+        source = text.decode("utf-8")
+        data = tomllib.loads(source)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from None
     known = {o.key: o for o in options}
     out = {}
     for key, value in data.items():
+        where = _where(path, source, key)
         if key not in known:
-            raise ConfigError(f"{path}: unknown key {key!r} (valid keys: {', '.join(sorted(known))})")
-        out[key] = known[key].check(value, str(path))
+            raise ConfigError(f"{where}: unknown key {key!r} (valid keys: {', '.join(sorted(known))})")
+        out[key] = known[key].check(value, where)
     return out
+
+
+def _where(path: Path, source: str, key: str) -> str:
+    """``path, line N`` of the line that sets top-level ``key`` (or a table of that name), else ``path``."""
+    match = re.search(rf"^[ \t]*\[*[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*[=.\]]", source, re.MULTILINE)
+    return f"{path}, line {source.count(chr(10), 0, match.start()) + 1}" if match else str(path)
 
 
 def resolve(options: Iterable[Option], file: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from .builders import find_mirror_factory, walk
-from .cone import cut, descend, inside, paste
+from .cone import clip, descend, place, shift, window
 from .errors import InputError, NonFiniteError, SelectionError, UnsupportedModuleError
-from .layers import TransposedFilter
-from .layers.base import Geometry
+from .layers import ChannelScale, Rectify, TransposedFilter, Unpool2d
+from .layers.base import Geometry, pair
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -28,6 +28,12 @@ __all__ = [
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Bytes that batched projections may hold at once (about 2 GB)."""
+
+WORK_TENSOR_BYTES = 16 * 1024**2
+"""Batched work is also cut into chunks whose largest tensor is about this big (if one image or one
+selection allows): glibc's malloc serves blocks under 32 MB from its heap and reuses them once freed,
+while bigger ones are mapped fresh from the OS and page-faulted in on every use, which on CPU costs
+more than the arithmetic. Small chunks also stay in cache and lose nothing in the convolutions."""
 
 Position = tuple[int, int] | Literal["map"] | None
 
@@ -136,6 +142,16 @@ def evaluating(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+def _pools_like(layer: nn.Module, mirror: nn.Module) -> bool:
+    """Whether ``mirror`` (an :class:`Unpool2d`) pools exactly as ``layer``, a plain ``nn.MaxPool2d``, does."""
+    if type(layer) is not nn.MaxPool2d or layer.return_indices or not isinstance(mirror, Unpool2d):
+        return False
+    g = mirror.geometry
+    return g is not None and mirror.ceil_mode == layer.ceil_mode and g == Geometry(
+        pair(layer.kernel_size), pair(layer.stride or layer.kernel_size), pair(layer.padding), pair(layer.dilation)
+    )
+
+
 class Mirror(nn.Module):
     """A deconvnet attached to a CNN. Build it with :func:`build_mirror`.
 
@@ -200,7 +216,8 @@ class Mirror(nn.Module):
     ) -> Trace:
         """Forward walk over checked ``images`` up to step ``until`` (default: the last).
 
-        Keeps the outputs of steps ``keep`` and, with ``remember``, each mirror's memory.
+        Keeps the outputs of steps ``keep`` and, with ``remember``, each mirror's memory (its
+        ``remember_compact`` form where it has one: max pools keep 1-byte taps, not 8-byte switches).
         Raises ``NonFiniteError`` naming the layer and image where a kept output is not finite.
         """
         keep = set(keep)
@@ -210,10 +227,24 @@ class Mirror(nn.Module):
         with evaluating(self.model):
             for i, step in enumerate(self.steps[: until + 1]):
                 shapes.append(tuple(x.shape[1:]))
-                y = step.layer(x.clone() if getattr(step.layer, "inplace", False) else x)
-                if remember:
-                    recall = getattr(step.mirror, "remember", None)
-                    memory.append(recall(x, y) if recall else ())
+                compact = getattr(step.mirror, "remember_compact", None) if remember else None
+                if compact is not None and _pools_like(step.layer, step.mirror):
+                    y, kept = compact(x)  # the pool and its switches in one go: y is the layer's output
+                    memory.append(kept)
+                else:
+                    # an in-place layer would overwrite x: copy x unless x is a fresh output nothing else holds
+                    spare = (
+                        i > 0
+                        and i - 1 not in keep
+                        and isinstance(self.steps[i - 1].mirror, (TransposedFilter, Unpool2d, ChannelScale))
+                        and (not remember or isinstance(step.mirror, Rectify))
+                    )
+                    y = step.layer(x.clone() if getattr(step.layer, "inplace", False) and not spare else x)
+                    if compact is not None:
+                        memory.append(compact(x, y)[1])
+                    elif remember:
+                        recall = getattr(step.mirror, "remember", None)
+                        memory.append(recall(x, y) if recall else ())
                 if i in keep:
                     bad = ~torch.isfinite(y).flatten(1).all(1)
                     if bool(bad.any()):
@@ -359,10 +390,12 @@ class Mirror(nn.Module):
         if not parsed:
             return
         device = images.device
-        order = sorted(range(len(parsed)), key=lambda k: (parsed[k].image, tops[k]))
         item = images.element_size()
-        per_image = self._trace_bytes(images.shape[1:], max(tops), item)
-        images_per_chunk = max(1, memory_budget // 2 // per_image)
+        # by image, then layer: chunks share forward passes
+        order = sorted(range(len(parsed)), key=lambda k: (parsed[k].image, tops[k]))
+        per_image = self._trace_bytes(images.shape[1:], max(tops), item, sorted(set(tops)))
+        largest = max(int(torch.Size(s).numel()) for s in [tuple(images.shape[1:]), *shapes[: max(tops) + 1]]) * item
+        images_per_chunk = max(1, min(memory_budget // 2 // per_image, WORK_TENSOR_BYTES // largest))
         start = 0
         while start < len(order):
             # the selections of the next `images_per_chunk` distinct images
@@ -379,15 +412,17 @@ class Mirror(nn.Module):
             local = {image: i for i, image in enumerate(chunk_images)}
             layers = sorted({tops[k] for k in chunk})
             trace = self.run(images[chunk_images], keep=layers, until=layers[-1])
+            spare = max(memory_budget // 2, memory_budget - per_image * len(chunk_images))
             for top in layers:
-                mine = [k for k in chunk if tops[k] == top]
-                size = self._selection_bytes(top, shapes, images.shape[1:], item)
-                step = max(1, memory_budget // 2 // size)
+                # neighbours in a part share most of their windows: sort by position
+                mine = sorted((k for k in chunk if tops[k] == top), key=lambda k: (parsed[k].y or 0, parsed[k].x or 0))
+                size, largest = self._selection_bytes(top, shapes, images.shape[1:], item, crop)
+                step = max(1, min(spare // size, WORK_TENSOR_BYTES // largest))
+                out = trace.outputs[top]
                 for i in range(0, len(mine), step):
                     part = mine[i : i + step]
                     image = torch.tensor([local[parsed[k].image] for k in part], device=device)
                     channel = torch.tensor([parsed[k].channel for k in part], device=device)
-                    out = trace.outputs[top]
                     batch = torch.arange(len(part), device=device)
                     if out.dim() == 4:
                         y = torch.tensor([parsed[k].y for k in part], device=device)
@@ -400,6 +435,8 @@ class Mirror(nn.Module):
                         signal[batch, channel] = out[image, channel]
                         origin = None
                     yield torch.tensor(part, device=device), self._reverse(trace, top, image, signal, origin, crop)
+                del out
+            del trace
 
     def _check(self, s: Selection, shape: tuple[int, ...], n: int, need_position: bool = True) -> None:
         """Raises ``SelectionError`` for an image, channel or position out of range."""
@@ -420,6 +457,7 @@ class Mirror(nn.Module):
                 f"{shape[1]}x{shape[2]} (valid: y in 0..{shape[1] - 1}, x in 0..{shape[2] - 1})"
             )
 
+    @torch.no_grad()  # a projection is not differentiated: keep no graph (and no saved windows)
     def _reverse(
         self,
         trace: Trace,
@@ -433,69 +471,120 @@ class Mirror(nn.Module):
 
         ``signal`` is ``(K, C, h, w)`` windows at ``origin`` ``(K, 2)``, or full outputs with ``origin=None``;
         ``image`` ``(K,)`` says which traced image each belongs to.
+
+        Windows only hold the cone of positions the selection reaches, cut to the map: at every step
+        a window of one shared size that lies inside its map and holds each selection's cone there.
+        Each mirror maps its window to the whole input window its geometry reads; the part of that
+        outside the map (or the cone) is cut away, so no position outside a map is ever computed
+        on and nothing needs masking. Signals run channels-last, which the transposed convolutions
+        are fastest on.
         """
-        start = None if origin is None else (origin, (signal.shape[2], signal.shape[3]))
-        size = None if origin is None else (signal.shape[2], signal.shape[3])
+        image_shape = trace.shapes[0]
+        above = self.shapes(image_shape)[top]
+        start = None
+        if origin is not None:
+            size = (signal.shape[2], signal.shape[3])
+            start = (origin, size)
+            cone, cone_size = origin, size
+            signal = signal.contiguous(memory_format=torch.channels_last)
+        rectified = False  # whether step i's rectification was already applied (before an unpooling)
         for i in range(top, -1, -1):
-            mirror, memory, shape = self.steps[i].mirror, trace.memory[i], trace.shapes[i]
+            mirror, memory, below = self.steps[i].mirror, trace.memory[i], trace.shapes[i]
+            if type(mirror) is Rectify:  # pointwise: windows stay; in place on our own signal
+                if not rectified:
+                    signal = torch.relu(signal) if i == top else signal.relu_()
+                rectified = False
+                above = below
+                continue
+            if i > 0 and i != top and type(self.steps[i - 1].mirror) is Rectify and isinstance(mirror, Unpool2d) and mirror.disjoint:
+                signal, rectified = signal.relu_(), True  # max(0, .) commutes with placing values apart
             if origin is not None:
-                window = self._window_below(i, origin, size, shape)
-                if window is None:  # global layer, or a window no smaller than the map: go dense
-                    above = trace.shapes[i + 1] if i + 1 < len(trace.shapes) else trace.outputs[top].shape[1:]
-                    signal = paste(signal, origin, tuple(above[-2:]))
+                step = self._window_below(i, origin, size, below)
+                if step is None:  # a global layer: from here on whole maps
+                    signal = place(signal, origin, tuple(above[-2:]))
                     origin = None
             if origin is None:
-                memory = tuple(m.index_select(0, image) if isinstance(m, torch.Tensor) else m for m in memory)
-                signal = mirror(signal, *memory)
+                signal = mirror(signal, *(_select(m, image) for m in memory))
+                above = below
                 continue
-            below, below_size = window
-            memory = tuple(cut(m, image, origin, size) if isinstance(m, torch.Tensor) else m for m in memory)
-            signal = mirror(signal, *mirror.restrict(memory, below, below_size))
-            origin, size = below, below_size
-            mask = inside(origin, size, shape[-2:])
-            if mask is not None:
-                signal = signal * mask
-        if not crop:
-            return signal if origin is None else paste(signal, origin, trace.shapes[0][-2:])
-        if origin is not None:
-            return signal
-        if start is None or (field := self._field(top, *start)) is None:
-            return signal
-        mask = inside(*field, signal.shape[-2:])
-        windows = cut(signal, torch.arange(signal.shape[0], device=signal.device), *field)
-        return windows if mask is None else windows * mask
+            read, read_size = step
+            cone, cone_size = descend(mirror.geometry, cone, cone_size)
+            memory = tuple(window(m, image, origin, size, channels_last=True) if _is_map(m) else m for m in memory)
+            signal = mirror(signal, *mirror.restrict(memory, read, read_size))
+            origin, size = clip(cone, cone_size, read, read_size, tuple(below[-2:]))
+            signal = shift(signal, origin - read, size)
+            above = below
+        if origin is None:
+            if not crop or start is None or (field := self._field(top, *start)) is None:
+                return signal
+            return shift(signal, field[0], field[1]).contiguous()
+        if crop:  # the receptive-field box: the whole cone, zero where it leaves the image
+            return shift(signal, cone - origin, cone_size).contiguous()
+        return place(signal, origin, tuple(image_shape[-2:]))
 
     def _window_below(
         self, i: int, origin: torch.Tensor, size: tuple[int, int], input_size: tuple[int, ...]
     ) -> tuple[torch.Tensor, tuple[int, int]] | None:
-        """The input window of step ``i`` for an output window, or ``None`` where it pays to go dense."""
+        """The input window step ``i`` reads for an output window (it may reach outside the input map),
+        or ``None`` for a global step (no geometry) or an input that is not a map."""
         geometry: Geometry | None = getattr(self.steps[i].mirror, "geometry", None)
-        if geometry is None:
+        if geometry is None or len(input_size) != 3:
             return None
-        below, below_size = descend(geometry, origin, size)
-        if below_size[0] * below_size[1] >= input_size[-2] * input_size[-1]:
-            return None
-        return below, below_size
+        return descend(geometry, origin, size)
 
     # ---------------------------------------------------------------- memory estimates
-    def _trace_bytes(self, image_shape: tuple[int, ...], until: int, item: int) -> int:
-        """Rough bytes one image costs in a forward walk with memory (switches are int64)."""
-        numels = [int(torch.Size(s).numel()) for s in self.shapes(image_shape)[: until + 1]]
-        return (sum(numels) * 8 + 3 * max(numels) * item) or 1
+    def _trace_bytes(
+        self, image_shape: tuple[int, ...], until: int, item: int, keep: Sequence[int] = ()
+    ) -> int:
+        """Rough peak bytes one image costs in a forward walk with memory: the largest step's input,
+        output and copy, the kept outputs and the mirrors' memory (pools: 1-byte taps, and their
+        8-byte switches while they are made)."""
+        shapes = self.shapes(image_shape)
+        numels = [int(torch.Size(s).numel()) for s in shapes[: until + 1]]
+        ins = [int(torch.Size(image_shape).numel())] + numels[:-1]
+        peak = max(3 * max(a, b) * item + (24 * b if isinstance(self.steps[i].mirror, Unpool2d) else 0)
+                   for i, (a, b) in enumerate(zip(ins, numels)))
+        pools = sum(n for n, step in zip(numels, self.steps) if isinstance(step.mirror, Unpool2d))
+        kept = sum(numels[i] for i in keep if i <= until)
+        return peak + pools + kept * item or 1
 
-    def _selection_bytes(self, top: int, shapes: list[tuple[int, ...]], image_shape: tuple[int, ...], item: int) -> int:
-        """Rough peak bytes one selection's reverse pass costs (its largest window, in and out, with memory)."""
-        origin = torch.zeros(1, 2, dtype=torch.long)
-        size: tuple[int, int] | None = (1, 1) if len(shapes[top]) == 3 else None
-        worst = 0
+    def _selection_bytes(
+        self, top: int, shapes: list[tuple[int, ...]], image_shape: tuple[int, ...], item: int, crop: bool = True
+    ) -> tuple[int, int]:
+        """Rough peak bytes one selection's reverse pass costs (its largest step, with the window it
+        reads, the window it writes and the copies made on the way; its cone cut to the maps; its
+        output) and the bytes of the largest tensor it writes."""
+        origin = torch.tensor([[shapes[top][-2] // 2, shapes[top][-1] // 2]]) if len(shapes[top]) == 3 else None
+        size: tuple[int, int] = (1, 1)
+        worst = largest = 0
+        reading = int(torch.Size(shapes[top]).numel()) if origin is None else shapes[top][0]
         for i in range(top, -1, -1):
             below = shapes[i - 1] if i else tuple(image_shape)
-            channels = below[0]
-            if size is not None:
-                window = self._window_below(i, origin, size, below)
-                size = None if window is None else window[1]
-                if window is not None:
-                    origin = window[0]
-            area = below[-2] * below[-1] if size is None and len(below) == 3 else (size[0] * size[1] if size else 1)
-            worst = max(worst, channels * area * (2 * item + 8))
-        return worst or 1
+            window = None if origin is None else self._window_below(i, origin, size, below)
+            if window is None:
+                origin = None
+                writing = int(torch.Size(below).numel())
+            else:
+                origin, size = window
+                size = (min(size[0], below[-2]), min(size[1], below[-1]))
+                writing = below[0] * size[0] * size[1]
+            worst = max(worst, (reading + 4 * writing) * item)
+            largest = max(largest, writing * item)
+            reading = writing
+        if not crop:  # the projection in a whole image, and the window it is placed from
+            output = int(torch.Size(image_shape).numel()) * item
+            worst, largest = max(worst, 2 * output + reading * item), max(largest, output)
+        return worst or 1, largest or 1
+
+
+def _is_map(memory: Any) -> bool:
+    """Whether a memory entry is per-image maps ``(N, C, H, W)`` to cut windows from."""
+    return isinstance(memory, torch.Tensor) and memory.dim() == 4
+
+
+def _select(memory: Any, image: torch.Tensor) -> Any:
+    """A memory entry for whole maps: per-image tensors for the traced images ``image``."""
+    if not isinstance(memory, torch.Tensor):
+        return memory
+    memory = memory.index_select(0, image)
+    return memory

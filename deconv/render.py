@@ -1,7 +1,7 @@
 """Turning projections and image patches into pictures. Pure tensor code, then PIL at the edge.
 
-Display convention: each projection is scaled on its own so that zero is mid-grey and its
-largest magnitude reaches black or white (``0.5 + 0.5 * p / max|p|``); image patches are shown in
+Display convention: each projection is scaled on its own so that zero is mid-grey and the 99.5th
+percentile of its magnitudes reaches black or white (``0.5 + 0.5 * p / q``, clipped); image patches are shown in
 their true colours (normalisation undone), with the part of the box outside the image hatched.
 """
 from __future__ import annotations
@@ -15,8 +15,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .io import atomic_write
+from .occlusion import Occlusion, squares
 
 if TYPE_CHECKING:
+    from .evolution import Evolution
     from .scan import Projected
 
 __all__ = [
@@ -30,16 +32,25 @@ __all__ = [
     "label_strip",
     "save_png",
     "figure2",
+    "colormap",
+    "colour_bar",
+    "legend",
+    "row",
+    "column",
+    "class_name",
+    "figure7",
+    "figure4",
 ]
 
 BACKGROUND = 1.0  # white paper between tiles
+CLIP = 0.995  # projections reach black/white at this quantile of |p|: a few extreme pixels do not grey out the rest
 OUTSIDE = (0.30, 0.30, 0.34)  # hatch colour for box parts beyond the image
 
 
 def show_projection(projection: torch.Tensor) -> torch.Tensor:
     """``(K, C, h, w)`` projections -> ``(K, 3, h, w)`` in [0, 1], each scaled on its own around grey."""
-    peak = projection.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    return _rgb(0.5 + 0.5 * projection / peak)
+    peak = torch.quantile(projection.flatten(1).abs(), CLIP, dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return _rgb((0.5 + 0.5 * projection / peak).clamp(0, 1))
 
 
 def show_patch(
@@ -142,22 +153,179 @@ def figure2(
 ) -> list[Image.Image]:
     """Sheets of the paper's Fig. 2 for one layer: per channel, its top projections beside their patches.
 
-    ``chunks`` are the :class:`~deconv.scan.Projected` chunks of one layer. Tiles are enlarged by
-    an integer factor to about ``size`` pixels.
+    ``chunks`` are the :class:`~deconv.scan.Projected` chunks of one layer. Each tile shows the
+    receptive-field box cut to the image (where a deep layer's box is larger than the image, only
+    the image part carries anything); tiles are enlarged by an integer factor to about ``size`` pixels.
     """
     tiles: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
     layer = ""
     for chunk in chunks:
-        factor = max(1, round(size / chunk.projections.shape[-2]))
-        shown = upscale(show_projection(chunk.projections.float().cpu()), factor)
-        patches = upscale(show_patch(chunk.patches.float().cpu(), denormalize, chunk.inside.cpu()), factor)
-        for record, projection, patch in zip(chunk.records, shown, patches):
+        shown = show_projection(chunk.projections.float().cpu())
+        patches = show_patch(chunk.patches.float().cpu(), denormalize, chunk.inside.cpu())
+        for record, projection, patch, inside in zip(chunk.records, shown, patches, chunk.inside.cpu()):
             layer = record.layer
-            tiles.setdefault(record.channel, []).append((record.rank, projection, patch))
+            rows, cols = inside[0].any(1).nonzero()[:, 0], inside[0].any(0).nonzero()[:, 0]
+            box = (slice(None), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+            tiles.setdefault(record.channel, []).append((record.rank, projection[box], patch[box]))
+    h = max(t.shape[1] for ranked in tiles.values() for _, t, _ in ranked)
+    w = max(t.shape[2] for ranked in tiles.values() for _, t, _ in ranked)
+    factor = max(1, round(size / max(h, w)))
+
+    def fit(tile: torch.Tensor) -> torch.Tensor:  # edge tiles are smaller: pad them to the layer's size
+        out = torch.full((3, h, w), BACKGROUND)
+        out[:, : tile.shape[1], : tile.shape[2]] = tile
+        return upscale(out, factor)
+
     panels = []
     for channel in sorted(tiles):
         ranked = sorted(tiles[channel], key=lambda t: t[0])
         panels.append(channel_panel(
-            torch.stack([p for _, p, _ in ranked]), torch.stack([q for _, _, q in ranked]), f"{layer}  channel {channel}"
+            torch.stack([fit(p) for _, p, _ in ranked]), torch.stack([fit(q) for _, _, q in ranked]),
+            f"{layer}  channel {channel}",
         ))
     return sheets(panels, f"{layer}: top {max(len(t) for t in tiles.values())} activations per channel", per_sheet)
+
+
+# ------------------------------------------------------------------ heat maps and figures 4 and 7
+
+VIRIDIS = torch.tensor([
+    (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
+    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
+]) / 255.0
+"""Anchors of the viridis colour map, low to high (perceptually even; readable in greyscale)."""
+CATEGORIES = torch.tensor([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]) / 255.0
+"""Colours of categorical maps, one per class in order of first use (they repeat after ten)."""
+INK = (20, 20, 20)
+
+
+def colormap(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``(H, W)`` values -> ``(3, H, W)`` viridis colours in [0, 1]; ``low`` is dark blue, ``high`` yellow."""
+    t = ((values.float() - low) / max(high - low, 1e-12)).clamp(0, 1) * (len(VIRIDIS) - 1)
+    i = t.floor().long().clamp(max=len(VIRIDIS) - 2)
+    f = (t - i)[..., None]
+    return (VIRIDIS[i] * (1 - f) + VIRIDIS[i + 1] * f).permute(2, 0, 1)
+
+
+def colour_bar(height: int, low: float, high: float, mark: float | None = None, width: int = 14) -> Image.Image:
+    """A vertical colour bar for :func:`colormap`, ``high`` at the top, its ends written beside it;
+    ``mark`` is drawn as a white line with a triangle pointing at it."""
+    ramp = torch.linspace(high, low, height)[:, None].expand(height, width)
+    font = _font(12)
+    labels = [f"{high:.3g}", f"{low:.3g}"]
+    out = Image.new("RGB", (width + 12 + max(round(font.getlength(t)) for t in labels), height), "white")
+    out.paste(to_pil(colormap(ramp, low, high)), (0, 0))
+    draw = ImageDraw.Draw(out)
+    draw.text((width + 10, 0), labels[0], fill=INK, font=font)
+    draw.text((width + 10, height - 14), labels[1], fill=INK, font=font)
+    if mark is not None:
+        y = min(max(round((high - mark) / max(high - low, 1e-12) * (height - 1)), 0), height - 1)
+        draw.line([(0, y), (width - 1, y)], fill="white", width=2)
+        draw.polygon([(width, y), (width + 7, y - 5), (width + 7, y + 5)], fill=INK)
+    return out
+
+
+def legend(entries: Sequence[tuple[torch.Tensor, str]], size: int = 14) -> Image.Image:
+    """Colour swatches ``(3,)`` in [0, 1] with their names, one per line."""
+    font = _font(12)
+    width = size + 8 + max((round(font.getlength(name)) for _, name in entries), default=0)
+    out = Image.new("RGB", (width, len(entries) * (size + 6)), "white")
+    draw = ImageDraw.Draw(out)
+    for n, (colour, name) in enumerate(entries):
+        y = n * (size + 6)
+        draw.rectangle([0, y, size - 1, y + size - 1], fill=tuple(int(v * 255) for v in colour.tolist()))
+        draw.text((size + 6, y), name, fill=INK, font=font)
+    return out
+
+
+def row(images: Sequence[Image.Image], gap: int = 12) -> Image.Image:
+    """Images side by side, top-aligned, ``gap`` pixels apart on white."""
+    out = Image.new("RGB", (sum(i.width for i in images) + gap * (len(images) - 1), max(i.height for i in images)), "white")
+    x = 0
+    for image in images:
+        out.paste(image, (x, 0))
+        x += image.width + gap
+    return out
+
+
+def column(images: Sequence[Image.Image], gap: int = 12) -> Image.Image:
+    """Images one below the other, left-aligned, ``gap`` pixels apart on white."""
+    return row([i.transpose(Image.Transpose.TRANSPOSE) for i in images], gap).transpose(Image.Transpose.TRANSPOSE)
+
+
+def class_name(k: int, names: Sequence[str] | None) -> str:
+    """``names[k]``, or ``"class k"`` where the model names no classes."""
+    return names[k] if names and 0 <= k < len(names) else f"class {k}"
+
+
+def _over(colours: torch.Tensor, image: torch.Tensor, stride: int, factor: int) -> Image.Image:
+    """``(3, P, Q)`` colours per square position laid over ``image`` ``(3, H, W)``, enlarged ``factor`` times."""
+    h, w = image.shape[-2:]
+    cells = upscale(colours, stride)[:, :h, :w]
+    return to_pil(upscale(0.8 * cells + 0.2 * image, factor))
+
+
+def figure7(image: torch.Tensor, occlusion: Occlusion, names: Sequence[str] | None = None, size: int = 224) -> Image.Image:
+    """The paper's Fig. 7 for one image ``(3, H, W)`` in [0, 1], maps drawn over the image.
+
+    (a) the image, with the square where the true class loses most; per square position: (b) the
+    total activation of the chosen feature map, (d) the true class's probability, (e) the most
+    probable class; (c) that feature map projected to pixels for the unoccluded image.
+    """
+    o = occlusion
+    h, w = image.shape[-2:]
+    factor = max(1, round(size / h))
+    worst = divmod(int(o.probability.argmin()), o.probability.shape[1])
+    rows, cols = squares(h, w, o.square, o.stride)
+    ys, xs = rows[worst[0]].nonzero()[:, 0], cols[worst[1]].nonzero()[:, 0]
+    shown = to_pil(upscale(image, factor))
+    ImageDraw.Draw(shown).rectangle(
+        [int(xs[0]) * factor, int(ys[0]) * factor, (int(xs[-1]) + 1) * factor - 1, (int(ys[-1]) + 1) * factor - 1],
+        outline=(255, 60, 60), width=2,
+    )
+    true = class_name(o.label, names)
+    low, high = float(o.activation.min()), max(float(o.activation.max()), o.clean_activation)
+    activation = _over(colormap(o.activation, low, high), image, o.stride, factor)
+    probability = _over(colormap(o.probability, 0.0, 1.0), image, o.stride, factor)
+    counts = o.predicted.flatten().bincount()
+    found = [int(k) for k in counts.argsort(descending=True) if counts[k] > 0]  # by area
+    colour = torch.zeros(len(counts), dtype=torch.long)
+    colour[found] = torch.arange(len(found)) % len(CATEGORIES)
+    predicted = _over(CATEGORIES[colour[o.predicted]].permute(2, 0, 1), image, o.stride, factor)
+    panels = [  # bars and legend get empty labels to stay level with their maps
+        label_strip(shown, f"(a) {true}: worst square"),
+        row([label_strip(activation, f"(b) {o.layer} map {o.channel}, total"),
+             label_strip(colour_bar(activation.height, low, high, o.clean_activation), "")], 4),
+        label_strip(to_pil(upscale(show_projection(o.projection[None])[0], factor)), f"(c) map {o.channel} projected"),
+        row([label_strip(probability, f"(d) p({true})"),
+             label_strip(colour_bar(probability.height, 0.0, 1.0, float(o.clean_probabilities[o.label])), "")], 4),
+        row([label_strip(predicted, "(e) most probable class"),
+             label_strip(legend([(CATEGORIES[colour[k]], class_name(k, names)) for k in found]), "")], 6),
+    ]
+    title = (
+        f"occlusion by a {o.square}x{o.square} grey square, stride {o.stride}; unoccluded: "
+        f"p({true}) = {float(o.clean_probabilities[o.label]):.3f}, {o.layer} map {o.channel} total = "
+        f"{o.clean_activation:.3g} (triangles)"
+    )
+    return label_strip(row(panels, 16), title, size=15)
+
+
+def figure4(
+    evolution: Evolution, checkpoints: Sequence[str], denormalize: Callable[[torch.Tensor], torch.Tensor], size: int = 72
+) -> Image.Image:
+    """The paper's Fig. 4: one strip per channel, its strongest activation's projection beside the
+    image patch at each checkpoint, left to right in checkpoint order, captioned with its value."""
+    e = evolution
+    k, t = e.projections.shape[:2]
+    factor = max(1, round(size / e.projections.shape[-2]))
+    shown = upscale(show_projection(e.projections.flatten(0, 1).float()), factor)
+    patches = upscale(show_patch(e.patches.flatten(0, 1).float(), denormalize), factor)
+    records = [r for strip in e.records for r in strip]
+    cells = [
+        label_strip(to_pil(grid(torch.stack([p, q]), 2)), f"{name}: {r.value:.3g}")
+        for p, q, r, name in zip(shown, patches, records, list(checkpoints) * k)
+    ]
+    strips = [label_strip(row(cells[n * t : (n + 1) * t]), f"{e.layer} channel {c}") for n, c in enumerate(e.channels)]
+    return label_strip(column(strips, 16), f"{e.layer}: each channel's strongest activation, by checkpoint", size=15)

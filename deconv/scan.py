@@ -6,14 +6,16 @@ then projects each of them and cuts the receptive-field box from the projection 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import contextlib
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from .cone import cut, inside
-from .data import batches
+from .data import Batch, UnreadableImage, batches
+from .errors import InputError, NonFiniteError
 from .mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection
 from .progress import progress_bar
 
@@ -108,6 +110,18 @@ class ScanState:
                     out.append(Record(layer, c, rank, index, path(index), y, x, float(top.values[c, rank])))
         return out
 
+    def merge(self, other: ScanState) -> None:
+        """Adds another shard's state: the result is that of one scan over both shards."""
+        for layer, top in other.tops.items():
+            if layer in self.tops:
+                self.tops[layer].merge(top)
+            else:
+                self.tops[layer] = TopK.from_state_dict(top.state_dict())  # not shared: updates replace its tensors
+        self.position += other.position
+        self.images += other.images
+        self.skipped = sorted(self.skipped + other.skipped)
+        self.vector_layers |= other.vector_layers
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "tops": {layer: top.state_dict() for layer, top in self.tops.items()},
@@ -138,8 +152,8 @@ def scan(
     num_workers: int = 0,
     indices: Sequence[int] | None = None,
     state: ScanState | None = None,
-    every: int = 0,
-    save: Callable[[ScanState], None] | None = None,
+    checkpoint: Callable[[ScanState], None] | None = None,
+    strict: bool = False,
     progress: bool = True,
 ) -> ScanState:
     """Finds the top ``k`` images of every channel of ``layers`` over ``dataset`` in one streaming pass.
@@ -147,7 +161,9 @@ def scan(
     Each image enters a channel's ranking once, with its strongest position in that channel (the
     first in row-major order on ties). The forward pass stops at the deepest requested layer.
     Memory grows with channels x ``k``, not with the dataset. ``indices`` orders (or shards) the
-    items; a ``state`` resumes after its ``position``; ``save(state)`` runs every ``every`` batches.
+    items; a ``state`` resumes after its ``position``; ``checkpoint(state)`` runs after every batch.
+    Unreadable images are skipped and listed in the state, or raise with ``strict``. NaN or inf
+    activations raise :class:`NonFiniteError` naming the layer and the dataset image.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -158,18 +174,61 @@ def scan(
     remaining = order[state.position :]
     bar = progress_bar(total=len(order), initial=state.position, desc="scan", unit="img", enabled=progress)
     with bar:
-        for count, batch in enumerate(batches(dataset, batch_size, num_workers, remaining), 1):
+        for batch in batches(dataset, batch_size, num_workers, remaining):
+            if strict and batch.skipped:
+                raise UnreadableImage(*batch.skipped[0][1:])
             if len(batch):
-                trace = mirror.run(mirror.check_images(batch.images), keep=tops, until=max(tops), remember=False)
-                for layer, top in zip(layers, tops):
-                    _add(state, layer, trace.outputs[top], batch.indices, k)
+                outputs = _forward(mirror, dataset, batch, dict(zip(layers, tops)))
+                for layer, out in outputs.items():
+                    _add(state, layer, out, batch.indices, k)
             state.images += len(batch)
             state.skipped.extend(batch.skipped)
             state.position += len(batch) + len(batch.skipped)
             bar.update(len(batch) + len(batch.skipped))
-            if save is not None and every and count % every == 0:
-                save(state)
+            if checkpoint is not None:
+                checkpoint(state)
     return state
+
+
+@contextlib.contextmanager
+def _model_runs_on(batch: Batch) -> Iterator[None]:
+    """Turns torch's errors from running the model on ``batch`` (e.g. images smaller than a kernel)
+    into an :class:`InputError` naming the dataset images."""
+    try:
+        yield
+    except RuntimeError as error:
+        first, last = int(batch.indices[0]), int(batch.indices[-1])
+        reason = " ".join(str(error).split())[:200]
+        raise InputError(
+            f"the model fails on dataset images {first}..{last} of shape {tuple(batch.images.shape[1:])}: "
+            f"{type(error).__name__}: {reason}"
+        ) from None
+
+
+def _forward(mirror: Mirror, dataset: Dataset, batch: Batch, tops: dict[str, int]) -> dict[str, torch.Tensor]:
+    """The outputs of the ``tops`` layers for one batch; errors name the dataset images."""
+    try:
+        with _model_runs_on(batch):
+            trace = mirror.run(mirror.check_images(batch.images), keep=tops.values(), until=max(tops.values()), remember=False)
+    except NonFiniteError:
+        raise _non_finite(mirror, dataset, batch, tops) from None
+    return {layer: trace.outputs[top] for layer, top in tops.items()}
+
+
+def _non_finite(mirror: Mirror, dataset: Dataset, batch: Batch, tops: dict[str, int]) -> NonFiniteError:
+    """The error for the batch's first image with NaN or inf values, naming the layer and the dataset image."""
+    path = getattr(dataset, "path", lambda i: None)
+    for image, index in zip(batch.images, batch.indices.tolist()):
+        where = f"dataset image {index}" + (f" ({path(index)})" if path(index) else "")
+        if not bool(torch.isfinite(image).all()):
+            return NonFiniteError(f"{where} holds NaN or inf values")
+        for layer, top in sorted(tops.items(), key=lambda item: item[1]):
+            try:
+                mirror.run(mirror.check_images(image[None]), keep=[top], until=top, remember=False)
+            except NonFiniteError:
+                return NonFiniteError(f"layer {layer!r} has NaN or inf activations for {where}")
+    first, last = int(batch.indices[0]), int(batch.indices[-1])
+    return NonFiniteError(f"NaN or inf activations in the batch of dataset images {first}..{last}")
 
 
 def _add(state: ScanState, layer: str, out: torch.Tensor, index: torch.Tensor, k: int) -> None:
@@ -198,6 +257,9 @@ class Projected:
     patches: torch.Tensor
     inside: torch.Tensor
 
+    def cpu(self) -> Projected:
+        return replace(self, projections=self.projections.cpu(), patches=self.patches.cpu(), inside=self.inside.cpu())
+
 
 def project_top(
     mirror: Mirror,
@@ -213,7 +275,8 @@ def project_top(
 
     Each projection and its input image are cut to the activation's receptive-field box (zero where
     the box leaves the image; the whole image past a global layer). All chunks of one layer come
-    before the next layer's. Images are loaded ``batch_size`` at a time.
+    before the next layer's. Each layer's distinct images are loaded ``batch_size`` at a time in
+    dataset order, so records split by whole batches of those images project exactly as together.
     """
     bar = progress_bar(total=len(records), desc="project", unit="proj", enabled=progress)
     with bar:
@@ -228,10 +291,11 @@ def project_top(
                 chunk = [r for r in mine if r.index in local]
                 selections = [Selection(local[r.index], r.layer, r.channel, r.y, r.x) for r in chunk]
                 image = torch.tensor([s.image for s in selections], device=images.device)
-                for where, projections in mirror.projections(images, selections, crop=True, memory_budget=memory_budget):
-                    done = [chunk[i] for i in where.tolist()]
-                    yield Projected(done, projections, *_patches(mirror, images, image[where], done))
-                    bar.update(len(done))
+                with _model_runs_on(batch):
+                    for where, projections in mirror.projections(images, selections, crop=True, memory_budget=memory_budget):
+                        done = [chunk[i] for i in where.tolist()]
+                        yield Projected(done, projections, *_patches(mirror, images, image[where], done))
+                        bar.update(len(done))
 
 
 def _patches(

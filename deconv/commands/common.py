@@ -10,10 +10,13 @@ from torch.utils.data import Dataset
 
 from ..config import option
 from ..data import Preprocess, open_dataset
+from ..distributed import local_device
 from ..errors import ConfigError, OutputError
 from ..models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
 
-__all__ = ["MODEL", "DATA", "RUN", "model_from", "preprocess_from", "dataset_from", "device_from", "out_dir"]
+__all__ = [
+    "MODEL", "DATA", "RUN", "model_from", "preprocess_from", "dataset_from", "device_from", "out_dir", "require_at_least",
+]
 
 BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
 
@@ -39,14 +42,25 @@ RUN = (
 )
 
 
+def require_at_least(settings: dict[str, Any], **minimums: int) -> None:
+    """``ConfigError`` naming the first key whose value is below its minimum."""
+    for key, minimum in minimums.items():
+        if settings[key] < minimum:
+            raise ConfigError(f"key {key!r} must be >= {minimum}, got {settings[key]!r}")
+
+
 def device_from(settings: dict[str, Any]) -> torch.device:
+    """The configured device; under torchrun a CUDA device is this process's GPU."""
     name = settings["device"]
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(name)
+        device = local_device(torch.device(name))
     except RuntimeError:
         raise ConfigError(f"key 'device': unknown device {name!r} (valid: auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise ConfigError(f"key 'device': {name!r} is not available here ({torch.cuda.device_count()} CUDA devices)")
+    return device
 
 
 def model_from(settings: dict[str, Any]) -> nn.Module:
@@ -82,12 +96,19 @@ def dataset_from(settings: dict[str, Any], preprocess: Preprocess) -> Dataset:
     return open_dataset(settings["data"] or BUNDLED, preprocess)
 
 
-def out_dir(settings: dict[str, Any], marker: str, resume: bool = False) -> Path:
-    """The output folder, refused if it holds another run (its ``marker`` file) unless overwriting or resuming."""
+def out_dir(settings: dict[str, Any], *markers: str, resume: bool = False) -> Path:
+    """The output folder, refused if it holds another run (one of its ``markers``) unless overwriting or resuming."""
+    if not settings["out"]:
+        raise ConfigError("key 'out' must name an output folder, got ''")
     out = Path(settings["out"])
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder")
-    if (out / marker).exists() and not (settings["overwrite"] or resume):
-        raise OutputError(f"{out} holds another run ({marker}); pass --overwrite to replace it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    marker = next((m for m in markers if (out / m).exists()), None)
+    if marker is not None and not (settings["overwrite"] or resume):
+        also = ", --resume to continue it" if "resume" in settings else ""
+        raise OutputError(f"{out} holds another run ({marker}); pass --overwrite to replace it{also} or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
     return out

@@ -1,18 +1,21 @@
 """``deconv project``: one image's projection from one activation or class, beside the image."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from PIL import Image
 
 from ..config import option
 from ..data import load_image
 from ..errors import ConfigError
-from ..mirror import build_mirror
-from ..render import label_strip, save_png, show_patch, show_projection, to_pil, upscale
+from ..mirror import Mirror, Selection, build_mirror
+from ..render import class_name, label_strip, row, save_png, show_patch, show_projection, to_pil, upscale
+from ..report import write_report
 from . import command
-from .common import DATA, MODEL, RUN, model_from, preprocess_from
+from .common import DATA, MODEL, RUN, model_from, preprocess_from, require_at_least
 
 OPTIONS = MODEL + DATA + RUN + (
     option("image", str, "", "the image file to project"),
@@ -20,6 +23,7 @@ OPTIONS = MODEL + DATA + RUN + (
     option("channel", int, -1, "the channel of that layer"),
     option("position", str, "", "'Y,X' for one activation, 'map' for the whole feature map (empty: the strongest)"),
     option("target_class", int, -1, "project from this class output instead of a layer (-1: no)"),
+    option("top_classes", int, 0, "instead, a sheet of the projections of the image's N most probable classes (0: no)"),
 )
 
 
@@ -35,32 +39,54 @@ def _position(text: str) -> tuple[int, int] | str | None:
     return y, x
 
 
-@command("project", "project one activation (or class) of one image to pixels, beside the image", OPTIONS)
+@command("project", "project one activation, class or the top classes of one image to pixels, beside the image", OPTIONS)
 def run(settings: dict[str, Any]) -> int:
     if not settings["image"]:
         raise ConfigError("key 'image' is required: the image file to project")
+    require_at_least(settings, top_classes=0)
     target = settings["target_class"] if settings["target_class"] >= 0 else None
-    if target is None and (not settings["layer"] or settings["channel"] < 0):
-        raise ConfigError("give --layer and --channel (with --position Y,X or map), or --target-class K")
+    top = settings["top_classes"]
+    if not top and target is None and (not settings["layer"] or settings["channel"] < 0):
+        raise ConfigError("give --layer and --channel (with --position Y,X or map), --target-class K or --top-classes N")
+    if settings["position"] and (target is not None or top):
+        raise ConfigError("--position goes with --layer/--channel, not with --target-class or --top-classes")
     model = model_from(settings)
     preprocess = preprocess_from(settings, model)
     image = load_image(settings["image"], preprocess)[None]
     mirror = build_mirror(model)
-    if target is None:
-        projection = mirror.project(image, settings["layer"], settings["channel"], _position(settings["position"]))
-        what = f"{settings['layer']} channel {settings['channel']}" + (f" at {settings['position']}" if settings["position"] else "")
-    else:
-        if settings["position"]:
-            raise ConfigError("--position goes with --layer/--channel, not with --target-class")
-        projection = mirror.project(image, target_class=target)
-        names = getattr(model, "classes", None)
-        what = f"class {target}" + (f" ({names[target]})" if names and target < len(names) else "")
-    factor = max(1, round(256 / image.shape[-2]))
-    shown = upscale(torch.cat([show_projection(projection.cpu()), show_patch(image.cpu(), preprocess.denormalize)], 3), factor)
+    names = getattr(model, "classes", None)
+    file = Path(settings["image"])
+    shown = show_patch(image.cpu(), preprocess.denormalize)
     out = Path(settings["out"])
-    name = f"project-{Path(settings['image']).stem}-" + (f"class{target}" if target is not None else f"{settings['layer']}-c{settings['channel']}")
-    path = out / f"{name}.png"
-    save_png(label_strip(to_pil(shown[0]), f"{Path(settings['image']).name}: projection of {what}  |  image"), path)
-    print(f"wrote {path}")
+    if top:
+        path = out / f"project-{file.stem}-top{top}.png"
+        save_png(_top_classes(mirror, image, shown, top, names, file.name), path)
+    else:
+        if target is None:
+            projection = mirror.project(image, settings["layer"], settings["channel"], _position(settings["position"]))
+            what = f"{settings['layer']} channel {settings['channel']}" + (f" at {settings['position']}" if settings["position"] else "")
+            path = out / f"project-{file.stem}-{settings['layer']}-c{settings['channel']}.png"
+        else:
+            projection = mirror.project(image, target_class=target)
+            what = f"class {target}" + (f" ({names[target]})" if names and target < len(names) else "")
+            path = out / f"project-{file.stem}-class{target}.png"
+        both = upscale(torch.cat([show_projection(projection.cpu()), shown], 3), math.ceil(256 / image.shape[-2]))
+        save_png(label_strip(to_pil(both[0]), f"{file.name}: projection of {what}  |  image"), path)
+    print(f"wrote {path} and {write_report(out)}")
     return 0
 
+
+def _top_classes(
+    mirror: Mirror, image: torch.Tensor, shown: torch.Tensor, top: int, names: Sequence[str] | None, title: str
+) -> Image.Image:
+    """The image ``shown`` ``(1, 3, H, W)`` beside the projections of its ``top`` most probable classes,
+    best first, each captioned with its probability (the captions are printed too)."""
+    last = len(mirror.steps) - 1
+    scores = mirror.run(mirror.check_images(image), keep=[last], remember=False).outputs[last]
+    probabilities, classes = scores.float().softmax(1)[0].topk(min(top, scores.shape[1]))
+    projections = mirror.project_many(image, [Selection(0, mirror.layer_names[last], int(k)) for k in classes])
+    captions = [f"{n}. {class_name(int(k), names)}  {float(p):.1%}" for n, (k, p) in enumerate(zip(classes, probabilities), 1)]
+    print("\n".join(captions))
+    tiles = upscale(torch.cat([shown, show_projection(projections.cpu())]), math.ceil(160 / image.shape[-2]))
+    sheet = row([label_strip(to_pil(t), c) for t, c in zip(tiles, [title, *captions])])
+    return label_strip(sheet, f"projections of the {len(classes)} most probable classes, from the class output down", size=15)

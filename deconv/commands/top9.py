@@ -1,19 +1,31 @@
-"""``deconv top9``: the paper's Fig. 2 for every channel of the chosen layers over a dataset."""
+"""``deconv top9``: the paper's Fig. 2 for every channel of the chosen layers over a dataset.
+
+Under torchrun every process scans every ``size``-th batch, the per-channel rankings are merged,
+every process projects every ``size``-th batch of each layer's top images and rank 0 draws and
+writes the sheets: the outputs are those of a single process. Each process saves its scan state
+in ``state/`` of the output folder; ``--resume`` continues from it.
+"""
 from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..config import dump_toml, option
+from ..data import Preprocess
+from ..distributed import Group, process_group
 from ..io import write_json, write_text
 from ..mirror import Mirror, build_mirror
 from ..render import figure2, save_png
-from ..scan import project_top, scan
+from ..report import write_report
+from ..resume import Checkpoint, fingerprint
+from ..scan import Record, ScanState, project_top, scan
 from . import command
-from .common import DATA, MODEL, RUN, dataset_from, model_from, out_dir, preprocess_from
+from .common import DATA, MODEL, RUN, dataset_from, device_from, model_from, out_dir, preprocess_from, require_at_least
 
 OPTIONS = MODEL + DATA + RUN + (
     option("layers", list, [], "layers to visualise (empty: the rectified output of every convolution)", item=str),
@@ -21,7 +33,12 @@ OPTIONS = MODEL + DATA + RUN + (
     option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
     option("memory_budget_mb", int, 2048, "memory that batched projections may use at once, in MB"),
     option("per_sheet", int, 64, "channels per PNG sheet"),
+    option("save_every", int, 50, "save the scan state every N batches (0: only at the end and on SIGINT/SIGTERM)"),
+    option("resume", bool, False, "continue the scan whose state is saved in the output folder"),
+    option("strict", bool, False, "stop at the first unreadable image instead of skipping it"),
 )
+
+STATE = "state"  # the folder of the per-process scan states, in the output folder
 
 
 def conv_layers(mirror: Mirror) -> list[str]:
@@ -38,35 +55,91 @@ def conv_layers(mirror: Mirror) -> list[str]:
 @command("top9", "top activations per channel over a dataset, projected to pixels (Fig. 2)", OPTIONS)
 def run(settings: dict[str, Any]) -> int:
     start = time.perf_counter()
-    out = out_dir(settings, "top9.json")
-    model = model_from(settings)
-    preprocess = preprocess_from(settings, model)
-    dataset = dataset_from(settings, preprocess)
-    mirror = build_mirror(model)
-    layers = settings["layers"] or conv_layers(mirror)
-    for layer in layers:
-        mirror.index(layer)
-    write_text(out / "config.toml", dump_toml(settings, "deconv top9: the resolved settings of this run"))
-    total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))
-    state = scan(
-        mirror, dataset, layers, k=settings["top"], batch_size=settings["batch_size"],
-        num_workers=settings["workers"], indices=range(total), progress=settings["progress"],
-    )
-    records = state.records(dataset)
-    write_json(out / "top9.json", [r.to_json() for r in records])
-    chunks = project_top(
-        mirror, dataset, records, batch_size=settings["batch_size"], num_workers=settings["workers"],
-        memory_budget=settings["memory_budget_mb"] * 2**20, progress=settings["progress"],
-    )
-    written = []
-    for layer, group in itertools.groupby(chunks, key=lambda c: c.records[0].layer):
-        for n, sheet in enumerate(figure2(group, preprocess.denormalize, settings["per_sheet"]), 1):
-            path = out / "sheets" / f"{layer}-{n}.png"
-            save_png(sheet, path)
-            written.append(path)
-    print(
-        f"scanned {state.images} images ({len(state.skipped)} unreadable skipped) in "
-        f"{time.perf_counter() - start:.1f} s; {len(records)} records in {out / 'top9.json'}, "
-        f"{len(written)} sheets in {out / 'sheets'}"
-    )
+    require_at_least(settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0)
+    device = device_from(settings)
+    with process_group(device) as group:
+        out = out_dir(settings, "top9.json", STATE, resume=settings["resume"])
+        model = model_from(settings)
+        preprocess = preprocess_from(settings, model)
+        dataset = dataset_from(settings, preprocess)
+        mirror = build_mirror(model)
+        layers = settings["layers"] or conv_layers(mirror)
+        for layer in layers:
+            mirror.index(layer)
+        total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))  # type: ignore[arg-type]
+        state = _scan(settings, group, out, model, preprocess, dataset, mirror, layers, total)
+        records = state.records(dataset)
+        if group.main:
+            write_text(out / "config.toml", dump_toml(settings, "deconv top9: the resolved settings of this run"))
+            write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
+            write_json(out / "top9.json", [r.to_json() for r in records])
+        sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records)
+    if group.main:
+        report = write_report(out)
+        print(
+            f"scanned {state.images} images in {time.perf_counter() - start:.1f} s"
+            + (f" on {group.size} processes" if group.size > 1 else "")
+            + f"; {len(records)} records in {out / 'top9.json'}, {sheets} sheets in {out / 'sheets'}; open {report}"
+        )
+        if state.skipped:
+            shown = ", ".join(p for _, p, _ in state.skipped[:5]) + (" ..." if len(state.skipped) > 5 else "")
+            print(f"skipped {len(state.skipped)} unreadable images ({shown}); all listed in {out / 'skipped.json'}")
     return 0
+
+
+def _scan(
+    settings: dict[str, Any], group: Group, out: Path, model: nn.Module, preprocess: Preprocess,
+    dataset: Dataset, mirror: Mirror, layers: list[str], total: int,
+) -> ScanState:
+    """This process's shard scanned (or resumed), saved, and merged with the other processes' shards."""
+    checkpoint = Checkpoint(
+        out / STATE / f"rank{group.rank}.pt",
+        fingerprint(
+            model, dataset, preprocess, layers=layers, top=settings["top"], limit=total,
+            batch_size=settings["batch_size"], processes=group.size, rank=group.rank,
+        ),
+        settings["save_every"],
+    )
+    state = checkpoint.load() if settings["resume"] else None
+    with checkpoint:
+        state = scan(
+            mirror, dataset, layers, k=settings["top"], batch_size=settings["batch_size"], num_workers=settings["workers"],
+            indices=group.shard(range(total), settings["batch_size"]), state=state, checkpoint=checkpoint,
+            strict=settings["strict"], progress=settings["progress"] and group.main,
+        )
+        checkpoint.save(state)
+    merged = ScanState({})
+    for part in group.all_gather(state.state_dict()):
+        merged.merge(ScanState.from_state_dict(part))
+    return merged
+
+
+def _sheets(
+    settings: dict[str, Any], group: Group, out: Path, mirror: Mirror, dataset: Dataset,
+    preprocess: Preprocess, layers: list[str], records: list[Record],
+) -> int:
+    """Projects this process's share of ``records``; rank 0 draws and writes the sheets of every layer.
+
+    Returns the number of sheets; older sheets in ``out`` are removed once the new ones are written.
+    """
+    written = []
+    for layer in layers:
+        of_layer = [r for r in records if r.layer == layer]
+        if not of_layer:
+            continue
+        images = set(group.shard(sorted({r.index for r in of_layer}), settings["batch_size"]))
+        chunks = project_top(
+            mirror, dataset, [r for r in of_layer if r.index in images], batch_size=settings["batch_size"],
+            num_workers=settings["workers"], memory_budget=settings["memory_budget_mb"] * 2**20,
+            progress=settings["progress"] and group.main,
+        )
+        gathered = group.gather([chunk.cpu() for chunk in chunks])
+        if gathered is not None:
+            for n, sheet in enumerate(figure2(itertools.chain(*gathered), preprocess.denormalize, settings["per_sheet"]), 1):
+                path = out / "sheets" / f"{layer}-{n}.png"
+                save_png(sheet, path)
+                written.append(path)
+    if group.main:
+        for old in set((out / "sheets").glob("*.png")) - set(written):
+            old.unlink()
+    return len(written)

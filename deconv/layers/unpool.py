@@ -50,18 +50,109 @@ class Unpool2d(MirrorModule):
     def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
         return self.switches(x)[1], tuple(x.shape[-2:])
 
+    def remember_compact(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[Any, ...]:
+        """Memory that :meth:`forward` and :meth:`restrict` take like :meth:`remember`'s, but smaller and
+        cheaper to cut into windows: for each output position the tap of its window that won,
+        ``t_y * kernel_w + t_x``, as ``uint8`` ``(N, C, H_out, W_out)``; then the input size and padding.
+
+        Returns ``(pooled output, memory)``; the pooled output is ``self``'s pooling of ``x``.
+        Adaptive pools (no fixed geometry) keep flat switches.
+        """
+        y, switches = self.switches(x)
+        if self.geometry is None or self.geometry.kernel[0] * self.geometry.kernel[1] > 255:
+            return y, (switches, tuple(x.shape[-2:]))
+        g = self.geometry
+        width = x.shape[-1]
+        rows = torch.arange(y.shape[-2], device=x.device).view(-1, 1) * g.stride[0] - g.padding[0]
+        cols = torch.arange(y.shape[-1], device=x.device).view(1, -1) * g.stride[1] - g.padding[1]
+        t_y = torch.div(switches, width, rounding_mode="floor").sub_(rows)
+        t_x = switches.remainder(width).sub_(cols)
+        if g.dilation != (1, 1):
+            t_y = t_y.div_(g.dilation[0], rounding_mode="floor")
+            t_x = t_x.div_(g.dilation[1], rounding_mode="floor")
+        taps = t_y.mul_(g.kernel[1]).add_(t_x).to(torch.uint8)
+        return y, (taps, tuple(x.shape[-2:]), g.padding)
+
     def restrict(self, memory: tuple[Any, ...], origin: torch.Tensor, size: tuple[int, int]) -> tuple[Any, ...]:
+        if memory[0].dtype == torch.uint8:  # taps are relative to their window: only the size changes
+            return memory[0], size, (0, 0)
         switches, (_, width) = memory
         oy = origin[:, 0].view(-1, 1, 1, 1)
         ox = origin[:, 1].view(-1, 1, 1, 1)
         local = (switches // width - oy) * size[1] + (switches % width - ox)
         return local.clamp_(0, size[0] * size[1] - 1), size
 
-    def forward(self, signal: torch.Tensor, switches: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self,
+        signal: torch.Tensor,
+        switches: torch.Tensor,
+        input_size: tuple[int, int],
+        padding: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """``switches``: flat input indices (``int64``, as :meth:`remember` and ``F.max_pool2d`` give them),
+        or ``uint8`` taps from :meth:`remember_compact` with the pool's ``padding`` (``(0, 0)`` for a
+        window whose first row and column are those of its first output position's pool window)."""
+        if switches.dtype == torch.uint8:
+            return self._unpool_taps(signal, switches, input_size, padding or (0, 0))
         n, c = signal.shape[:2]
         out = signal.new_zeros(n, c, input_size[0] * input_size[1])
         out.scatter_add_(2, switches.flatten(2), signal.flatten(2))
         return out.view(n, c, *input_size)
+
+    def _unpool_taps(
+        self, signal: torch.Tensor, taps: torch.Tensor, input_size: tuple[int, int], padding: tuple[int, int]
+    ) -> torch.Tensor:
+        g = self.geometry
+        k, c, h, w = signal.shape
+        (s_y, s_x), (k_y, k_x), (d_y, d_x) = g.stride, g.kernel, g.dilation
+        channels_last = signal.is_contiguous(memory_format=torch.channels_last) and not signal.is_contiguous()
+        if (s_y, s_x) == (k_y, k_x) and (d_y, d_x) == (1, 1):
+            # disjoint windows: value (i, j) lands in block (i, j) at its tap, zeros elsewhere in the block
+            differentiable = signal.requires_grad and torch.is_grad_enabled()
+            if channels_last:
+                values, where = signal.permute(0, 2, 3, 1), taps.permute(0, 2, 3, 1)
+                if differentiable:
+                    stacked = torch.stack([values * (where == t) for t in range(k_y * k_x)], 3)
+                    blocks = stacked.view(k, h, w, k_y, k_x, c).transpose(2, 3)
+                else:
+                    blocks = signal.new_empty(k, h, k_y, w, k_x, c)
+                    for t in range(k_y * k_x):
+                        torch.mul(values, where == t, out=blocks[:, :, t // k_x, :, t % k_x])
+                out = blocks.reshape(k, h * k_y, w * k_x, c).permute(0, 3, 1, 2)
+            else:
+                if differentiable:
+                    stacked = torch.stack([signal * (taps == t) for t in range(k_y * k_x)], -1)
+                    blocks = stacked.view(k, c, h, w, k_y, k_x).transpose(3, 4)
+                else:
+                    blocks = signal.new_empty(k, c, h, k_y, w, k_x)
+                    for t in range(k_y * k_x):
+                        torch.mul(signal, taps == t, out=blocks[:, :, :, t // k_x, :, t % k_x])
+                out = blocks.reshape(k, c, h * k_y, w * k_x)
+        else:
+            full = ((h - 1) * s_y + g.span(0), (w - 1) * s_x + g.span(1))
+            out = torch.empty(
+                k, c, *full, dtype=signal.dtype, device=signal.device,
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+            ).zero_()
+            for t in range(k_y * k_x):
+                t_y, t_x = divmod(t, k_x)
+                rows = slice(t_y * d_y, t_y * d_y + (h - 1) * s_y + 1, s_y)
+                cols = slice(t_x * d_x, t_x * d_x + (w - 1) * s_x + 1, s_x)
+                out[:, :, rows, cols] += signal * (taps == t)
+        top, left = padding
+        if (top, left) == (0, 0) and tuple(out.shape[-2:]) == tuple(input_size):
+            return out
+        out = out[:, :, top : top + input_size[0], left : left + input_size[1]]
+        short = (input_size[0] - out.shape[-2], input_size[1] - out.shape[-1])
+        if short != (0, 0):  # ceil_mode and padding can leave input rows or columns that no window reads
+            out = F.pad(out, (0, short[1], 0, short[0]))
+        return out
+
+    @property
+    def disjoint(self) -> bool:
+        """Whether no two pool windows share an input position (stride at least the window's span)."""
+        g = self.geometry
+        return g is not None and g.stride[0] >= g.span(0) and g.stride[1] >= g.span(1)
 
     def extra_repr(self) -> str:
         if self.adaptive is not None:

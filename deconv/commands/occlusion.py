@@ -1,0 +1,65 @@
+"""``deconv occlusion``: the paper's Fig. 7 for one image, maps as PNG and .npy."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import option
+from ..data import load_image
+from ..errors import ConfigError
+from ..io import atomic_write
+from ..mirror import build_mirror
+from ..occlusion import occlude
+from ..render import class_name, figure7, save_png, show_patch
+from ..report import write_report
+from . import command
+from .common import DATA, MODEL, RUN, model_from, out_dir, preprocess_from, require_at_least
+from .top9 import conv_layers
+
+OPTIONS = MODEL + DATA + RUN + (
+    option("image", str, "", "the image file to occlude"),
+    option("layer", str, "", "the layer whose strongest feature map is watched (empty: the last convolution's rectified output)"),
+    option("channel", int, -1, "the feature map to watch (-1: the strongest in the unoccluded image)"),
+    option("label", int, -1, "the image's true class (-1: the class the model predicts for it)"),
+    option("square", int, 7, "side of the grey square in pixels (grey: the configured mean, 0 after normalisation)"),
+    option("stride", int, 1, "pixels between square positions"),
+)
+
+
+@command("occlusion", "occlusion sensitivity of one image: activation and class maps as a grey square slides over it (Fig. 7)", OPTIONS)
+def run(settings: dict[str, Any]) -> int:
+    if not settings["image"]:
+        raise ConfigError("key 'image' is required: the image file to occlude")
+    require_at_least(settings, square=1, stride=1, batch_size=1)
+    stem = Path(settings["image"]).stem
+    out = out_dir(settings, f"occlusion/{stem}.png")
+    model = model_from(settings)
+    preprocess = preprocess_from(settings, model)
+    image = load_image(settings["image"], preprocess)
+    mirror = build_mirror(model)
+    layer = settings["layer"] or conv_layers(mirror)[-1]
+    start = time.perf_counter()
+    result = occlude(
+        mirror, image, layer, square=settings["square"], stride=settings["stride"],
+        channel=settings["channel"] if settings["channel"] >= 0 else None,
+        label=settings["label"] if settings["label"] >= 0 else None, batch_size=settings["batch_size"],
+    )
+    seconds = time.perf_counter() - start
+    names = getattr(model, "classes", None)
+    path = out / "occlusion" / f"{stem}.png"
+    save_png(figure7(show_patch(image[None], preprocess.denormalize)[0], result, names), path)
+    maps = {"activation": result.activation, "probability": result.probability, "predicted": result.predicted,
+            "projection": result.projection}
+    for name, values in maps.items():
+        atomic_write(out / "occlusion" / stem / f"{name}.npy", lambda f, v=values: np.save(f, v.numpy()))
+    report = write_report(out)
+    positions = result.activation.numel()
+    print(
+        f"{positions} square positions in {seconds:.2f} s ({positions / seconds:.0f}/s); {layer} map {result.channel}; "
+        f"p({class_name(result.label, names)}) unoccluded {float(result.clean_probabilities[result.label]):.3f}, "
+        f"lowest {float(result.probability.min()):.3f}; wrote {path}, {path.with_suffix('')}/{{{','.join(maps)}}}.npy and {report}"
+    )
+    return 0
