@@ -4,20 +4,8 @@
 >>> rec = mirror.project(images, layer="features.29", channel=12)   # (N, C, H, W)
 """
 from .builders import register_mirror, registered_types, unregister_mirror
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DatasetError,
-    DeconvError,
-    InputError,
-    ModelLoadError,
-    NonFiniteError,
-    OutputError,
-    SelectionError,
-    StateError,
-    UnsupportedGraphError,
-    UnsupportedModuleError,
-)
+from . import errors
+from .errors import *  # noqa: F403  (the typed errors, listed in errors.__all__)
 from .mirror import DEFAULT_MEMORY_BUDGET, Box, LayerInfo, Mirror, ReceptiveField, Selection, build_mirror
 from .models import default_dataset, default_model
 
@@ -36,17 +24,6 @@ __all__ = [
     "register_mirror",
     "unregister_mirror",
     "registered_types",
-    "DeconvError",
-    "UnsupportedModuleError",
-    "UnsupportedGraphError",
-    "SelectionError",
-    "InputError",
-    "NonFiniteError",
-    "ConfigError",
-    "DatasetError",
-    "CheckpointError",
-    "ModelLoadError",
-    "StateError",
-    "OutputError",
     "__version__",
+    *errors.__all__,
 ]

@@ -8,23 +8,13 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import Dataset
 
 import deconv
 from deconv.cli import main
 from deconv.commands import evolution as command
 from deconv.evolution import evolve
+from tensor_dataset import Tensors
 
-
-class Tensors(Dataset):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], 0
 
 
 def _model() -> nn.Sequential:

@@ -13,7 +13,6 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
-from torch.utils.data import Dataset
 
 import deconv
 from deconv.commands import all_options
@@ -24,19 +23,10 @@ from deconv.data import ImageFolder, Preprocess, UnreadableImage, batches, load_
 from deconv.errors import ConfigError, DatasetError, DeconvError, StateError
 from deconv.resume import Checkpoint
 from deconv.scan import ScanState, project_top, scan
+from tensor_dataset import Tensors
 
 ROOT = Path(__file__).parents[1]
 
-
-class Tensors(Dataset):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], 0
 
 
 @st.composite

@@ -3,24 +3,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 import deconv
 from deconv.scan import TopK, project_top, scan
+from tensor_dataset import Tensors
 
-
-class Tensors(Dataset):
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], 0
-
-    def path(self, i: int) -> str:
-        return f"image{i}.png"
 
 
 def _model() -> nn.Module:
