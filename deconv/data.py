@@ -124,8 +124,12 @@ class Preprocess:
             width, height = image.size
             left, top = (width - self.crop) // 2, (height - self.crop) // 2
             image = image.crop((left, top, left + self.crop, top + self.crop))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        x = torch.from_numpy(array.reshape(array.shape[0], array.shape[1], -1)).permute(2, 0, 1).contiguous()
+        array = np.asarray(image)
+        return self.tensor(array.reshape(array.shape[0], array.shape[1], -1))
+
+    def tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 pixels ``(..., H, W, C)`` -> ``(..., C, H, W)`` float32, normalised."""
+        x = torch.from_numpy(np.asarray(pixels, dtype=np.float32) / 255.0).movedim(-1, -3).contiguous()
         mean, std = self._stats(x)
         return (x - mean) / std
 
@@ -207,6 +211,7 @@ class IdxDataset(Dataset):
     ) -> None:
         self.images = read_idx(images)
         self.preprocess = preprocess
+        self._normalized: torch.Tensor | None = None
         self.classes: list[str] = list(classes)
         if self.images.ndim != 3 or self.images.dtype != np.uint8:
             raise DatasetError(
@@ -235,8 +240,12 @@ class IdxDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = Image.fromarray(self.images[index])
-        return self.preprocess(image), int(self.labels[index])
+        if self.preprocess.size is None and self.preprocess.crop is None:  # no resampling: all at once, once
+            if self._normalized is None:
+                grey = self.images[..., None]
+                self._normalized = self.preprocess.tensor(np.repeat(grey, self.preprocess.channels, -1))
+            return self._normalized[index], int(self.labels[index])
+        return self.preprocess(Image.fromarray(self.images[index])), int(self.labels[index])
 
     def path(self, index: int) -> str | None:
         """Items of an idx file have no file of their own: always None."""

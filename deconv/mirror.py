@@ -142,6 +142,14 @@ def evaluating(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+def _non_finite(x: torch.Tensor) -> int | None:
+    """The first image of ``x`` ``(N, ...)`` holding NaN or inf, or ``None``: one cheap sum, then a closer look."""
+    if bool(torch.isfinite(x.sum())):
+        return None
+    bad = (~torch.isfinite(x).flatten(1).all(1)).nonzero()
+    return int(bad[0]) if len(bad) else None  # a finite sum that overflowed
+
+
 def _pools_like(layer: nn.Module, mirror: nn.Module) -> bool:
     """Whether ``mirror`` (an :class:`Unpool2d`) pools exactly as ``layer``, a plain ``nn.MaxPool2d``, does."""
     if type(layer) is not nn.MaxPool2d or layer.return_indices or not isinstance(mirror, Unpool2d):
@@ -202,9 +210,9 @@ class Mirror(nn.Module):
                         f"({type(step.layer).__name__}) takes {channels}"
                     )
                 break
-        bad = ~torch.isfinite(images).flatten(1).all(1)
-        if bool(bad.any()):
-            raise NonFiniteError(f"images contain NaN or inf (image {int(bad.nonzero()[0])})")
+        bad = _non_finite(images)
+        if bad is not None:
+            raise NonFiniteError(f"images contain NaN or inf (image {bad})")
         parameter = next(self.model.parameters(), None)
         if parameter is not None:
             images = images.to(parameter.device, parameter.dtype)
@@ -246,10 +254,10 @@ class Mirror(nn.Module):
                         recall = getattr(step.mirror, "remember", None)
                         memory.append(recall(x, y) if recall else ())
                 if i in keep:
-                    bad = ~torch.isfinite(y).flatten(1).all(1)
-                    if bool(bad.any()):
+                    bad = _non_finite(y)
+                    if bad is not None:
                         raise NonFiniteError(
-                            f"layer {step.name!r} has NaN or inf activations for image {int(bad.nonzero()[0])}"
+                            f"layer {step.name!r} has NaN or inf activations for image {bad}"
                         )
                     outputs[i] = y
                 x = y
@@ -300,13 +308,21 @@ class Mirror(nn.Module):
     def receptive_field(self, layer: str, y: int, x: int, image_shape: tuple[int, ...] | None = None) -> Box:
         """Pixel box of activation ``(y, x)`` of ``layer`` (the whole image for layers past a global one)."""
         top = self.index(layer)
-        shape = self._image_shape_or(image_shape)
-        self._check(Selection(0, layer, 0, y, x), self.shapes(shape)[top], 1)
-        field = self._field(top, torch.tensor([[y, x]]), (1, 1))
-        if field is None:
-            return Box(0, 0, shape[-2], shape[-1])
-        (t, l), (h, w) = field[0][0].tolist(), field[1]
+        self._check(Selection(0, layer, 0, y, x), self.shapes(self._image_shape_or(image_shape))[top], 1)
+        origin, (h, w) = self.receptive_fields(layer, torch.tensor([[y, x]]), image_shape)
+        t, l = origin[0].tolist()
         return Box(t, l, t + h, l + w)
+
+    def receptive_fields(
+        self, layer: str, positions: torch.Tensor, image_shape: tuple[int, ...] | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Pixel boxes of many activations of ``layer`` at ``positions`` ``(K, 2)`` (y, x): their
+        top-left corners ``(K, 2)`` and their shared size ``(h, w)``; the whole image past a global layer."""
+        field = self._field(self.index(layer), positions, (1, 1))
+        if field is None:
+            shape = self._image_shape_or(image_shape)
+            return torch.zeros_like(positions), (shape[-2], shape[-1])
+        return field
 
     # ---------------------------------------------------------------- projection
     def project(
@@ -496,7 +512,7 @@ class Mirror(nn.Module):
                 rectified = False
                 above = below
                 continue
-            if i > 0 and i != top and type(self.steps[i - 1].mirror) is Rectify and isinstance(mirror, Unpool2d) and mirror.disjoint:
+            if 0 < i < top and type(self.steps[i - 1].mirror) is Rectify and isinstance(mirror, Unpool2d) and mirror.disjoint:
                 signal, rectified = signal.relu_(), True  # max(0, .) commutes with placing values apart
             if origin is not None:
                 step = self._window_below(i, origin, size, below)
@@ -509,7 +525,9 @@ class Mirror(nn.Module):
                 continue
             read, read_size = step
             cone, cone_size = descend(mirror.geometry, cone, cone_size)
-            memory = tuple(window(m, image, origin, size, channels_last=True) if _is_map(m) else m for m in memory)
+            memory = tuple(
+                window(m, image, origin, size, channels_last=True) if _is_map(m) else _select(m, image) for m in memory
+            )
             signal = mirror(signal, *mirror.restrict(memory, read, read_size))
             origin, size = clip(cone, cone_size, read, read_size, tuple(below[-2:]))
             signal = shift(signal, origin - read, size)
@@ -583,8 +601,5 @@ def _is_map(memory: Any) -> bool:
 
 
 def _select(memory: Any, image: torch.Tensor) -> Any:
-    """A memory entry for whole maps: per-image tensors for the traced images ``image``."""
-    if not isinstance(memory, torch.Tensor):
-        return memory
-    memory = memory.index_select(0, image)
-    return memory
+    """A memory entry for the traced images ``image``: per-image tensors are picked, the rest kept."""
+    return memory.index_select(0, image) if isinstance(memory, torch.Tensor) else memory

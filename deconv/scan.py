@@ -24,42 +24,61 @@ __all__ = ["TopK", "Record", "ScanState", "Projected", "scan", "project_top"]
 
 class TopK:
     """Running top ``k`` per channel of one layer: ``values``, dataset ``index``, position ``y``, ``x``,
-    each ``(C, k)``, best first; ties go to the lower dataset index. Empty slots have index -1."""
+    each ``(C, k)``, best first; ties go to the lower dataset index. Empty slots have index -1.
+
+    Candidates wait in a buffer and are ranked a few thousand at a time (one sort, not one per batch).
+    """
+
+    BUFFER = 4096  # candidate columns ranked together
 
     def __init__(self, channels: int, k: int = 9, dtype: torch.dtype = torch.float32) -> None:
-        self.values = torch.full((channels, k), -torch.inf, dtype=dtype)
-        self.index = torch.full((channels, k), -1, dtype=torch.long)
-        self.y = torch.zeros(channels, k, dtype=torch.long)
-        self.x = torch.zeros(channels, k, dtype=torch.long)
+        self._best = (
+            torch.full((channels, k), -torch.inf, dtype=dtype),
+            torch.full((channels, k), -1, dtype=torch.long),
+            torch.zeros(channels, k, dtype=torch.long),
+            torch.zeros(channels, k, dtype=torch.long),
+        )
+        self._waiting: list[tuple[torch.Tensor, ...]] = []
 
     @property
     def k(self) -> int:
-        return self.values.shape[1]
+        return self._best[0].shape[1]
+
+    values = property(lambda self: self._ranked()[0], doc="``(C, k)`` activations, best first")
+    index = property(lambda self: self._ranked()[1], doc="``(C, k)`` dataset indices (-1: empty)")
+    y = property(lambda self: self._ranked()[2], doc="``(C, k)`` rows of the activations")
+    x = property(lambda self: self._ranked()[3], doc="``(C, k)`` columns of the activations")
 
     def update(self, values: torch.Tensor, index: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> None:
         """Adds candidates ``(C, M)`` (``values``, ``y``, ``x``) with dataset ``index`` ``(M,)`` or ``(C, M)``."""
         if index.dim() == 1:
             index = index.expand(values.shape[0], -1)
-        values = torch.cat([self.values, values.to(self.values.dtype)], 1)
-        index = torch.cat([self.index, index], 1)
-        by_index = torch.argsort(index, dim=1, stable=True)
-        by_value = torch.argsort(values.gather(1, by_index), dim=1, descending=True, stable=True)
-        best = by_index.gather(1, by_value)[:, : self.k]
-        self.values, self.index = values.gather(1, best), index.gather(1, best)
-        self.y = torch.cat([self.y, y], 1).gather(1, best)
-        self.x = torch.cat([self.x, x], 1).gather(1, best)
+        self._waiting.append((values.to(self._best[0].dtype), index, y, x))
+        if sum(w[0].shape[1] for w in self._waiting) >= self.BUFFER:
+            self._ranked()
+
+    def _ranked(self) -> tuple[torch.Tensor, ...]:
+        """Ranks the waiting candidates into the best ``k`` and returns ``(values, index, y, x)``."""
+        if not self._waiting:
+            return self._best
+        new = [torch.cat(parts, 1) for parts in zip(*self._waiting)]
+        self._waiting = []
+        merged = [torch.cat([a, b], 1) for a, b in zip(self._best, new)]
+        best = _key(merged[0], merged[1]).topk(self.k, dim=1).indices
+        self._best = tuple(m.gather(1, best) for m in merged)
+        return self._best
 
     def merge(self, other: TopK) -> None:
         """Adds another shard's entries: the result is that of one scan over both shards."""
-        self.update(other.values, other.index, other.y, other.x)
+        self.update(*other._ranked())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"values": self.values, "index": self.index, "y": self.y, "x": self.x}
+        return dict(zip(("values", "index", "y", "x"), self._ranked()))
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> TopK:
         top = cls(*state["values"].shape, dtype=state["values"].dtype)
-        top.values, top.index, top.y, top.x = state["values"], state["index"], state["y"], state["x"]
+        top._best = (state["values"], state["index"], state["y"], state["x"])
         return top
 
 
@@ -231,20 +250,33 @@ def _non_finite(mirror: Mirror, dataset: Dataset, batch: Batch, tops: dict[str, 
     return NonFiniteError(f"NaN or inf activations in the batch of dataset images {first}..{last}")
 
 
+def _key(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(C, M)`` int64 keys that order by value, then by lower index: one ``topk`` ranks exactly, ties included.
+
+    A float's bits, read as an integer and folded for negatives, order like the float (float32 holds
+    every value of the narrower types exactly); the low 32 bits hold the index, inverted. Float64
+    activations are ranked in float32: distinct values closer than float32 can tell apart tie.
+    """
+    bits = (values.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
+    ordered = torch.where(bits < 0, -(2**31) - bits - 1, bits)  # monotone in the float's value
+    return ordered * 2**32 + (2**32 - 2 - index)  # index -1 (an empty slot) .. 2**32 - 2
+
+
 def _add(state: ScanState, layer: str, out: torch.Tensor, index: torch.Tensor, k: int) -> None:
     """Enters one batch's activations ``(B, C, H, W)`` or ``(B, F)`` of ``layer`` into the ranking."""
-    out = out.detach().cpu()
     if layer not in state.tops:
         state.tops[layer] = TopK(out.shape[1], k, out.dtype)
         if out.dim() == 2:
             state.vector_layers.add(layer)
+    top = state.tops[layer]
     if out.dim() == 2:
-        values, y = out.T, torch.zeros(out.shape[1], out.shape[0], dtype=torch.long)
-        state.tops[layer].update(values, index, y, y)
+        zeros = torch.zeros(out.shape[1], out.shape[0], dtype=torch.long)
+        top.update(out.detach().T.cpu(), index, zeros, zeros)
         return
-    values, flat = out.flatten(2).max(2)  # (B, C): the first maximum on ties
+    values, flat = out.detach().flatten(2).max(2)  # (B, C): each image's strongest activation, the first on ties
+    values, flat = values.T.cpu(), flat.T.cpu()
     width = out.shape[3]
-    state.tops[layer].update(values.T, index, (flat // width).T, (flat % width).T)
+    top.update(values, index, flat // width, flat % width)
 
 
 @dataclass
@@ -302,12 +334,11 @@ def _patches(
     mirror: Mirror, images: torch.Tensor, image: torch.Tensor, records: list[Record]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The receptive-field boxes of ``records`` cut from ``images`` ``(N, C, H, W)``, and where they are inside."""
-    boxes = [mirror.receptive_field(r.layer, r.y, r.x) if r.y is not None else None for r in records]
-    if boxes[0] is None:
+    if records[0].y is None:
         patches = images[image]
         return patches, torch.ones_like(patches[:, :1], dtype=torch.bool)
-    origin = torch.tensor([[b.top, b.left] for b in boxes], device=images.device)
-    size = (boxes[0].bottom - boxes[0].top, boxes[0].right - boxes[0].left)
+    positions = torch.tensor([[r.y, r.x] for r in records], device=images.device)
+    origin, size = mirror.receptive_fields(records[0].layer, positions, tuple(images.shape[1:]))
     patches = cut(images, image, origin, size)
     mask = inside(origin, size, tuple(images.shape[-2:]))
     if mask is None:
