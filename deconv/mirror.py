@@ -142,7 +142,7 @@ def evaluating(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-def _non_finite(x: torch.Tensor) -> int | None:
+def first_non_finite(x: torch.Tensor) -> int | None:
     """The first image of ``x`` ``(N, ...)`` holding NaN or inf, or ``None``: one cheap sum, then a closer look."""
     if bool(torch.isfinite(x.sum())):
         return None
@@ -210,7 +210,7 @@ class Mirror(nn.Module):
                         f"({type(step.layer).__name__}) takes {channels}"
                     )
                 break
-        bad = _non_finite(images)
+        bad = first_non_finite(images)
         if bad is not None:
             raise NonFiniteError(f"images contain NaN or inf (image {bad})")
         parameter = next(self.model.parameters(), None)
@@ -220,13 +220,19 @@ class Mirror(nn.Module):
         return images
 
     def run(
-        self, images: torch.Tensor, keep: Iterable[int] = (), until: int | None = None, remember: bool = True
+        self,
+        images: torch.Tensor,
+        keep: Iterable[int] = (),
+        until: int | None = None,
+        remember: bool = True,
+        check: bool = True,
     ) -> Trace:
         """Forward walk over checked ``images`` up to step ``until`` (default: the last).
 
         Keeps the outputs of steps ``keep`` and, with ``remember``, each mirror's memory (its
         ``remember_compact`` form where it has one: max pools keep 1-byte taps, not 8-byte switches).
-        Raises ``NonFiniteError`` naming the layer and image where a kept output is not finite.
+        With ``check``, raises ``NonFiniteError`` naming the layer and image where a kept output is
+        not finite (a caller that reduces the outputs anyway can check the reductions instead).
         """
         keep = set(keep)
         until = len(self.steps) - 1 if until is None else until
@@ -254,7 +260,7 @@ class Mirror(nn.Module):
                         recall = getattr(step.mirror, "remember", None)
                         memory.append(recall(x, y) if recall else ())
                 if i in keep:
-                    bad = _non_finite(y)
+                    bad = first_non_finite(y) if check else None
                     if bad is not None:
                         raise NonFiniteError(
                             f"layer {step.name!r} has NaN or inf activations for image {bad}"

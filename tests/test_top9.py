@@ -53,8 +53,11 @@ def test_scan_equals_brute_force_with_ties_and_odd_batches() -> None:
     state = scan(mirror, dataset, ["1", "4", "6"], k=9, batch_size=10, progress=False)
     records = state.records(dataset)
     for layer, upto in (("1", 1), ("4", 4), ("6", 6)):
-        got = [(r.channel, r.rank, r.index, r.y, r.x, r.value) for r in records if r.layer == layer]
-        assert got == _brute_force(model, images, upto, 9), layer
+        got = [(r.channel, r.rank, r.index, r.y, r.x) for r in records if r.layer == layer]
+        want = _brute_force(model, images, upto, 9)
+        assert got == [w[:5] for w in want], layer
+        # the scan runs channels-last, the brute force in the model's layout: values agree to rounding
+        torch.testing.assert_close([r.value for r in records if r.layer == layer], [w[5] for w in want], rtol=1e-5, atol=1e-6)
     assert state.images == len(images) and state.position == len(images)
     tied = [[r.index for r in records if r.layer == "1" and r.channel == c][:3] for c in range(6)]
     assert [7, 90, 100] in tied, tied  # the same value three times: in dataset order
@@ -115,3 +118,63 @@ def test_project_top_crops_match_dense_projections_and_images() -> None:
             assert torch.equal(inside, inside_image[:, box.top + pad : box.bottom + pad, box.left + pad : box.right + pad])
             seen += 1
     assert seen == len(records)
+
+
+class Flat(nn.Module):
+    """A user's layer that only works in the default memory layout (``view`` fails on channels-last)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], -1).view(x.shape)
+
+
+def test_a_users_layer_keeps_the_models_layout_and_the_exact_values() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 6, 5, 2, 2), Flat(), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(6, 8, 3, 1, 1), nn.ReLU()).eval()
+    deconv.register_mirror(Flat)(lambda m: deconv.layers.PassThrough())
+    try:
+        mirror = deconv.build_mirror(model)
+        dataset = Tensors(_images())
+        records = scan(mirror, dataset, ["2", "5"], k=9, batch_size=10, progress=False).records(dataset)
+    finally:
+        deconv.unregister_mirror(Flat)
+    for layer, upto in (("2", 2), ("5", 5)):
+        got = [(r.channel, r.rank, r.index, r.y, r.x, r.value) for r in records if r.layer == layer]
+        assert got == _brute_force(model, _images(), upto, 9), layer  # bit for bit: the same layout
+
+
+class Poison(nn.Module):
+    """NaN at one position of one channel, for images with an activation above 5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[:, 2, 1, 1] = torch.where(x.flatten(1).amax(1) > 5, torch.nan, x[:, 2, 1, 1])
+        return x
+
+
+def test_a_nan_off_the_maximum_names_the_layer_and_image() -> None:
+    import pytest
+
+    from deconv.errors import NonFiniteError
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 6, 5, 2, 2), nn.ReLU(), Poison()).eval()
+    images = torch.zeros(30, 1, 16, 16)
+    images[23] = 100 * torch.randn(1, 16, 16)  # strong activations: Poison fires for image 23 only
+    deconv.register_mirror(Poison)(lambda m: deconv.layers.PassThrough())
+    try:
+        mirror = deconv.build_mirror(model)
+        with pytest.raises(NonFiniteError, match=r"layer '2' has NaN or inf activations for dataset image 23"):
+            scan(mirror, Tensors(images), ["1", "2"], batch_size=8, progress=False)
+    finally:
+        deconv.unregister_mirror(Poison)
+
+
+def test_ties_within_one_batch_go_to_the_lower_index() -> None:
+    model, images = _model(), _images()
+    images[[120, 3, 77, 50, 31]] = images[7].clone()  # six copies of the strongest image in one batch
+    dataset = Tensors(images)
+    records = scan(deconv.build_mirror(model), dataset, ["1", "6"], k=4, batch_size=137, progress=False).records(dataset)
+    for layer, upto in (("1", 1), ("6", 6)):
+        got = [(r.channel, r.rank, r.index, r.y, r.x) for r in records if r.layer == layer]
+        assert got == [w[:5] for w in _brute_force(model, images, upto, 4)], layer
+    assert [r.index for r in records if r.layer == "1" and r.channel == 0] == [3, 7, 31, 50]
