@@ -156,32 +156,39 @@ def figure2(
     ``chunks`` are the :class:`~deconv.scan.Projected` chunks of one layer. Each tile shows the
     receptive-field box cut to the image (where a deep layer's box is larger than the image, only
     the image part carries anything); tiles are enlarged by an integer factor to about ``size`` pixels.
+    An entry whose activation is not positive and whose projection is zero is left blank (its image
+    is only the first of many with nothing there), and the panel's label counts the active ones.
     """
-    tiles: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+    tiles: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, bool]]] = {}
     layer = ""
     for chunk in chunks:
         shown = show_projection(chunk.projections.float().cpu())
         patches = show_patch(chunk.patches.float().cpu(), denormalize, chunk.inside.cpu())
-        for record, projection, patch, inside in zip(chunk.records, shown, patches, chunk.inside.cpu()):
+        silent = chunk.projections.flatten(1).abs().amax(1).cpu() == 0
+        for record, projection, patch, inside, nothing in zip(chunk.records, shown, patches, chunk.inside.cpu(), silent):
             layer = record.layer
             rows, cols = inside[0].any(1).nonzero()[:, 0], inside[0].any(0).nonzero()[:, 0]
             box = (slice(None), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-            tiles.setdefault(record.channel, []).append((record.rank, projection[box], patch[box]))
-    h = max(t.shape[1] for ranked in tiles.values() for _, t, _ in ranked)
-    w = max(t.shape[2] for ranked in tiles.values() for _, t, _ in ranked)
+            active = record.value > 0 or not bool(nothing)
+            tiles.setdefault(record.channel, []).append((record.rank, projection[box], patch[box], active))
+    h = max(t.shape[1] for ranked in tiles.values() for _, t, _, _ in ranked)
+    w = max(t.shape[2] for ranked in tiles.values() for _, t, _, _ in ranked)
     factor = max(1, round(size / max(h, w)))
 
-    def fit(tile: torch.Tensor) -> torch.Tensor:  # edge tiles are smaller: pad them to the layer's size
+    def fit(tile: torch.Tensor, active: bool) -> torch.Tensor:  # edge tiles are smaller: pad them to the layer's size
         out = torch.full((3, h, w), BACKGROUND)
-        out[:, : tile.shape[1], : tile.shape[2]] = tile
+        if active:
+            out[:, : tile.shape[1], : tile.shape[2]] = tile
         return upscale(out, factor)
 
     panels = []
     for channel in sorted(tiles):
         ranked = sorted(tiles[channel], key=lambda t: t[0])
+        active = sum(a for *_, a in ranked)
+        note = "" if active == len(ranked) else "  never active" if not active else f"  {active} of {len(ranked)} active"
         panels.append(channel_panel(
-            torch.stack([fit(p) for _, p, _ in ranked]), torch.stack([fit(q) for _, _, q in ranked]),
-            f"{layer}  channel {channel}",
+            torch.stack([fit(p, a) for _, p, _, a in ranked]), torch.stack([fit(q, a) for _, _, q, a in ranked]),
+            f"{layer}  channel {channel}{note}",
         ))
     return sheets(panels, f"{layer}: top {max(len(t) for t in tiles.values())} activations per channel", per_sheet)
 

@@ -48,3 +48,24 @@ def test_sheets_split_large_layers() -> None:
     pages = sheets([panel] * 70, "layer x", per_sheet=32)
     assert len(pages) == 3
     assert pages[0].width > pages[2].width
+
+
+def test_figure2_blanks_entries_that_reach_nothing_and_counts_the_active_ones() -> None:
+    import numpy as np
+
+    from deconv.render import figure2
+    from deconv.scan import Projected, Record
+
+    g = torch.Generator().manual_seed(0)
+    records = [Record("4", 0, rank, rank, None, 0, 0, value) for rank, value in enumerate([1.0, 0.0, -1.0])]
+    projections = torch.rand(3, 1, 8, 8, generator=g) + 0.1
+    projections[1] = 0.0  # a zero activation: nothing reaches the pixels
+    patches = torch.rand(3, 1, 8, 8, generator=g)
+    chunk = Projected(records, projections, patches, torch.ones(3, 1, 8, 8, dtype=torch.bool))
+    (sheet,) = figure2([chunk], lambda x: x, size=8)
+    pixels = np.asarray(sheet)
+    top, left, patch_left = 24 + 10 + 19, 10, 10 + 3 * 10 - 2 + 6  # title, margin, panel label; grids 2 px apart
+    tile = lambda x: pixels[top : top + 8, x : x + 8]  # noqa: E731
+    assert (tile(left + 10) == 255).all() and (tile(patch_left + 10) == 255).all()  # rank 1: blank
+    for rank in (0, 2):  # shown, the negative one too: its projection is not zero
+        assert not (tile(left + 10 * rank) == 255).all() and not (tile(patch_left + 10 * rank) == 255).all()
