@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from .cone import cut, inside
 from .data import Batch, UnreadableImage, batches
-from .errors import InputError, NonFiniteError
+from .errors import InputError, NonFiniteError, SelectionError
 from .mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
 from .progress import progress_bar
 
@@ -187,6 +187,8 @@ def scan(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if not layers:
+        raise SelectionError(f"name at least one layer to scan; valid layers: {', '.join(mirror.layer_names)}")
     tops = [mirror.index(layer) for layer in layers]
     order = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
     if state is None:

@@ -178,3 +178,12 @@ def test_ties_within_one_batch_go_to_the_lower_index() -> None:
         got = [(r.channel, r.rank, r.index, r.y, r.x) for r in records if r.layer == layer]
         assert got == [w[:5] for w in _brute_force(model, images, upto, 4)], layer
     assert [r.index for r in records if r.layer == "1" and r.channel == 0] == [3, 7, 31, 50]
+
+
+def test_scanning_no_layer_is_an_error_listing_the_valid_ones() -> None:
+    import pytest
+
+    from deconv.errors import SelectionError
+
+    with pytest.raises(SelectionError, match=r"at least one layer.*valid layers: 0, 1, 2"):
+        scan(deconv.build_mirror(_model()), Tensors(_images()), [], progress=False)
