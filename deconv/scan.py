@@ -253,12 +253,12 @@ def _forward(
                 channels_last(images) if any_layout else images,
                 keep=tops.values(), until=max(tops.values()), remember=False, check=False,
             ).outputs
-        found = {layer: outputs[top].detach() for layer, top in tops.items()}
-        maxima = torch.cat([out.amax((2, 3)) if out.dim() == 4 else out for out in found.values()], 1)
-        if first_non_finite(maxima) is not None:
-            raise NonFiniteError()
-    except NonFiniteError:
+    except NonFiniteError:  # in the images
         raise _non_finite_error(mirror, dataset, batch, tops) from None
+    found = {layer: outputs[top].detach() for layer, top in tops.items()}
+    maxima = torch.cat([out.amax((2, 3)) if out.dim() == 4 else out for out in found.values()], 1)
+    if first_non_finite(maxima) is not None:
+        raise _non_finite_error(mirror, dataset, batch, tops)
     return found, maxima
 
 

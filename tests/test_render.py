@@ -1,9 +1,11 @@
 """Rendering: display scaling, grids and Fig. 2 sheets."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from deconv.render import channel_panel, grid, sheets, show_patch, show_projection, upscale
+from deconv.render import channel_panel, figure2, grid, sheets, show_patch, show_projection, upscale
+from deconv.scan import Projected, Record
 
 
 def test_projection_display_is_centred_grey_and_per_patch() -> None:
@@ -51,11 +53,6 @@ def test_sheets_split_large_layers() -> None:
 
 
 def test_figure2_blanks_entries_that_reach_nothing_and_counts_the_active_ones() -> None:
-    import numpy as np
-
-    from deconv.render import figure2
-    from deconv.scan import Projected, Record
-
     g = torch.Generator().manual_seed(0)
     records = [Record("4", 0, rank, rank, None, 0, 0, value) for rank, value in enumerate([1.0, 0.0, -1.0])]
     projections = torch.rand(3, 1, 8, 8, generator=g) + 0.1

@@ -1,10 +1,12 @@
 """The top-9 scan against brute force over all activations of a small dataset."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 import deconv
+from deconv.errors import NonFiniteError, SelectionError
 from deconv.scan import TopK, project_top, scan
 from tensor_dataset import Tensors
 
@@ -152,10 +154,6 @@ class Poison(nn.Module):
 
 
 def test_a_nan_off_the_maximum_names_the_layer_and_image() -> None:
-    import pytest
-
-    from deconv.errors import NonFiniteError
-
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 6, 5, 2, 2), nn.ReLU(), Poison()).eval()
     images = torch.zeros(30, 1, 16, 16)
@@ -181,9 +179,5 @@ def test_ties_within_one_batch_go_to_the_lower_index() -> None:
 
 
 def test_scanning_no_layer_is_an_error_listing_the_valid_ones() -> None:
-    import pytest
-
-    from deconv.errors import SelectionError
-
     with pytest.raises(SelectionError, match=r"at least one layer.*valid layers: 0, 1, 2"):
         scan(deconv.build_mirror(_model()), Tensors(_images()), [], progress=False)
