@@ -19,7 +19,7 @@ from .builders.registry import DEFAULT_RULE
 from .cone import place, shift
 from .errors import InputError, NonFiniteError, SelectionError
 from .graph import IMAGES, Graph, Node, Trace, evaluating, first_non_finite
-from .plan import chunks, selection_bytes, trace_bytes
+from .plan import Footprint, chunks, selection_bytes
 from .reverse import cones, reverse
 
 __all__ = [
@@ -134,7 +134,7 @@ class Mirror(nn.Module):
         for i, node in enumerate(self.steps):
             for name in (node.name, *node.aliases):
                 self._index.setdefault(name, i)
-        self._dry: dict[tuple[int, ...], Trace] = {}
+        self._dry: dict[tuple[int, ...], Footprint] = {}
         self._image_shape: tuple[int, ...] | None = None
 
     # ---------------------------------------------------------------- layers
@@ -233,15 +233,15 @@ class Mirror(nn.Module):
         keep = range(len(self.steps)) if layers is None else [self.index(layer) for layer in layers]
         return self.graph.run(images, keep, None, self.rules, True)
 
-    def _dry_run(self, image_shape: Sequence[int]) -> Trace:
-        """A walk over one zero image of ``image_shape`` ``(C, H, W)``, with every output and the memory
-        of every rule: shapes, and what one image costs (cached)."""
+    def _dry_run(self, image_shape: Sequence[int]) -> Footprint:
+        """A walk over one zero image of ``image_shape`` ``(C, H, W)`` with the memory of every rule:
+        the shapes, and what one image costs (cached)."""
         image_shape = tuple(image_shape)
         if image_shape not in self._dry:
             parameter = next(self.model.parameters(), None)
             kw = {} if parameter is None else {"device": parameter.device, "dtype": parameter.dtype}
             zeros = torch.zeros(1, *image_shape, **kw)
-            self._dry[image_shape] = self.graph.run(zeros, range(len(self.steps)), None, self.rules, False)
+            self._dry[image_shape] = Footprint.of(self.graph.run(zeros, (), None, self.rules, False))
         return self._dry[image_shape]
 
     def shapes(self, image_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -421,7 +421,7 @@ class Mirror(nn.Module):
                 raise SelectionError("trace= must come from mirror.trace(images) of these images and layers")
             per_image = (1, 1)
         else:
-            per_image = trace_bytes(self.graph.run(images[:1], set(tops), max(tops), (rule,), False), item)
+            per_image = dry.image_bytes(rule, max(tops), tops, item)
         plan = chunks(
             [s.image for s in parsed], tops, per_image, per_selection, budget if trace is None else 2**62,
             [(s.y or 0, s.x or 0) for s in parsed],

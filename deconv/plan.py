@@ -14,7 +14,7 @@ import torch
 from .graph import IMAGES, Graph, Trace
 from .reverse import cones
 
-__all__ = ["WORK_TENSOR_BYTES", "Chunk", "trace_bytes", "selection_bytes", "chunks"]
+__all__ = ["WORK_TENSOR_BYTES", "Chunk", "Footprint", "selection_bytes", "chunks"]
 
 WORK_TENSOR_BYTES = 16 * 1024**2
 """Batched work is also cut into chunks whose largest tensor is about this big (if one image or one
@@ -36,25 +36,35 @@ def _numel(shape: Sequence[int]) -> int:
     return int(torch.Size(shape).numel())
 
 
-def trace_bytes(trace: Trace, item: int) -> tuple[int, int]:
-    """Bytes that one image of a measured one-image ``trace`` keeps (memory and kept outputs, plus
-    its largest step's input, output and a copy), and the bytes of its largest tensor."""
-    seen: dict[int, int] = {}
-    for memory in trace.memory:
-        for entry in memory.values():
-            for m in entry:
-                if isinstance(m, torch.Tensor):
-                    seen[id(m)] = m.numel() * m.element_size()
-    for out in trace.outputs.values():
-        seen[id(out)] = out.numel() * out.element_size()
-    largest = max([_numel(s) for s in trace.shapes if s] + [_numel(s) for ins in trace.inputs for s in ins] + [1])
-    return sum(seen.values()) + 3 * 2 * largest * item, largest * item
+@dataclass(frozen=True)
+class Footprint:
+    """What a one-image walk measured: each node's input shapes and output shape (batch left out)
+    and the bytes its memory takes under each rule."""
+
+    inputs: list[tuple[tuple[int, ...], ...]]
+    shapes: list[tuple[int, ...]]
+    memory: list[dict[str, int]]
+
+    @classmethod
+    def of(cls, trace: Trace) -> Footprint:
+        memory = [
+            {rule: sum(m.numel() * m.element_size() for m in entry if isinstance(m, torch.Tensor)) for rule, entry in node.items()}
+            for node in trace.memory
+        ]
+        return cls(trace.inputs, trace.shapes, memory)
+
+    def image_bytes(self, rule: str, until: int, keep: Sequence[int], item: int) -> tuple[int, int]:
+        """Bytes one image costs a walk to node ``until`` that keeps ``keep`` and ``rule``'s memory (plus
+        its largest step's input, output and a copy), and the bytes of its largest tensor."""
+        kept = sum(_numel(self.shapes[i]) for i in set(keep)) * item
+        memory = sum(m.get(rule, 0) for m in self.memory[: until + 1])
+        largest = max([_numel(s) for s in self.shapes[: until + 1]] + [_numel(s) for ins in self.inputs[: until + 1] for s in ins])
+        return memory + kept + 3 * 2 * largest * item, largest * item
 
 
-def selection_bytes(graph: Graph, trace: Trace, top: int, item: int, crop: bool) -> tuple[int, int]:
+def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: bool) -> tuple[int, int]:
     """Rough peak bytes one selection's reverse pass from node ``top`` costs (its largest step with
-    the window it reads, the windows it writes and copies; signals waiting at branches), and the
-    bytes of the largest tensor it writes. ``trace`` gives the shapes (one image is enough)."""
+    the window it reads, the windows it writes and copies), and the bytes of the largest tensor it writes."""
     shape = trace.shapes[top]
     origin = torch.tensor([[shape[-2] // 2, shape[-1] // 2]]) if len(shape) == 3 else None
     boxes = cones(graph, top, origin, (1, 1))

@@ -218,7 +218,9 @@ def _model_runs_on(batch: Batch) -> Iterator[None]:
     into an :class:`InputError` naming the dataset images."""
     try:
         yield
-    except RuntimeError as error:
+    except NonFiniteError:
+        raise
+    except (RuntimeError, InputError) as error:  # torch's own, or the walk's naming the layer
         first, last = int(batch.indices[0]), int(batch.indices[-1])
         reason = " ".join(str(error).split())[:200]
         raise InputError(
