@@ -84,7 +84,7 @@ def _top_classes(
     last = mirror.output
     scores = mirror.run(mirror.check_images(image), keep=[last], remember=False).outputs[last]
     probabilities, classes = scores.float().softmax(1)[0].topk(min(top, scores.shape[1]))
-    projections = mirror.project_many(image, [Selection(0, mirror.layer_names[last], int(k)) for k in classes])
+    projections = mirror.project_many(image, [Selection(0, mirror.steps[last].name, int(k)) for k in classes])
     captions = [f"{n}. {class_name(int(k), names)}  {float(p):.1%}" for n, (k, p) in enumerate(zip(classes, probabilities), 1)]
     print("\n".join(captions))
     tiles = upscale(torch.cat([shown, show_projection(projections.cpu())]), math.ceil(160 / image.shape[-2]))
