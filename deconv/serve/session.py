@@ -154,7 +154,8 @@ class Session:
             try:
                 pixels = load_image(path, preprocess)
             except UnreadableImage as error:
-                raise InputError(f"uploaded file: cannot read image: {error.reason}") from None
+                reason = error.reason.replace(f"'{path}'", "").replace(str(path), "")  # no server path to the client
+                raise InputError(f"uploaded file: cannot read image: {reason}") from None
             except Image.DecompressionBombWarning as error:
                 raise InputError(f"uploaded file: {' '.join(str(error).split())}") from None
         try:
