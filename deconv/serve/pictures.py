@@ -16,7 +16,7 @@ __all__ = ["TILE", "GAP", "WIDTH", "png", "projection", "picture", "patch", "til
 
 TILE = 40  # feature maps in the grid are at most this many pixels on a side
 GAP = 2
-WIDTH = 560  # the grid's width in pixels, at most
+WIDTH = 520  # the grid's width in pixels, at most
 BOX = (255, 60, 60)
 
 
