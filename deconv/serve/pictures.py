@@ -55,15 +55,16 @@ def tiles(maps: Maps) -> tuple[torch.Tensor, int, tuple[int, int]]:
     """The grid of a layer's feature maps as small viridis heat maps on one scale (the layer's range), in
     ``maps``' order: the image ``(3, H, W)``, its number of columns and each tile's ``(height, width)``."""
     m = maps.maps
-    h, w = m.shape[-2:]
+    k, h, w = m.shape
+    low, high = min(0.0, float(m.min())), float(m.max())
     if max(h, w) > TILE:  # large maps are shrunk (area average) to fit a tile
         s = TILE / max(h, w)
         m = F.interpolate(m[:, None], size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")[:, 0]
-    else:
-        m = upscale(m, factor(max(h, w), TILE))
-    k, th, tw = m.shape
-    low, high = min(0.0, float(maps.maps.min())), float(maps.maps.max())
+    th, tw = m.shape[1:]
     colours = colormap(m.reshape(k * th, tw), low, high).view(3, k, th, tw).transpose(0, 1)
+    if max(h, w) <= TILE:  # small maps are enlarged after colouring: the same pixels, fewer to colour
+        colours = upscale(colours, factor(max(h, w), TILE))
+        th, tw = colours.shape[-2:]
     columns = max(1, min(k, (WIDTH + GAP) // (tw + GAP)))
     return layout(colours, columns, GAP), columns, (th, tw)
 
