@@ -95,7 +95,8 @@ def test_a_bad_selection_is_a_one_line_json_4xx(client: TestClient, query: str, 
 
 @pytest.mark.parametrize("path", ["/api/maps?image=0&layer=features.99", "/api/map.png?image=0&layer=features.4&channel=99",
                                   "/api/patch.png?image=0&layer=features.4&y=0&x=9", "/api/image.png?image=0&layer=nope&y=0&x=0",
-                                  "/api/classes?image=-1", "/api/top9?layer=features.4&channel=0", "/api/nothing"])
+                                  "/api/classes?image=-1", "/api/classes?image=%C2%B2", "/api/top9?layer=features.4&channel=0", "/api/nothing",
+                                  "/api/images?start=-3", "/api/images?count=0"])
 def test_other_bad_requests_are_one_line_json_4xx(client: TestClient, path: str) -> None:
     response = client.get(path, headers=AUTH)
     assert 400 <= response.status_code < 500

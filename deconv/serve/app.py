@@ -118,8 +118,10 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
         })
 
     async def images(request: Request) -> Response:
-        label = _optional_int(request, "class")
-        found = await work(session.find, _int(request, "start", 0), min(_int(request, "count", 24), 200), label)
+        label, start, count = _optional_int(request, "class"), _int(request, "start", 0), _int(request, "count", 24)
+        if start < 0 or not 1 <= count <= 200:
+            raise HTTPException(400, f"start must be >= 0 and count in 1..200, got start={start}, count={count}")
+        found = await work(session.find, start, count, label)
         labels = await work(lambda: [session.label(str(i)) for i in found])
         return _json([{"image": str(i), "label": k} for i, k in zip(found, labels)])
 

@@ -123,14 +123,25 @@ class Session:
             return self.uploads[ref]
         if ref.startswith("upload-"):
             raise SelectionError(f"image {ref!r}: no such upload (uploads are kept while the server runs, the last {UPLOADS})")
+        index = self._index(ref)
+        try:
+            return self.dataset[index][0]
+        except UnreadableImage as error:  # its reason, not its server path
+            raise InputError(f"dataset image {index} cannot be read: {error.reason}") from None
+
+    def _index(self, ref: str) -> int:
         n = len(self.dataset)
-        if not ref.isdigit() or int(ref) >= n:
+        if not (ref.isascii() and ref.isdigit()) or int(ref) >= n:
             raise SelectionError(f"image {ref!r} is not in the dataset: give an index in 0..{n - 1} or an upload's name")
-        return self.dataset[int(ref)][0]
+        return int(ref)
 
     def label(self, ref: str) -> int:
         """The dataset label of image ``ref`` (-1 for uploads and unlabelled data)."""
-        return -1 if ref.startswith("upload-") else int(self.dataset[int(ref)][1])
+        if ref.startswith("upload-"):
+            return -1
+        labels = getattr(self.dataset, "labels", None)
+        index = self._index(ref)
+        return int(labels[index]) if labels is not None else int(self.dataset[index][1])
 
     def find(self, start: int, count: int, label: int | None = None) -> list[int]:
         """Up to ``count`` dataset indices from ``start`` on; with ``label``, only the images labelled so."""
