@@ -102,9 +102,6 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
 
         return await run_in_threadpool(locked)
 
-    def scale(ref: str) -> int:
-        return pictures.factor(session.image(ref).image.shape[-2], 256)
-
     async def index(request: Request) -> Response:
         return HTMLResponse(page, headers=HEADERS)
 
@@ -121,12 +118,12 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
         label, start, count = _optional_int(request, "class"), _int(request, "start", 0), _int(request, "count", 24)
         if start < 0 or not 1 <= count <= 200:
             raise HTTPException(400, f"start must be >= 0 and count in 1..200, got start={start}, count={count}")
-        found = await work(session.find, start, count, label)
-        labels = await work(lambda: [session.label(str(i)) for i in found])
-        return _json([{"image": str(i), "label": k} for i, k in zip(found, labels)])
+        found = await work(lambda: [{"image": str(i), "label": session.label(str(i))} for i in session.find(start, count, label)])
+        return _json(found)
 
     async def upload(request: Request) -> Response:
-        if int(request.headers.get("content-length") or 0) > MAX_UPLOAD_BYTES:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"uploaded file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
         data = bytearray()
         async for chunk in request.stream():
@@ -143,7 +140,8 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
 
         def draw() -> bytes:
             box = None if layer is None else session.patch(ref, layer, _int(request, "y"), _int(request, "x")).box
-            return pictures.picture(session.image(ref).image, session.preprocess.denormalize, scale(ref), box)
+            image = session.image(ref).image
+            return pictures.picture(image, session.preprocess.denormalize, pictures.factor(image.shape[-2], 256), box)
 
         return _png(await work(draw))
 
@@ -152,7 +150,7 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
 
         def draw() -> bytes:
             p = session.patch(ref, layer, y, x)
-            return pictures.patch(p.pixels, p.inside, session.preprocess.denormalize, scale(ref))
+            return pictures.patch(p.pixels, p.inside, session.preprocess.denormalize, pictures.factor(max(p.pixels.shape[-2:]), 256))
 
         return _png(await work(draw))
 
