@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from deconv.cli import main
 from deconv.mirror import build_mirror
 from deconv.models import default_dataset, default_model, default_preprocess
-from deconv.render import show_patch, show_projection, to_pil, upscale
+from deconv.render import colormap, show_patch, show_projection, to_pil, upscale
 from deconv.serve.app import MAX_UPLOAD_BYTES, create_app
 from deconv.serve.session import Session
 
@@ -135,6 +135,24 @@ def test_feature_maps_are_ordered_by_their_largest_activation(client: TestClient
     grid = pixels(client.get("/api/maps.png?image=5&layer=features.7", headers=AUTH).content)
     (th, tw), gap, columns = got["tile"], got["gap"], got["columns"]
     assert grid.shape[1] == columns * (tw + gap) - gap and grid.shape[0] == -(-96 // columns) * (th + gap) - gap
+
+
+@pytest.mark.parametrize("shape", [(5, 100, 60), (70, 3, 3), (3, 1, 1), (600, 14, 14)])
+def test_the_grid_is_laid_out_as_its_layout_says(shape: tuple[int, int, int]) -> None:
+    from deconv.serve.pictures import GAP, TILE, layout, tiles
+    from deconv.serve.session import Maps
+
+    maps = Maps(torch.rand(shape, generator=torch.Generator().manual_seed(0)), torch.arange(shape[0]), torch.zeros(shape[0]), False)
+    columns, (th, tw) = layout(maps)
+    assert max(th, tw) <= TILE + max(shape[1:]) and min(th, tw) >= 1
+    image = tiles(maps)
+    rows = -(-shape[0] // columns)
+    assert image.shape == (3, rows * (th + GAP) - GAP, columns * (tw + GAP) - GAP)
+    if shape[1] <= TILE:  # enlarged, not resampled: the last tile is its map coloured on the layer's scale
+        r, c = divmod(shape[0] - 1, columns)
+        last = image[:, r * (th + GAP) : r * (th + GAP) + th, c * (tw + GAP) : c * (tw + GAP) + tw]
+        expected = upscale(colormap(maps.maps[-1], 0.0, float(maps.maps.max())), th // shape[1])
+        assert torch.equal(last, expected)
 
 
 def test_patch_and_box_are_the_receptive_field(client: TestClient, served: tuple[TestClient, Session]) -> None:

@@ -159,7 +159,7 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
 
         def layout() -> dict:
             m = session.maps(ref, layer)
-            _, columns, (th, tw) = pictures.tiles(m)
+            columns, (th, tw) = pictures.layout(m)
             return {
                 "layer": layer, "channels": m.channels.tolist(), "peaks": m.peaks.tolist(), "vectors": m.vectors,
                 "map_shape": list(m.maps.shape[1:]), "columns": columns, "tile": [th, tw], "gap": pictures.GAP,

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..mirror import Box
-from ..render import colormap, grid as layout, show_patch, show_projection, to_pil, upscale
+from ..render import colormap, grid as render_grid, show_patch, show_projection, to_pil, upscale
 from .session import Maps
 
-__all__ = ["TILE", "GAP", "WIDTH", "png", "projection", "picture", "patch", "tiles", "grid", "feature_map", "factor"]
+__all__ = ["TILE", "GAP", "WIDTH", "png", "projection", "picture", "patch", "layout", "tiles", "grid", "feature_map", "factor"]
 
 TILE = 40  # feature maps in the grid are at most this many pixels on a side
 GAP = 2
@@ -51,27 +51,32 @@ def patch(pixels: torch.Tensor, inside: torch.Tensor, denormalize: Callable[[tor
     return png(to_pil(upscale(show_patch(pixels.float(), denormalize, inside)[0], scale)))
 
 
-def tiles(maps: Maps) -> tuple[torch.Tensor, int, tuple[int, int]]:
+def layout(maps: Maps) -> tuple[int, tuple[int, int]]:
+    """Where :func:`tiles` puts a layer's maps: its number of columns and each tile's ``(height, width)``."""
+    k, h, w = maps.maps.shape
+    if max(h, w) > TILE:  # large maps are shrunk (area average) to fit a tile
+        tile = (max(1, round(h * TILE / max(h, w))), max(1, round(w * TILE / max(h, w))))
+    else:  # small ones enlarged by an integer factor
+        tile = (h * factor(max(h, w), TILE), w * factor(max(h, w), TILE))
+    return max(1, min(k, (WIDTH + GAP) // (tile[1] + GAP))), tile
+
+
+def tiles(maps: Maps) -> torch.Tensor:
     """The grid of a layer's feature maps as small viridis heat maps on one scale (the layer's range), in
-    ``maps``' order: the image ``(3, H, W)``, its number of columns and each tile's ``(height, width)``."""
+    ``maps``' order, placed as :func:`layout` says: ``(3, H, W)``."""
     m = maps.maps
     k, h, w = m.shape
+    columns, (th, tw) = layout(maps)
     low, high = min(0.0, float(m.min())), float(m.max())
-    if max(h, w) > TILE:  # large maps are shrunk (area average) to fit a tile
-        s = TILE / max(h, w)
-        m = F.interpolate(m[:, None], size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")[:, 0]
-    th, tw = m.shape[1:]
-    colours = colormap(m.reshape(k * th, tw), low, high).view(3, k, th, tw).transpose(0, 1)
-    if max(h, w) <= TILE:  # small maps are enlarged after colouring: the same pixels, fewer to colour
-        colours = upscale(colours, factor(max(h, w), TILE))
-        th, tw = colours.shape[-2:]
-    columns = max(1, min(k, (WIDTH + GAP) // (tw + GAP)))
-    return layout(colours, columns, GAP), columns, (th, tw)
+    if max(h, w) > TILE:
+        m = F.interpolate(m[:, None], size=(th, tw), mode="area")[:, 0]
+    colours = colormap(m.reshape(-1, m.shape[-1]), low, high).view(3, k, *m.shape[1:]).transpose(0, 1)
+    return render_grid(upscale(colours, th // m.shape[1]), columns, GAP)  # small maps enlarged after colouring
 
 
 def grid(maps: Maps) -> bytes:
     """The :func:`tiles` grid as PNG."""
-    return png(to_pil(tiles(maps)[0]))
+    return png(to_pil(tiles(maps)))
 
 
 def feature_map(values: torch.Tensor, scale: int) -> bytes:
