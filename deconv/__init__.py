@@ -3,7 +3,7 @@
 >>> mirror = deconv.build_mirror(model)
 >>> rec = mirror.project(images, layer="features.29", channel=12)   # (N, C, H, W)
 """
-from .builders import register_mirror, registered_types, unregister_mirror
+from .builders import Call, register_mirror, registered_types, rules, unregister_mirror
 from . import errors
 from .errors import *  # noqa: F403  (the typed errors, listed in errors.__all__)
 from .mirror import DEFAULT_MEMORY_BUDGET, Box, LayerInfo, Mirror, ReceptiveField, Selection, build_mirror
@@ -22,6 +22,8 @@ __all__ = [
     "default_model",
     "default_dataset",
     "register_mirror",
+    "rules",
+    "Call",
     "unregister_mirror",
     "registered_types",
     "__version__",

@@ -1,18 +1,26 @@
-"""The mirror of a CNN: its deconvnet, run from any activation down to pixel space."""
+"""The mirror of a CNN: its deconvnet, run from any activation down to pixel space.
+
+This module is the public face: it checks what users pass once, then hands the work to the graph
+(:mod:`deconv.graph`, the forward trace), the chunk plan (:mod:`deconv.plan`) and the reverse pass
+(:mod:`deconv.reverse`).
+"""
 from __future__ import annotations
 
-import contextlib
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Literal, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from .builders import find_mirror_factory, walk
-from .cone import clip, descend, place, shift, window
-from .errors import InputError, NonFiniteError, SelectionError, UnsupportedModuleError
-from .layers import ChannelScale, Rectify, TransposedFilter, Unpool2d
-from .layers.base import Geometry, pair
+from .builders import rules as registered_rules
+from .builders import walk
+from .builders.registry import DEFAULT_RULE
+from .cone import place, shift
+from .errors import InputError, NonFiniteError, SelectionError
+from .graph import IMAGES, Graph, Node, Trace, evaluating, first_non_finite
+from .plan import Footprint, chunks, selection_bytes
+from .reverse import cones, reverse
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -21,19 +29,14 @@ __all__ = [
     "Mirror",
     "ReceptiveField",
     "Selection",
-    "Step",
     "Trace",
     "build_mirror",
+    "evaluating",
+    "first_non_finite",
 ]
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Bytes that batched projections may hold at once (about 2 GB)."""
-
-WORK_TENSOR_BYTES = 16 * 1024**2
-"""Batched work is also cut into chunks whose largest tensor is about this big (if one image or one
-selection allows): glibc's malloc serves blocks under 32 MB from its heap and reuses them once freed,
-while bigger ones are mapped fresh from the OS and page-faulted in on every use, which on CPU costs
-more than the arithmetic. Small chunks also stay in cache and lose nothing in the convolutions."""
 
 Position = tuple[int, int] | Literal["map"] | None
 
@@ -77,7 +80,7 @@ class ReceptiveField:
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """A probe-able layer: its name, type, mirror, output shape ``(C, H, W)`` or ``(F,)``, receptive field."""
+    """A probe point: its name, type, mirror, output shape ``(C, H, W)`` or ``(F,)``, receptive field."""
 
     name: str
     kind: str
@@ -86,109 +89,93 @@ class LayerInfo:
     receptive_field: ReceptiveField | None
 
 
-@dataclass(frozen=True)
-class Step:
-    """One layer of the forward chain with its mirror."""
+def build_mirror(model: nn.Module, rule: str = DEFAULT_RULE) -> Mirror:
+    """The deconvnet of ``model``: one mirror module per operation, sharing the model's own weights.
 
-    name: str
-    layer: nn.Module
-    mirror: nn.Module
-
-
-@dataclass
-class Trace:
-    """What a forward walk keeps: per step the input shape and the mirror's memory; chosen outputs."""
-
-    shapes: list[tuple[int, ...]]
-    memory: list[tuple[Any, ...]]
-    outputs: dict[int, torch.Tensor]
-
-
-def build_mirror(model: nn.Module) -> Mirror:
-    """The deconvnet of ``model``: one mirror module per layer, sharing the model's own weights.
-
+    ``rule`` is what the mirror does at each ReLU by default (``"deconvnet"``, the paper's;
+    ``"guided"``; ``"gradient"``; or one registered with ``register_mirror(..., rule=...)``).
     ``model`` is left exactly as it was. Raises ``UnsupportedModuleError`` (a ``TypeError``) naming
-    a layer with no registered mirror, ``UnsupportedGraphError`` where the forward pass branches.
+    a node with no registered mirror, ``UnsupportedGraphError`` where the forward pass cannot be traced.
     """
-    steps = []
-    for name, layer in walk(model):
-        factory = find_mirror_factory(layer)
-        kind = type(layer).__qualname__
-        if factory is None:
-            raise UnsupportedModuleError(
-                f"layer {name!r} is a {type(layer).__module__}.{kind}, which has no mirror; register one with "
-                f"@deconv.register_mirror({kind}) on a function ({kind}) -> nn.Module"
-            )
-        try:
-            mirror = factory(layer)
-        except UnsupportedModuleError as error:
-            raise UnsupportedModuleError(f"layer {name!r}: {error}") from None
-        steps.append(Step(name, layer, mirror))
-    if not steps:
-        raise UnsupportedModuleError(f"{type(model).__name__} has no layers to mirror")
-    return Mirror(model, steps)
+    _check_rule(rule)
+    return Mirror(walk(model, rule), rule)
 
 
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[None]:
-    """Runs the block with ``model`` in eval mode and no autograd, then restores every module's flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+def _check_rule(rule: Any) -> str:
+    if rule not in registered_rules():
+        raise SelectionError(f"unknown rule {rule!r}; valid rules: {', '.join(registered_rules())}")
+    return rule
 
 
-def first_non_finite(x: torch.Tensor) -> int | None:
-    """The first image of ``x`` ``(N, ...)`` holding NaN or inf, or ``None``: one cheap sum, then a closer look."""
-    if bool(torch.isfinite(x.sum())):
-        return None
-    bad = (~torch.isfinite(x).flatten(1).all(1)).nonzero()
-    return int(bad[0]) if len(bad) else None  # a finite sum that overflowed
-
-
-def _pools_like(layer: nn.Module, mirror: nn.Module) -> bool:
-    """Whether ``mirror`` (an :class:`Unpool2d`) pools exactly as ``layer``, a plain ``nn.MaxPool2d``, does."""
-    if type(layer) is not nn.MaxPool2d or layer.return_indices or not isinstance(mirror, Unpool2d):
-        return False
-    g = mirror.geometry
-    return g is not None and mirror.ceil_mode == layer.ceil_mode and g == Geometry(
-        pair(layer.kernel_size), pair(layer.stride or layer.kernel_size), pair(layer.padding), pair(layer.dilation)
-    )
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int, refusing bools, floats and strings in one line."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() and value.dtype != torch.bool:
+            return int(value)
+        raise SelectionError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
 
 
 class Mirror(nn.Module):
     """A deconvnet attached to a CNN. Build it with :func:`build_mirror`.
 
-    ``stack`` holds the mirror modules top (last layer) first, as the signal goes down.
+    ``stack`` holds the mirror modules (of the default rule) last node first, as the signal goes
+    down; ``steps`` the nodes in forward order, each with its ``layer`` and ``mirror``.
     """
 
-    def __init__(self, model: nn.Module, steps: Sequence[Step]) -> None:
+    def __init__(self, graph: Graph, rule: str = DEFAULT_RULE) -> None:
         super().__init__()
-        self.steps = tuple(steps)
-        self.stack = nn.ModuleList(step.mirror for step in reversed(self.steps))
-        object.__setattr__(self, "model", model)  # not a submodule: the mirror owns no state of its own
-        self._index = {step.name: i for i, step in enumerate(self.steps)}
-        self._shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self.graph = graph
+        self.rule = rule
+        self.steps: tuple[Node, ...] = tuple(graph.nodes)
+        self.stack = nn.ModuleList(node.mirror for node in reversed(self.steps))
+        object.__setattr__(self, "model", graph.model)  # not a submodule: the mirror owns no state of its own
+        self._index = {}
+        for i, node in enumerate(self.steps):
+            for name in (node.name, *node.aliases):
+                self._index.setdefault(name, i)
+        self._dry: dict[tuple[int, ...], Footprint] = {}
         self._image_shape: tuple[int, ...] | None = None
 
     # ---------------------------------------------------------------- layers
     @property
     def layer_names(self) -> list[str]:
-        """Probe-able layers, the model's own module names in forward order (e.g. ``"features.29"``)."""
-        return [step.name for step in self.steps]
+        """Probe points in forward order: the model's own module names (``"features.29"``), ``name:1``
+        for a module's second call, containers whose output is a node (``"layer3.1"``), fx names of functions."""
+        return list(self._index)
+
+    @property
+    def output(self) -> int:
+        """The index of the node whose output is the model's."""
+        return self.graph.output
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The rules a projection can use."""
+        return registered_rules()
 
     def index(self, layer: str) -> int:
-        """Position of ``layer`` in the forward chain."""
-        if layer not in self._index:
+        """Position of ``layer``'s node in forward order."""
+        if not isinstance(layer, str) or layer not in self._index:
             raise SelectionError(f"unknown layer {layer!r}; valid layers: {', '.join(self.layer_names)}")
         return self._index[layer]
 
+    def blocks(self) -> list[str]:
+        """The outermost blocks whose outputs are probe points (ResNet blocks, DenseNet blocks,
+        Inception and Fire modules): containers that are not plain ``Sequential``/``ModuleList``/
+        ``ModuleDict``, not inside another such block. Empty for a plain chain of layers."""
+        plain = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+        found = []
+        for node in self.steps:
+            for name in node.aliases:
+                module = self.model.get_submodule(name.partition(":")[0])
+                if type(module) not in plain and not any(name.startswith(b + ".") for b in found):
+                    found.append(name)
+        return [b for b in found if not any(b.startswith(o + ".") for o in found)]
+
     def __repr__(self) -> str:
-        lines = [f"  ({step.name}) {type(step.layer).__name__} -> {step.mirror!r}" for step in reversed(self.steps)]
+        lines = [f"  ({n.name}) {n.layer.__class__.__name__ if n.layer is not None else n.fx_node.target} -> {n.mirror!r}"
+                 for n in reversed(self.steps)]
         return "Mirror(\n" + "\n".join(lines) + "\n)"
 
     # ---------------------------------------------------------------- forward
@@ -196,25 +183,29 @@ class Mirror(nn.Module):
         """Validated images ``(N, C, H, W)`` on the model's device and in its dtype."""
         if not isinstance(images, torch.Tensor):
             raise InputError(f"images must be a float tensor (N, C, H, W), got {type(images).__name__}")
+        if images.device.type == "meta":
+            raise InputError("images are on the meta device, which holds no values; pass real tensors")
         if images.dim() != 4:
             hint = " (add a batch dimension with images[None])" if images.dim() == 3 else ""
             raise InputError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}{hint}")
         if not images.is_floating_point():
             raise InputError(f"images must be a floating-point tensor, got {images.dtype}")
-        for step in self.steps:
-            if isinstance(step.mirror, TransposedFilter):
-                channels = step.mirror.weight.shape[1] * step.mirror.groups
-                if images.shape[1] != channels:
-                    raise InputError(
-                        f"images have {images.shape[1]} channels but layer {step.name!r} "
-                        f"({type(step.layer).__name__}) takes {channels}"
-                    )
-                break
+        if images.shape[0] == 0:
+            raise InputError("images hold no image (N = 0)")
+        for node in self.steps:
+            channels = node.mirror.in_channels
+            if IMAGES in node.inputs and channels is not None and images.shape[1] != channels:
+                raise InputError(
+                    f"images have {images.shape[1]} channels but layer {node.name!r} "
+                    f"({type(node.layer).__name__}) takes {channels}"
+                )
         bad = first_non_finite(images)
         if bad is not None:
             raise NonFiniteError(f"images contain NaN or inf (image {bad})")
         parameter = next(self.model.parameters(), None)
         if parameter is not None:
+            if parameter.device.type == "meta":
+                raise InputError("the model's parameters are on the meta device; load real weights first")
             images = images.to(parameter.device, parameter.dtype)
         self._image_shape = tuple(images.shape[1:])
         return images
@@ -226,58 +217,36 @@ class Mirror(nn.Module):
         until: int | None = None,
         remember: bool = True,
         check: bool = True,
+        rules: Iterable[str] | None = None,
     ) -> Trace:
-        """Forward walk over checked ``images`` up to step ``until`` (default: the last).
+        """Forward walk over checked ``images`` up to node ``until`` (default: the output), keeping
+        the outputs of nodes ``keep`` and, with ``remember``, the memory of the mirrors of ``rules``
+        (default: the mirror's rule). See :meth:`deconv.graph.Graph.run`."""
+        wanted = (self.rule,) if rules is None else tuple(_check_rule(r) for r in rules)
+        return self.graph.run(images, keep, until, wanted if remember else (), check)
 
-        Keeps the outputs of steps ``keep`` and, with ``remember``, each mirror's memory (its
-        ``remember_compact`` form where it has one: max pools keep 1-byte taps, not 8-byte switches).
-        With ``check``, raises ``NonFiniteError`` naming the layer and image where a kept output is
-        not finite (a caller that reduces the outputs anyway can check the reductions instead).
-        """
-        keep = set(keep)
-        until = len(self.steps) - 1 if until is None else until
-        shapes, memory, outputs = [], [], {}
-        x = images
-        with evaluating(self.model):
-            for i, step in enumerate(self.steps[: until + 1]):
-                shapes.append(tuple(x.shape[1:]))
-                compact = getattr(step.mirror, "remember_compact", None) if remember else None
-                if compact is not None and _pools_like(step.layer, step.mirror):
-                    y, kept = compact(x)  # the pool and its switches in one go: y is the layer's output
-                    memory.append(kept)
-                else:
-                    # an in-place layer would overwrite x: copy x unless x is a fresh output nothing else holds
-                    spare = (
-                        i > 0
-                        and i - 1 not in keep
-                        and isinstance(self.steps[i - 1].mirror, (TransposedFilter, Unpool2d, ChannelScale))
-                        and (not remember or isinstance(step.mirror, Rectify))
-                    )
-                    y = step.layer(x.clone() if getattr(step.layer, "inplace", False) and not spare else x)
-                    if compact is not None:
-                        memory.append(compact(x, y)[1])
-                    elif remember:
-                        recall = getattr(step.mirror, "remember", None)
-                        memory.append(recall(x, y) if recall else ())
-                if i in keep:
-                    bad = first_non_finite(y) if check else None
-                    if bad is not None:
-                        raise NonFiniteError(
-                            f"layer {step.name!r} has NaN or inf activations for image {bad}"
-                        )
-                    outputs[i] = y
-                x = y
-        return Trace(shapes, memory, outputs)
+    def trace(self, images: torch.Tensor, layers: Sequence[str] | None = None) -> Trace:
+        """The forward trace of ``images`` ``(N, C, H, W)`` for projections under every rule: switches,
+        masks and the outputs of ``layers`` (default: every probe point). Pass it as ``trace=`` to
+        :meth:`project_many` or :meth:`projections` to project from these images without another forward walk."""
+        images = self.check_images(images)
+        keep = range(len(self.steps)) if layers is None else [self.index(layer) for layer in layers]
+        return self.graph.run(images, keep, None, self.rules, True)
 
-    def shapes(self, image_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Output shape of every step for images of ``image_shape`` ``(C, H, W)`` (one dry run, cached)."""
+    def _dry_run(self, image_shape: Sequence[int]) -> Footprint:
+        """A walk over one zero image of ``image_shape`` ``(C, H, W)`` with the memory of every rule:
+        the shapes, and what one image costs (cached)."""
         image_shape = tuple(image_shape)
-        if image_shape not in self._shapes:
+        if image_shape not in self._dry:
             parameter = next(self.model.parameters(), None)
             kw = {} if parameter is None else {"device": parameter.device, "dtype": parameter.dtype}
-            trace = self.run(torch.zeros(1, *image_shape, **kw), keep=range(len(self.steps)), remember=False)
-            self._shapes[image_shape] = [tuple(trace.outputs[i].shape[1:]) for i in range(len(self.steps))]
-        return self._shapes[image_shape]
+            zeros = torch.zeros(1, *image_shape, **kw)
+            self._dry[image_shape] = Footprint.of(self.graph.run(zeros, (), None, self.rules, False))
+        return self._dry[image_shape]
+
+    def shapes(self, image_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Output shape of every node for images of ``image_shape`` ``(C, H, W)`` (one dry run, cached)."""
+        return self._dry_run(image_shape).shapes
 
     def _image_shape_or(self, image_shape: tuple[int, ...] | None) -> tuple[int, ...]:
         shape = image_shape or self._image_shape
@@ -286,29 +255,24 @@ class Mirror(nn.Module):
         return tuple(shape)
 
     # ---------------------------------------------------------------- geometry
-    def _field(self, top: int, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]] | None:
-        """The pixel window that a window at the output of step ``top`` reads; ``None`` if it is the whole image."""
-        for step in reversed(self.steps[: top + 1]):
-            geometry = getattr(step.mirror, "geometry", None)
-            if geometry is None:
-                return None
-            origin, size = descend(geometry, origin, size)
-        return origin, size
-
     def describe(self, image_shape: tuple[int, ...] | None = None) -> list[LayerInfo]:
-        """Every probe-able layer with its output shape and receptive field in pixels."""
+        """Every probe point with its output shape and receptive field in pixels."""
         shapes = self.shapes(self._image_shape_or(image_shape))
         infos = []
-        for i, step in enumerate(self.steps):
-            field = None
+        for name in self.layer_names:
+            i = self._index[name]
+            node, field = self.steps[i], None
             if len(shapes[i]) == 3:
-                one = self._field(i, torch.zeros(1, 2, dtype=torch.long), (1, 1))
-                two = self._field(i, torch.ones(1, 2, dtype=torch.long), (1, 1))
-                if one is not None:
+                one = cones(self.graph, i, torch.zeros(1, 2, dtype=torch.long), (1, 1))[IMAGES]
+                two = cones(self.graph, i, torch.ones(1, 2, dtype=torch.long), (1, 1))[IMAGES]
+                if one is not None and two is not None:
                     offset = tuple(int(v) for v in one[0][0])
                     stride = tuple(int(b - a) for a, b in zip(one[0][0], two[0][0]))
-                    field = ReceptiveField(one[1], stride, offset)
-            infos.append(LayerInfo(step.name, type(step.layer).__name__, type(step.mirror).__name__, shapes[i], field))
+                    field = ReceptiveField(one[1], stride, offset)  # type: ignore[arg-type]
+            kind = type(node.layer).__name__ if node.layer is not None else getattr(node.fx_node.target, "__name__", str(node.fx_node.target))
+            if name != node.name:
+                kind = type(self.model.get_submodule(name.partition(":")[0])).__name__
+            infos.append(LayerInfo(name, kind, type(node.mirror).__name__, shapes[i], field))
         return infos
 
     def receptive_field(self, layer: str, y: int, x: int, image_shape: tuple[int, ...] | None = None) -> Box:
@@ -324,7 +288,7 @@ class Mirror(nn.Module):
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Pixel boxes of many activations of ``layer`` at ``positions`` ``(K, 2)`` (y, x): their
         top-left corners ``(K, 2)`` and their shared size ``(h, w)``; the whole image past a global layer."""
-        field = self._field(self.index(layer), positions, (1, 1))
+        field = cones(self.graph, self.index(layer), positions, (1, 1))[IMAGES]
         if field is None:
             shape = self._image_shape_or(image_shape)
             return torch.zeros_like(positions), (shape[-2], shape[-1])
@@ -338,54 +302,73 @@ class Mirror(nn.Module):
         channel: int | None = None,
         position: Position = None,
         target_class: int | None = None,
+        rule: str | None = None,
     ) -> torch.Tensor:
         """Projects one activation per image to pixel space: ``(N, C, H, W) -> (N, C, H, W)``.
 
         ``position``: ``None`` for the image's strongest activation in ``channel``, ``(y, x)`` for
         one, ``"map"`` for the whole feature map. ``target_class`` projects from the model's output
-        (all other outputs zeroed) instead of ``layer``/``channel``.
+        (all other outputs zeroed) instead of ``layer``/``channel``. ``rule`` overrides the mirror's.
         """
+        rule = self.rule if rule is None else _check_rule(rule)
         if target_class is not None:
             if layer is not None or channel is not None or position is not None:
                 raise SelectionError("target_class projects from the class output; do not also pass layer, channel or position")
-            layer, channel = self.steps[-1].name, target_class
+            layer, channel = self.steps[self.output].name, _integer(target_class, "target_class")
         elif layer is None or channel is None:
             raise SelectionError("pass layer= and channel= (or target_class=)")
         images = self.check_images(images)
         top = self.index(layer)
-        shape = self.shapes(images.shape[1:])[top]
+        channel = _integer(channel, "channel")
+        shape = self.shapes(tuple(images.shape[1:]))[top]
         n = images.shape[0]
-        if position == "map":
-            self._check(Selection(0, layer, channel), shape, n, need_position=False)
+        self._check(Selection(0, layer, channel), shape, n, need_position=False)
+        if isinstance(position, str) and position == "map":
             if len(shape) != 3:
                 raise SelectionError(f"layer {layer!r} outputs vectors {shape}; it has no feature maps to project whole")
-            trace = self.run(images, keep=[top], until=top)
+            trace = self.run(images, keep=[top], until=top, rules=(rule,))
             signal = torch.zeros_like(trace.outputs[top])
             signal[:, channel] = trace.outputs[top][:, channel]
-            return self._reverse(trace, top, torch.arange(n, device=images.device), signal, None, crop=False)
-        if position is not None and len(shape) == 3:
-            y, x = position
+            return reverse(self.graph, trace, rule, top, torch.arange(n, device=images.device), signal, None, images.shape[1:]).signal
+        if position is not None:
+            if len(shape) != 3:
+                raise SelectionError(f"layer {layer!r} outputs vectors {shape}; it has no positions (leave position=None)")
+            y, x = self._position(position)
             selections = [Selection(i, layer, channel, y, x) for i in range(n)]
-        elif position is not None:
-            raise SelectionError(f"layer {layer!r} outputs vectors {shape}; it has no positions (leave position=None)")
         else:
-            self._check(Selection(0, layer, channel), shape, n, need_position=False)
-            trace = self.run(images, keep=[top], until=top, remember=False)
-            out = trace.outputs[top][:, channel]
+            out = self.run(images, keep=[top], until=top, remember=False).outputs[top][:, channel]
             if out.dim() == 3:
-                flat = out.flatten(1).argmax(1)
-                selections = [Selection(i, layer, channel, int(f) // out.shape[2], int(f) % out.shape[2]) for i, f in enumerate(flat)]
+                flat = out.flatten(1).argmax(1).tolist()
+                selections = [Selection(i, layer, channel, f // out.shape[2], f % out.shape[2]) for i, f in enumerate(flat)]
             else:
                 selections = [Selection(i, layer, channel) for i in range(n)]
-        return self.project_many(images, selections)
+        return self._project_many(images, self._parse(images, selections), DEFAULT_MEMORY_BUDGET, rule, None)
+
+    @staticmethod
+    def _position(position: Any) -> tuple[int, int]:
+        if not isinstance(position, (tuple, list)) or len(position) != 2:
+            raise SelectionError(f"position must be None, 'map' or a pair (y, x) of integers, got {position!r}")
+        return _integer(position[0], "position y"), _integer(position[1], "position x")
 
     def project_many(
-        self, images: torch.Tensor, selections: Sequence[Selection | tuple], memory_budget: int = DEFAULT_MEMORY_BUDGET
+        self,
+        images: torch.Tensor,
+        selections: Sequence[Selection | tuple],
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        rule: str | None = None,
+        trace: Trace | None = None,
     ) -> torch.Tensor:
-        """Projects K selections ``(image_index, layer, channel, y, x)`` sharing forward passes: ``(K, C, H, W)``."""
+        """Projects K selections ``(image_index, layer, channel, y, x)`` sharing forward passes:
+        ``(K, C, H, W)``. ``trace`` (from :meth:`trace` on the same ``images``) skips the forward walk."""
+        rule = self.rule if rule is None else _check_rule(rule)
         images = self.check_images(images)
-        out = images.new_zeros(len(selections), *images.shape[1:])
-        for where, projections in self.projections(images, selections, memory_budget=memory_budget):
+        return self._project_many(images, self._parse(images, selections), memory_budget, rule, trace)
+
+    def _project_many(
+        self, images: torch.Tensor, parsed: list[Selection], budget: int, rule: str, trace: Trace | None
+    ) -> torch.Tensor:
+        out = images.new_zeros(len(parsed), *images.shape[1:])
+        for where, projections in self._projections(images, parsed, False, budget, rule, trace):
             out[where] = projections
         return out
 
@@ -395,6 +378,8 @@ class Mirror(nn.Module):
         selections: Sequence[Selection | tuple],
         crop: bool = False,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        rule: str | None = None,
+        trace: Trace | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Projects selections chunk by chunk in bounded memory, yielding ``(where, projections)``.
 
@@ -403,62 +388,85 @@ class Mirror(nn.Module):
         the whole image for layers past a global one). Each reverse pass only computes the cone of
         positions its activation can reach. Chunks hold at most ``memory_budget`` bytes of work.
         """
+        rule = self.rule if rule is None else _check_rule(rule)
         images = self.check_images(images)
-        shapes = self.shapes(images.shape[1:])
-        parsed = [Selection(*s) for s in selections]
-        tops = [self.index(s.layer) for s in parsed]
-        for s, top in zip(parsed, tops):
-            self._check(s, shapes[top], images.shape[0])
+        parsed = self._parse(images, selections)
+        return self._projections(images, parsed, crop, memory_budget, rule, trace)
+
+    def _parse(self, images: torch.Tensor, selections: Sequence[Selection | tuple]) -> list[Selection]:
+        """Selections as :class:`Selection`, each checked against the layers and ``images``: one-line errors."""
+        shapes = self.shapes(tuple(images.shape[1:]))
+        parsed = []
+        for s in selections:
+            if not isinstance(s, (tuple, list)) or not 3 <= len(s) <= 5:
+                raise SelectionError(f"a selection is (image, layer, channel[, y, x]), got {s!r}")
+            image, layer, channel = _integer(s[0], "image index"), s[1], _integer(s[2], "channel")
+            y, x = (None if len(s) < 4 or s[3] is None else _integer(s[3], "y")), (None if len(s) < 5 or s[4] is None else _integer(s[4], "x"))
+            selection = Selection(image, layer, channel, y, x)
+            self._check(selection, shapes[self.index(layer)], images.shape[0])
+            parsed.append(selection)
+        return parsed
+
+    def _projections(
+        self, images: torch.Tensor, parsed: list[Selection], crop: bool, budget: int, rule: str, trace: Trace | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if not parsed:
             return
-        device = images.device
-        item = images.element_size()
-        # by image, then layer: chunks share forward passes
-        order = sorted(range(len(parsed)), key=lambda k: (parsed[k].image, tops[k]))
-        per_image = self._trace_bytes(images.shape[1:], max(tops), item, sorted(set(tops)))
-        largest = max(int(torch.Size(s).numel()) for s in [tuple(images.shape[1:]), *shapes[: max(tops) + 1]]) * item
-        images_per_chunk = max(1, min(memory_budget // 2 // per_image, WORK_TENSOR_BYTES // largest))
-        start = 0
-        while start < len(order):
-            # the selections of the next `images_per_chunk` distinct images
-            chunk_images: list[int] = []
-            end = start
-            while end < len(order) and (
-                parsed[order[end]].image in chunk_images[-1:] or len(chunk_images) < images_per_chunk
-            ):
-                if parsed[order[end]].image not in chunk_images[-1:]:
-                    chunk_images.append(parsed[order[end]].image)
-                end += 1
-            chunk = order[start:end]
-            start = end
-            local = {image: i for i, image in enumerate(chunk_images)}
-            layers = sorted({tops[k] for k in chunk})
-            trace = self.run(images[chunk_images], keep=layers, until=layers[-1])
-            spare = max(memory_budget // 2, memory_budget - per_image * len(chunk_images))
-            for top in layers:
-                # neighbours in a part share most of their windows: sort by position
-                mine = sorted((k for k in chunk if tops[k] == top), key=lambda k: (parsed[k].y or 0, parsed[k].x or 0))
-                size, largest = self._selection_bytes(top, shapes, images.shape[1:], item, crop)
-                step = max(1, min(spare // size, WORK_TENSOR_BYTES // largest))
-                out = trace.outputs[top]
-                for i in range(0, len(mine), step):
-                    part = mine[i : i + step]
-                    image = torch.tensor([local[parsed[k].image] for k in part], device=device)
-                    channel = torch.tensor([parsed[k].channel for k in part], device=device)
-                    batch = torch.arange(len(part), device=device)
-                    if out.dim() == 4:
-                        y = torch.tensor([parsed[k].y for k in part], device=device)
-                        x = torch.tensor([parsed[k].x for k in part], device=device)
-                        signal = out.new_zeros(len(part), out.shape[1], 1, 1)
-                        signal[batch, channel, 0, 0] = out[image, channel, y, x]
-                        origin = torch.stack([y, x], 1)
-                    else:
-                        signal = out.new_zeros(len(part), *out.shape[1:])
-                        signal[batch, channel] = out[image, channel]
-                        origin = None
-                    yield torch.tensor(part, device=device), self._reverse(trace, top, image, signal, origin, crop)
-                del out
-            del trace
+        device, item = images.device, images.element_size()
+        tops = [self.index(s.layer) for s in parsed]
+        dry = self._dry_run(images.shape[1:])
+        per_selection = {top: selection_bytes(self.graph, dry, top, item, crop) for top in set(tops)}
+        if trace is not None:  # one chunk: the trace holds every image
+            if trace.images != images.shape[0] or any(top not in trace.outputs or rule not in trace.memory[top] for top in tops):
+                raise SelectionError("trace= must come from mirror.trace(images) of these images and layers")
+            per_image = (1, 1)
+        else:
+            per_image = dry.image_bytes(rule, max(tops), tops, item)
+        plan = chunks(
+            [s.image for s in parsed], tops, per_image, per_selection, budget if trace is None else 2**62,
+            [(s.y or 0, s.x or 0) for s in parsed],
+        )
+        for chunk in plan:
+            if trace is None:
+                local = {image: i for i, image in enumerate(chunk.images)}
+                layers = sorted({top for top, _ in chunk.parts})
+                walked = self.run(images[chunk.images], keep=layers, until=layers[-1], rules=(rule,))
+            else:
+                local, walked = {i: i for i in range(images.shape[0])}, trace
+            for top, part in chunk.parts:
+                selected = [parsed[k] for k in part]
+                yield torch.tensor(part, device=device), self._reverse(walked, rule, top, selected, local, crop, images.shape[1:])
+
+    def _reverse(
+        self, trace: Trace, rule: str, top: int, part: list[Selection], local: dict[int, int], crop: bool,
+        image_shape: Sequence[int],
+    ) -> torch.Tensor:
+        """The projections of ``part`` (selections at node ``top``), whole images or cut to their boxes."""
+        out = trace.outputs[top]
+        device = out.device
+        image = torch.tensor([local[s.image] for s in part], device=device)
+        channel = torch.tensor([s.channel for s in part], device=device)
+        batch = torch.arange(len(part), device=device)
+        if out.dim() == 4:
+            y = torch.tensor([s.y for s in part], device=device)
+            x = torch.tensor([s.x for s in part], device=device)
+            signal = out.new_zeros(len(part), out.shape[1], 1, 1)
+            signal[batch, channel, 0, 0] = out[image, channel, y, x]
+            origin: torch.Tensor | None = torch.stack([y, x], 1)
+        else:
+            signal = out.new_zeros(len(part), *out.shape[1:])
+            signal[batch, channel] = out[image, channel]
+            origin = None
+        result = reverse(self.graph, trace, rule, top, image, signal, origin, image_shape)
+        if result.origin is not None:
+            if crop:  # the receptive-field box: the whole cone, zero where it leaves the image
+                return shift(result.signal, result.cone - result.origin, result.cone_size).contiguous()
+            return place(result.signal, result.origin, tuple(image_shape[-2:]))
+        if crop and origin is not None:
+            field = cones(self.graph, top, origin, (1, 1))[IMAGES]
+            if field is not None:
+                return shift(result.signal, field[0], field[1]).contiguous()
+        return result.signal
 
     def _check(self, s: Selection, shape: tuple[int, ...], n: int, need_position: bool = True) -> None:
         """Raises ``SelectionError`` for an image, channel or position out of range."""
@@ -478,134 +486,3 @@ class Mirror(nn.Module):
                 f"position ({s.y}, {s.x}) is out of range for layer {s.layer!r} whose maps are "
                 f"{shape[1]}x{shape[2]} (valid: y in 0..{shape[1] - 1}, x in 0..{shape[2] - 1})"
             )
-
-    @torch.no_grad()  # a projection is not differentiated: keep no graph (and no saved windows)
-    def _reverse(
-        self,
-        trace: Trace,
-        top: int,
-        image: torch.Tensor,
-        signal: torch.Tensor,
-        origin: torch.Tensor | None,
-        crop: bool,
-    ) -> torch.Tensor:
-        """Runs the stack from the output of step ``top`` down to pixels.
-
-        ``signal`` is ``(K, C, h, w)`` windows at ``origin`` ``(K, 2)``, or full outputs with ``origin=None``;
-        ``image`` ``(K,)`` says which traced image each belongs to.
-
-        Windows only hold the cone of positions the selection reaches, cut to the map: at every step
-        a window of one shared size that lies inside its map and holds each selection's cone there.
-        Each mirror maps its window to the whole input window its geometry reads; the part of that
-        outside the map (or the cone) is cut away, so no position outside a map is ever computed
-        on and nothing needs masking. Signals run channels-last, which the transposed convolutions
-        are fastest on.
-        """
-        image_shape = trace.shapes[0]
-        above = self.shapes(image_shape)[top]
-        start = None
-        if origin is not None:
-            size = (signal.shape[2], signal.shape[3])
-            start = (origin, size)
-            cone, cone_size = origin, size
-            signal = signal.contiguous(memory_format=torch.channels_last)
-        rectified = False  # whether step i's rectification was already applied (before an unpooling)
-        for i in range(top, -1, -1):
-            mirror, memory, below = self.steps[i].mirror, trace.memory[i], trace.shapes[i]
-            if type(mirror) is Rectify:  # pointwise: windows stay; in place on our own signal
-                if not rectified:
-                    signal = torch.relu(signal) if i == top else signal.relu_()
-                rectified = False
-                above = below
-                continue
-            if 0 < i < top and type(self.steps[i - 1].mirror) is Rectify and isinstance(mirror, Unpool2d) and mirror.disjoint:
-                signal, rectified = signal.relu_(), True  # max(0, .) commutes with placing values apart
-            if origin is not None:
-                step = self._window_below(i, origin, size, below)
-                if step is None:  # a global layer: from here on whole maps
-                    signal = place(signal, origin, tuple(above[-2:]))
-                    origin = None
-            if origin is None:
-                signal = mirror(signal, *(_select(m, image) for m in memory))
-                above = below
-                continue
-            read, read_size = step
-            cone, cone_size = descend(mirror.geometry, cone, cone_size)
-            memory = tuple(
-                window(m, image, origin, size, channels_last=True) if _is_map(m) else _select(m, image) for m in memory
-            )
-            signal = mirror(signal, *mirror.restrict(memory, read, read_size))
-            origin, size = clip(cone, cone_size, read, read_size, tuple(below[-2:]))
-            signal = shift(signal, origin - read, size)
-            above = below
-        if origin is None:
-            if not crop or start is None or (field := self._field(top, *start)) is None:
-                return signal
-            return shift(signal, field[0], field[1]).contiguous()
-        if crop:  # the receptive-field box: the whole cone, zero where it leaves the image
-            return shift(signal, cone - origin, cone_size).contiguous()
-        return place(signal, origin, tuple(image_shape[-2:]))
-
-    def _window_below(
-        self, i: int, origin: torch.Tensor, size: tuple[int, int], input_size: tuple[int, ...]
-    ) -> tuple[torch.Tensor, tuple[int, int]] | None:
-        """The input window step ``i`` reads for an output window (it may reach outside the input map),
-        or ``None`` for a global step (no geometry) or an input that is not a map."""
-        geometry: Geometry | None = getattr(self.steps[i].mirror, "geometry", None)
-        if geometry is None or len(input_size) != 3:
-            return None
-        return descend(geometry, origin, size)
-
-    # ---------------------------------------------------------------- memory estimates
-    def _trace_bytes(
-        self, image_shape: tuple[int, ...], until: int, item: int, keep: Sequence[int] = ()
-    ) -> int:
-        """Rough peak bytes one image costs in a forward walk with memory: the largest step's input,
-        output and copy, the kept outputs and the mirrors' memory (pools: 1-byte taps, and their
-        8-byte switches while they are made)."""
-        shapes = self.shapes(image_shape)
-        numels = [int(torch.Size(s).numel()) for s in shapes[: until + 1]]
-        ins = [int(torch.Size(image_shape).numel())] + numels[:-1]
-        peak = max(3 * max(a, b) * item + (24 * b if isinstance(self.steps[i].mirror, Unpool2d) else 0)
-                   for i, (a, b) in enumerate(zip(ins, numels)))
-        pools = sum(n for n, step in zip(numels, self.steps) if isinstance(step.mirror, Unpool2d))
-        kept = sum(numels[i] for i in keep if i <= until)
-        return peak + pools + kept * item or 1
-
-    def _selection_bytes(
-        self, top: int, shapes: list[tuple[int, ...]], image_shape: tuple[int, ...], item: int, crop: bool = True
-    ) -> tuple[int, int]:
-        """Rough peak bytes one selection's reverse pass costs (its largest step, with the window it
-        reads, the window it writes and the copies made on the way; its cone cut to the maps; its
-        output) and the bytes of the largest tensor it writes."""
-        origin = torch.tensor([[shapes[top][-2] // 2, shapes[top][-1] // 2]]) if len(shapes[top]) == 3 else None
-        size: tuple[int, int] = (1, 1)
-        worst = largest = 0
-        reading = int(torch.Size(shapes[top]).numel()) if origin is None else shapes[top][0]
-        for i in range(top, -1, -1):
-            below = shapes[i - 1] if i else tuple(image_shape)
-            window = None if origin is None else self._window_below(i, origin, size, below)
-            if window is None:
-                origin = None
-                writing = int(torch.Size(below).numel())
-            else:
-                origin, size = window
-                size = (min(size[0], below[-2]), min(size[1], below[-1]))
-                writing = below[0] * size[0] * size[1]
-            worst = max(worst, (reading + 4 * writing) * item)
-            largest = max(largest, writing * item)
-            reading = writing
-        if not crop:  # the projection in a whole image, and the window it is placed from
-            output = int(torch.Size(image_shape).numel()) * item
-            worst, largest = max(worst, 2 * output + reading * item), max(largest, output)
-        return worst or 1, largest or 1
-
-
-def _is_map(memory: Any) -> bool:
-    """Whether a memory entry is per-image maps ``(N, C, H, W)`` to cut windows from."""
-    return isinstance(memory, torch.Tensor) and memory.dim() == 4
-
-
-def _select(memory: Any, image: torch.Tensor) -> Any:
-    """A memory entry for the traced images ``image``: per-image tensors are picked, the rest kept."""
-    return memory.index_select(0, image) if isinstance(memory, torch.Tensor) else memory

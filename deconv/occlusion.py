@@ -81,7 +81,7 @@ def occlude(
     stopping once: one walk gives both the layer and the class scores.
     """
     image = mirror.check_images(image[None])[0]
-    top, last = mirror.index(layer), len(mirror.steps) - 1
+    top, last = mirror.index(layer), mirror.output
 
     def forward(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = mirror.run(images, keep=[top, last], remember=False).outputs

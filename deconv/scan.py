@@ -195,7 +195,7 @@ def scan(
         state = ScanState({})
     remaining = order[state.position :]
     # torch's own layers take any memory layout; a user's layer may not (a .view of its input)
-    any_layout = all(type(step.layer).__module__.startswith("torch.nn") for step in mirror.steps[: max(tops) + 1])
+    any_layout = all(node.builtin for node in mirror.steps[: max(tops) + 1])
     bar = progress_bar(total=len(order), initial=state.position, desc="scan", unit="img", enabled=progress)
     with bar:
         for batch in batches(dataset, batch_size, num_workers, remaining):
@@ -218,7 +218,9 @@ def _model_runs_on(batch: Batch) -> Iterator[None]:
     into an :class:`InputError` naming the dataset images."""
     try:
         yield
-    except RuntimeError as error:
+    except NonFiniteError:
+        raise
+    except (RuntimeError, InputError) as error:  # torch's own, or the walk's naming the layer
         first, last = int(batch.indices[0]), int(batch.indices[-1])
         reason = " ".join(str(error).split())[:200]
         raise InputError(

@@ -40,7 +40,7 @@ Tap = Union[str, Call, Callable[[nn.Module, torch.Tensor], torch.Tensor]]
 
 
 class RectifiedGrad(torch.autograd.Function):
-    """ReLU going up, ReLU of the gradient going down."""
+    """ReLU going up, ReLU of the gradient going down (the deconvnet rule)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -51,29 +51,64 @@ class RectifiedGrad(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
+class GuidedGrad(torch.autograd.Function):
+    """ReLU going up; going down, ReLU of the gradient where the input was positive (guided backpropagation)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (x > 0)
+
+
+class PlainGrad(torch.autograd.Function):
+    """ReLU with its own gradient, ``grad * (x > 0)``: plain autograd, written out (the gradient rule)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0)
+
+
+RULES = {"deconvnet": RectifiedGrad, "guided": GuidedGrad, "gradient": PlainGrad}
+
+
 _RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
 
 class DeconvReLUs(TorchFunctionMode):
     """Every ReLU (``nn.ReLU`` calls ``F.relu``; functional and tensor-method calls too) becomes
-    ``RectifiedGrad``; in-place ones return a new tensor instead."""
+    the rule's function (``RectifiedGrad`` by default); in-place ones return a new tensor instead."""
 
     calls = 0
+
+    def __init__(self, rule: str = "deconvnet") -> None:
+        super().__init__()
+        self.function = RULES[rule]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _RELUS:
             self.calls += 1
-            return RectifiedGrad.apply(args[0])
+            return self.function.apply(args[0])
         return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
-def deconv_mode(model: nn.Module) -> Iterator[DeconvReLUs]:
-    """Eval mode and rectified ReLU backward for the block; restores every ``training`` flag."""
+def deconv_mode(model: nn.Module, rule: str = "deconvnet") -> Iterator[DeconvReLUs]:
+    """Eval mode and the rule's ReLU backward for the block; restores every ``training`` flag."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with DeconvReLUs() as mode:
+        with DeconvReLUs(rule) as mode:
             yield mode
     finally:
         for m, flag in flags:
@@ -142,12 +177,13 @@ def activation(model: nn.Module, images: torch.Tensor, tap: Tap) -> torch.Tensor
 
 
 def project(
-    model: nn.Module, images: torch.Tensor, selections: Sequence[tuple], taps: dict[str, Tap] | None = None
+    model: nn.Module, images: torch.Tensor, selections: Sequence[tuple], taps: dict[str, Tap] | None = None,
+    rule: str = "deconvnet",
 ) -> torch.Tensor:
     """Reference projections of ``(image, layer, channel[, y, x])`` selections: ``(K, C, H, W)``.
 
     Each activation keeps its own value, all others are zero; ``taps`` maps layer names that are
-    not module names (functional layers) to where they are read.
+    not module names (functional layers) to where they are read; ``rule`` picks the ReLU backward.
     """
     taps = taps or {}
     out = images.new_zeros(len(selections), *images.shape[1:])
@@ -155,7 +191,7 @@ def project(
     for layer in layers:
         rows = [k for k, s in enumerate(selections) if s[1] == layer]
         x = images[[selections[k][0] for k in rows]].clone().requires_grad_(True)
-        with deconv_mode(model):
+        with deconv_mode(model, rule):
             h = run_to(model, x, taps.get(layer, layer))
         seed = torch.zeros_like(h)
         for j, k in enumerate(rows):
@@ -165,10 +201,10 @@ def project(
     return out
 
 
-def project_map(model: nn.Module, images: torch.Tensor, tap: Tap, channel: int) -> torch.Tensor:
+def project_map(model: nn.Module, images: torch.Tensor, tap: Tap, channel: int, rule: str = "deconvnet") -> torch.Tensor:
     """Reference projection of a whole feature map: the seed is the channel's map, the rest zero."""
     x = images.clone().requires_grad_(True)
-    with deconv_mode(model):
+    with deconv_mode(model, rule):
         h = run_to(model, x, tap)
     seed = torch.zeros_like(h)
     seed[:, channel] = h[:, channel].detach()

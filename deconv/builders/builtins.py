@@ -1,22 +1,35 @@
 """Mirrors of the layers a real CNN has, registered the way users register theirs."""
 from __future__ import annotations
 
+import operator
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedModuleError
 from ..layers import (
     ChannelScale,
+    Distribute,
+    Embed,
+    GuidedRectify,
     PassThrough,
+    ReLUGradient,
     Rectify,
+    Scale,
+    Split,
     TransposedAverage,
     TransposedFilter,
     TransposedLinear,
+    TransposedMean,
     Unflatten,
+    Unpermute,
     Unpool2d,
 )
 from ..layers.base import pair
 from ..layers.transposed_average import adaptive_axis_pool, average_axis_pool
-from .registry import register_mirror
+from .registry import SIGNAL, Call, register_mirror
 
 
 @register_mirror(nn.Conv2d)
@@ -31,9 +44,22 @@ def _relu(relu: nn.ReLU) -> Rectify:
     return Rectify()
 
 
+@register_mirror(nn.ReLU, rule="guided")
+def _relu_guided(relu: nn.ReLU) -> GuidedRectify:
+    return GuidedRectify()
+
+
+@register_mirror(nn.ReLU, rule="gradient")
+def _relu_gradient(relu: nn.ReLU) -> ReLUGradient:
+    return ReLUGradient()
+
+
 @register_mirror(nn.MaxPool2d)
 def _max_pool(pool: nn.MaxPool2d) -> Unpool2d:
-    return Unpool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+    mirror = Unpool2d(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+    # a plain max pool is exactly the mirror's own pooling: let the walk pool and record switches at once
+    mirror.computes_forward = type(pool) in (nn.MaxPool2d, _FunctionalMaxPool) and not pool.return_indices
+    return mirror
 
 
 @register_mirror(nn.AdaptiveMaxPool2d)
@@ -83,3 +109,139 @@ def _batch_norm(bn: nn.BatchNorm2d) -> ChannelScale:
 @register_mirror(nn.Dropout, nn.Dropout2d, nn.Identity)
 def _pass_through(module: nn.Module) -> PassThrough:
     return PassThrough()
+
+
+class _FunctionalMaxPool(nn.MaxPool2d):
+    """What ``F.max_pool2d(x, ...)`` stands for."""
+
+
+# ------------------------------------------------------------------ functions of the forward pass
+def _only_signal(call: Call, what: str) -> None:
+    if call.signals != 1:
+        raise UnsupportedModuleError(
+            f"{what} of {call.signals} input-dependent tensors is not linear in the signal (a gate); "
+            "only a product with a constant can be mirrored"
+        )
+
+
+def _dim(call: Call, position: int, default: int) -> int:
+    return call.kwargs.get("dim", call.args[position] if len(call.args) > position else default)
+
+
+@register_mirror(operator.add, operator.iadd, torch.add, torch.Tensor.add, torch.Tensor.add_)
+def _add(call: Call) -> Distribute:
+    if call.kwargs.get("alpha", 1) != 1:
+        raise UnsupportedModuleError(f"torch.add with alpha={call.kwargs['alpha']} (only alpha=1 is mirrored)")
+    return Distribute()
+
+
+@register_mirror(operator.mul, operator.imul, torch.mul, torch.Tensor.mul, torch.Tensor.mul_)
+def _mul(call: Call) -> Scale:
+    _only_signal(call, "a product")
+    factor = next(a for a in call.args if a is not SIGNAL)
+    if not isinstance(factor, (int, float, torch.Tensor)):
+        raise UnsupportedModuleError(f"a product with {factor!r}, which is computed in the forward pass; only constants are mirrored")
+    return Scale(factor)
+
+
+@register_mirror(operator.truediv, operator.itruediv, torch.div, torch.Tensor.div, torch.Tensor.div_)
+def _div(call: Call) -> Scale:
+    if call.args[0] is not SIGNAL or call.signals != 1 or call.kwargs.get("rounding_mode") is not None:
+        raise UnsupportedModuleError("a division is mirrored only as an input-dependent tensor divided by a constant")
+    return Scale(1 / call.args[1])
+
+
+@register_mirror(torch.cat, torch.concat)
+def _cat(call: Call) -> Split:
+    dim = _dim(call, 1, 0)
+    if dim == 0:
+        raise UnsupportedModuleError("torch.cat along the batch dimension (dim=0) cannot be mirrored")
+    if any(a is not SIGNAL for a in call.args[0]):
+        raise UnsupportedModuleError("torch.cat of a constant tensor with input-dependent ones cannot be mirrored")
+    return Split(dim)
+
+
+@register_mirror(operator.getitem)
+def _getitem(call: Call) -> Embed:
+    index = call.args[1] if isinstance(call.args[1], tuple) else (call.args[1],)
+    if not index or index[0] != slice(None) or not all(isinstance(i, (slice, int)) for i in index):
+        raise UnsupportedModuleError(
+            f"indexing with {call.args[1]!r}; only slices and integers that keep the batch (e.g. x[:, :16]) can be mirrored"
+        )
+    rest = index[1:]
+    return Embed(lambda shape: rest, all(i == slice(None) for i in rest[1:]), f"index={rest!r}")
+
+
+def _along(dim: int, where: slice) -> Callable[[tuple[int, ...]], tuple[Any, ...]]:
+    """The index of ``where`` along ``dim`` (counted with the batch) of an input of ``shape`` (without it)."""
+    return lambda shape: (slice(None),) * (dim % (len(shape) + 1) - 1) + (where,)
+
+
+@register_mirror(torch.chunk, torch.Tensor.chunk, torch.split, torch.Tensor.split, torch.narrow, torch.Tensor.narrow)
+def _piece(call: Call) -> Embed:
+    target = call.target if not isinstance(call.target, str) else getattr(torch.Tensor, call.target)
+    name = getattr(target, "__name__", str(target))
+    if name == "narrow":
+        dim, start, length = (list(call.args[1:]) + [call.kwargs.get(k) for k in ("dim", "start", "length")])[:3]
+        if dim == 0:
+            raise UnsupportedModuleError("narrow along the batch dimension cannot be mirrored")
+        return Embed(_along(dim, slice(start, start + length)), dim in (1, -3), f"narrow dim={dim}, start={start}, length={length}")
+    if call.item is None:
+        raise UnsupportedModuleError(f"{name} whose pieces are not taken one by one with [i]")
+    dim = _dim(call, 2, 0)
+    if dim == 0:
+        raise UnsupportedModuleError(f"{name} along the batch dimension cannot be mirrored")
+    parts = call.args[1] if len(call.args) > 1 else call.kwargs.get("chunks", call.kwargs.get("split_size_or_sections"))
+    item = call.item
+
+    def index(shape: tuple[int, ...]) -> tuple[Any, ...]:  # the forward pass's pieces, from the input's size
+        axis = dim % (len(shape) + 1)
+        pieces = torch.arange(shape[axis - 1]).chunk(parts) if name == "chunk" else torch.arange(shape[axis - 1]).split(parts)
+        taken = pieces[item]
+        return _along(dim, slice(int(taken[0]), int(taken[-1]) + 1))(shape)
+
+    return Embed(index, dim in (1, -3), f"{name}({parts}, dim={dim})[{item}]")
+
+
+@register_mirror(
+    torch.Tensor.view, torch.reshape, torch.Tensor.reshape, torch.flatten, torch.Tensor.flatten,
+    torch.squeeze, torch.Tensor.squeeze, torch.unsqueeze, torch.Tensor.unsqueeze,
+)
+def _reshape(call: Call) -> Unflatten:
+    name = getattr(call.target, "__name__", call.target)
+    if name == "flatten" and call.kwargs.get("start_dim", call.args[1] if len(call.args) > 1 else 0) == 0:
+        raise UnsupportedModuleError("flatten with start_dim=0 flattens the batch; only flatten(x, 1) keeps it")
+    return Unflatten()
+
+
+@register_mirror(torch.Tensor.contiguous, F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout)
+def _identity(call: Call) -> PassThrough:
+    return PassThrough()
+
+
+@register_mirror(torch.permute, torch.Tensor.permute)
+def _permute(call: Call) -> Unpermute:
+    dims = call.args[1:] if len(call.args) > 2 or not isinstance(call.args[1], (tuple, list)) else tuple(call.args[1])
+    dims = tuple(call.kwargs.get("dims", dims))
+    return Unpermute(lambda ndim: dims, f"permute{dims}")
+
+
+@register_mirror(torch.transpose, torch.Tensor.transpose, torch.swapaxes, torch.Tensor.swapaxes)
+def _transpose(call: Call) -> Unpermute:
+    a, b = call.args[1:3]
+
+    def order(ndim: int) -> tuple[int, ...]:
+        dims = list(range(ndim))
+        dims[a], dims[b] = dims[b], dims[a]
+        return tuple(dims)
+
+    return Unpermute(order, f"transpose({a}, {b})")
+
+
+@register_mirror(torch.mean, torch.Tensor.mean)
+def _mean(call: Call) -> TransposedMean:
+    dims = call.kwargs.get("dim", call.args[1] if len(call.args) > 1 else None)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims) if dims is not None else ()
+    if not dims or 0 in dims:
+        raise UnsupportedModuleError("a mean over the batch dimension (or over everything) cannot be mirrored")
+    return TransposedMean(dims, bool(call.kwargs.get("keepdim", call.args[2] if len(call.args) > 2 else False)))

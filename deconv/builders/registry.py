@@ -1,60 +1,137 @@
-"""The registry of mirrors: which mirror module each kind of layer gets."""
+"""The registry of mirrors: which mirror module each kind of layer or function gets, under each rule."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
 
+import torch
 from torch import nn
 
-__all__ = ["MirrorFactory", "register_mirror", "unregister_mirror", "find_mirror_factory", "registered_types"]
+__all__ = [
+    "DEFAULT_RULE",
+    "SIGNAL",
+    "Call",
+    "MirrorFactory",
+    "register_mirror",
+    "unregister_mirror",
+    "find_mirror_factory",
+    "registered_types",
+    "rules",
+]
 
-MirrorFactory = Callable[[nn.Module], nn.Module]
+DEFAULT_RULE = "deconvnet"
+"""The paper's rule: rectify the signal at every ReLU going down."""
+
+MirrorFactory = Callable[[Any], nn.Module]
 F = TypeVar("F", bound=MirrorFactory)
+Target = Any  # an nn.Module subclass, or a function / tensor method (``torch.cat``, ``torch.Tensor.view``)
 
-_FACTORIES: dict[type[nn.Module], MirrorFactory] = {}
+_FACTORIES: dict[tuple[Target, str], MirrorFactory] = {}
 
 
-def register_mirror(*module_types: type[nn.Module], override: bool = False) -> Callable[[F], F]:
-    """Decorate a factory ``(module) -> mirror module`` as the mirror of ``module_types`` and their subclasses.
+class _Signal:
+    def __repr__(self) -> str:
+        return "SIGNAL"
 
-    The mirror module's ``forward(signal, *memory)`` maps a reconstruction of the layer's output back
-    to its input; subclass :class:`deconv.layers.MirrorModule` to keep memory from the forward pass::
+
+SIGNAL = _Signal()
+"""Stands in a :class:`Call`'s arguments for a tensor that carries the signal (computed from the images)."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """A function call of the forward pass, as a function's mirror factory sees it.
+
+    ``args``/``kwargs`` are the call's, with :data:`SIGNAL` for each tensor computed from the images
+    and the value of each constant (numbers, parameters); ``item`` is the piece taken of a call that
+    returns several (``torch.chunk(x, 2, 1)[item]``). ``name`` is the node's probe name.
+    """
+
+    target: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    item: int | None = None
+    name: str = ""
+
+    @property
+    def signals(self) -> int:
+        """How many arguments carry the signal."""
+        flat = [*self.args, *self.kwargs.values()]
+        flat += [a for arg in flat if isinstance(arg, (list, tuple)) for a in arg]
+        return sum(a is SIGNAL for a in flat)
+
+
+def _key(target: Target) -> Target:
+    """Tensor methods named by string (as fx records them) are keyed by the method itself."""
+    return getattr(torch.Tensor, target) if isinstance(target, str) else target
+
+
+def _name(target: Target) -> str:
+    return f"{getattr(target, '__module__', None) or 'torch.Tensor'}.{getattr(target, '__qualname__', target)}"
+
+
+def register_mirror(*targets: Target, rule: str = DEFAULT_RULE, override: bool = False) -> Callable[[F], F]:
+    """Decorate a factory as the mirror of ``targets`` under ``rule``.
+
+    A target is an ``nn.Module`` subclass (its subclasses match too), whose factory takes the module,
+    or a function or tensor method (``F.silu``, ``torch.Tensor.view``), whose factory takes a :class:`Call`.
+    The factory returns the mirror module: ``forward(signal, *memory)`` maps a reconstruction of the
+    output back to the input; subclass :class:`deconv.layers.MirrorModule` to keep memory from the
+    forward pass or to declare geometry::
 
         @deconv.register_mirror(MyScale)
         def _(module: MyScale) -> nn.Module:
             return deconv.layers.PassThrough()
 
-    Registering a type twice raises ``ValueError`` unless ``override=True``.
+    ``rule`` names the rule the mirror belongs to (``"deconvnet"``, ``"guided"``, ``"gradient"`` or a
+    new one); a target with no mirror under a rule uses its ``"deconvnet"`` mirror. Registering a
+    target twice under one rule raises ``ValueError`` unless ``override=True``.
     """
-    if not module_types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in module_types):
-        raise TypeError(f"register_mirror takes nn.Module subclasses, got {module_types!r}")
+    if not targets or not all(
+        (isinstance(t, type) and issubclass(t, nn.Module)) or (callable(t) and not isinstance(t, type)) for t in targets
+    ):
+        raise TypeError(f"register_mirror takes nn.Module subclasses or functions, got {targets!r}")
+    if not isinstance(rule, str) or not rule.isidentifier():
+        raise ValueError(f"a rule is named by an identifier such as 'guided', got {rule!r}")
 
     def decorator(factory: F) -> F:
-        for module_type in module_types:
-            if module_type in _FACTORIES and not override:
+        for target in targets:
+            if (_key(target), rule) in _FACTORIES and not override:
                 raise ValueError(
-                    f"a mirror for {module_type.__module__}.{module_type.__qualname__} is already registered "
-                    f"({_FACTORIES[module_type].__qualname__}); pass override=True to replace it"
+                    f"a mirror for {_name(target)} under rule {rule!r} is already registered "
+                    f"({_FACTORIES[_key(target), rule].__qualname__}); pass override=True to replace it"
                 )
-        for module_type in module_types:
-            _FACTORIES[module_type] = factory
+        for target in targets:
+            _FACTORIES[_key(target), rule] = factory
         return factory
 
     return decorator
 
 
-def unregister_mirror(module_type: type[nn.Module]) -> None:
-    """Forget the mirror registered for exactly ``module_type``; ``KeyError`` if there is none."""
-    del _FACTORIES[module_type]
+def unregister_mirror(target: Target, rule: str = DEFAULT_RULE) -> None:
+    """Forget the mirror registered for exactly ``target`` under ``rule``; ``KeyError`` if there is none."""
+    del _FACTORIES[_key(target), rule]
 
 
-def find_mirror_factory(module: nn.Module) -> MirrorFactory | None:
-    """The factory registered for the nearest class in ``type(module).__mro__``, or ``None``."""
-    for cls in type(module).__mro__:
-        if cls in _FACTORIES:
-            return _FACTORIES[cls]
+def find_mirror_factory(target: nn.Module | Target, rule: str = DEFAULT_RULE) -> MirrorFactory | None:
+    """The factory for a module (the nearest class in ``type(module).__mro__``) or a function under
+    ``rule``, falling back on the ``"deconvnet"`` one; ``None`` if neither is registered."""
+    keys = type(target).__mro__ if isinstance(target, nn.Module) else (_key(target),)
+    for wanted in dict.fromkeys((rule, DEFAULT_RULE)):
+        for key in keys:
+            try:
+                if (key, wanted) in _FACTORIES:
+                    return _FACTORIES[key, wanted]
+            except TypeError:  # an unhashable target
+                return None
     return None
 
 
-def registered_types() -> tuple[type[nn.Module], ...]:
-    """Every registered module type, in registration order."""
-    return tuple(_FACTORIES)
+def registered_types() -> tuple[Target, ...]:
+    """Every registered module type and function, in registration order."""
+    return tuple(dict.fromkeys(target for target, _ in _FACTORIES))
+
+
+def rules() -> tuple[str, ...]:
+    """Every rule some mirror is registered under, ``"deconvnet"`` first."""
+    return tuple(dict.fromkeys([DEFAULT_RULE, *(rule for _, rule in _FACTORIES)]))

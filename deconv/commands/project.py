@@ -81,7 +81,7 @@ def _top_classes(
 ) -> Image.Image:
     """The image ``shown`` ``(1, 3, H, W)`` beside the projections of its ``top`` most probable classes,
     best first, each captioned with its probability (the captions are printed too)."""
-    last = len(mirror.steps) - 1
+    last = mirror.output
     scores = mirror.run(mirror.check_images(image), keep=[last], remember=False).outputs[last]
     probabilities, classes = scores.float().softmax(1)[0].topk(min(top, scores.shape[1]))
     projections = mirror.project_many(image, [Selection(0, mirror.layer_names[last], int(k)) for k in classes])

@@ -42,7 +42,12 @@ STATE = "state"  # the folder of the per-process scan states, in the output fold
 
 
 def conv_layers(mirror: Mirror) -> list[str]:
-    """The rectified output of each convolution (the ReLU right after it), else the convolution itself."""
+    """The layers to draw by default: the outermost blocks of a branching model (ResNet blocks,
+    DenseNet blocks, Inception modules), else the rectified output of each convolution (the ReLU
+    right after it, or the convolution itself)."""
+    blocks = mirror.blocks()
+    if blocks:
+        return blocks
     names = []
     steps = mirror.steps
     for i, step in enumerate(steps):

@@ -1,12 +1,20 @@
 """The deconvnet's modules: each maps a reconstruction at a layer's output back to its input."""
 from .base import POINTWISE, Geometry, MirrorModule
 from .channel_scale import ChannelScale
+from .distribute import Distribute
+from .embed import Embed
+from .gradient import ReLUGradient
+from .guided import GuidedRectify
 from .pass_through import PassThrough
 from .rectify import Rectify
+from .scale import Scale
+from .split import Split
 from .transposed_average import TransposedAverage
 from .transposed_filter import TransposedFilter
 from .transposed_linear import TransposedLinear
+from .transposed_mean import TransposedMean
 from .unflatten import Unflatten
+from .unpermute import Unpermute
 from .unpool import Unpool2d
 
 __all__ = [
@@ -21,4 +29,12 @@ __all__ = [
     "ChannelScale",
     "TransposedAverage",
     "PassThrough",
+    "GuidedRectify",
+    "ReLUGradient",
+    "Distribute",
+    "Split",
+    "Embed",
+    "Scale",
+    "Unpermute",
+    "TransposedMean",
 ]

@@ -43,21 +43,40 @@ POINTWISE = Geometry()
 class MirrorModule(nn.Module):
     """Maps a reconstruction of a layer's output ``(N, C_out, ...)`` back to its input ``(N, C_in, ...)``.
 
-    ``remember`` runs beside the forward pass and returns what ``forward`` needs to go back (the
-    *memory*): tensors in it are per image, batch first and laid out like the layer's output
-    ``(N, C, H_out, W_out)``; anything else (sizes) is shared by all images.
+    ``remember(*inputs, output)`` runs beside the forward pass and returns what ``forward`` needs to
+    go back (the *memory*): tensors in it are per image, batch first and laid out like the layer's
+    output ``(N, C, H_out, W_out)``; anything else (sizes) is shared by all images.
+    ``forward(signal, *memory)`` returns the signal for the layer's input, or a tuple of signals,
+    one per input tensor, for layers of several inputs (``torch.cat``, ``x + y``).
+
+    The engine asks a mirror what it can do through these attributes, never through its type:
+
+    - ``geometry``: how output positions read input positions (``POINTWISE`` keeps windows as they
+      are; ``None`` mixes all positions, so the engine hands it whole maps);
+    - ``in_channels``: the channels its layer takes, where known (checked against the images);
+    - ``rectifies``: ``forward`` is ``relu(signal)``, nothing else;
+    - ``disjoint``: it places values apart, never adding two, so ``relu`` commutes with it;
+    - ``computes_forward``: ``remember_forward(x)`` gives the layer's output with the memory.
     """
 
     geometry: Geometry | None = POINTWISE
+    in_channels: int | None = None
+    rectifies: bool = False
+    disjoint: bool = False
+    computes_forward: bool = False
 
-    def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        """Memory of one forward step ``y = layer(x)``; nothing by default."""
+    def remember(self, *tensors: torch.Tensor) -> tuple[Any, ...]:
+        """Memory of one forward step: ``remember(*inputs, output)``; nothing by default."""
         return ()
+
+    def remember_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        """The layer's output on ``x`` and the memory, in one go (where ``computes_forward``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not compute its layer's output")
 
     def restrict(self, memory: tuple[Any, ...], origin: torch.Tensor, size: tuple[int, int]) -> tuple[Any, ...]:
         """Memory for a window of the input: ``origin`` ``(K, 2)`` its top-left in the input map, ``size`` ``(h, w)``.
 
-        Per-image tensors arrive already cut to the matching output window ``(K, C, h_out, w_out)``.
+        Per-image maps arrive already cut to the matching output window ``(K, C, h_out, w_out)``.
         Only mirrors with a local ``geometry`` and non-empty memory need to change anything.
         """
         return memory

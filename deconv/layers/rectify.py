@@ -12,8 +12,10 @@ __all__ = ["Rectify"]
 class Rectify(MirrorModule):
     """``R_{l-1} = max(R_l, 0)``: passes only the positive part of the signal, whatever the forward pass did.
 
-    Shape: any, unchanged.
+    Shape: any, unchanged. The deconvnet rule (Zeiler & Fergus), the default.
     """
+
+    rectifies = True
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
         return F.relu(signal)

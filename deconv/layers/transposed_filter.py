@@ -30,6 +30,7 @@ class TransposedFilter(MirrorModule):
             padding = pair(conv.padding)
         self.weight = conv.weight
         self.groups = conv.groups
+        self.in_channels = conv.in_channels
         self.geometry = Geometry(pair(conv.kernel_size), pair(conv.stride), padding, pair(conv.dilation))
 
     def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:

@@ -48,16 +48,14 @@ class Unpool2d(MirrorModule):
         return F.max_pool2d(x, g.kernel, g.stride, g.padding, g.dilation, self.ceil_mode, return_indices=True)
 
     def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        """The switches: flat input indices ``(N, C, H_out, W_out)``, as ``F.max_pool2d`` gives them."""
         return self.switches(x)[1], tuple(x.shape[-2:])
 
-    def remember_compact(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[Any, ...]:
-        """Memory that :meth:`forward` and :meth:`restrict` take like :meth:`remember`'s, but smaller and
-        cheaper to cut into windows: for each output position the tap of its window that won,
-        ``t_y * kernel_w + t_x``, as ``uint8`` ``(N, C, H_out, W_out)``; then the input size and padding.
-
-        Returns ``(pooled output, memory)``; the pooled output is ``self``'s pooling of ``x``.
-        Adaptive pools (no fixed geometry) keep flat switches.
-        """
+    def remember_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[Any, ...]]:
+        """``self``'s pooling of ``x`` and its memory: for each output position the tap of its window
+        that won, ``t_y * kernel_w + t_x``, as ``uint8`` ``(N, C, H_out, W_out)`` (small, and cheap to
+        cut into windows); then the input size and padding. Adaptive pools (no fixed geometry) keep
+        flat switches, as ``F.max_pool2d`` gives them."""
         y, switches = self.switches(x)
         if self.geometry is None or self.geometry.kernel[0] * self.geometry.kernel[1] > 255:
             return y, (switches, tuple(x.shape[-2:]))
@@ -90,7 +88,7 @@ class Unpool2d(MirrorModule):
         padding: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """``switches``: flat input indices (``int64``, as :meth:`remember` and ``F.max_pool2d`` give them),
-        or ``uint8`` taps from :meth:`remember_compact` with the pool's ``padding`` (``(0, 0)`` for a
+        or ``uint8`` taps from :meth:`remember_forward` with the pool's ``padding`` (``(0, 0)`` for a
         window whose first row and column are those of its first output position's pool window)."""
         if switches.dtype == torch.uint8:
             return self._unpool_taps(signal, switches, input_size, padding or (0, 0))
@@ -149,7 +147,7 @@ class Unpool2d(MirrorModule):
         return out
 
     @property
-    def disjoint(self) -> bool:
+    def disjoint(self) -> bool:  # type: ignore[override]
         """Whether no two pool windows share an input position (stride at least the window's span)."""
         g = self.geometry
         return g is not None and g.stride[0] >= g.span(0) and g.stride[1] >= g.span(1)

@@ -10,7 +10,7 @@ import oracle
 from conftest import batch_norm
 from deconv import layers
 
-BUILTIN = [t for t in deconv.registered_types() if t.__module__.startswith("torch.nn")]
+BUILTIN = [t for t in deconv.registered_types() if isinstance(t, type) and t.__module__.startswith("torch.nn")]
 
 # type -> (model around one such layer, input size (C, H, W), expected mirror type)
 EXAMPLES = {

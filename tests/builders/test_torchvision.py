@@ -59,7 +59,7 @@ MODELS = {
 
 def expected_names(model: nn.Module) -> list[str]:
     features = [f"features.{i}" for i in range(len(model.features))]
-    return features + ["avgpool", "flatten"] + [f"classifier.{i}" for i in range(len(model.classifier))]
+    return features + ["features", "avgpool", "flatten"] + [f"classifier.{i}" for i in range(len(model.classifier))] + ["classifier"]
 
 
 @pytest.mark.parametrize("name", MODELS)

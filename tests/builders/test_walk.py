@@ -1,5 +1,6 @@
 """The walk: nested Sequentials, functional calls, in-place and reused ReLUs, torchvision-style
-models; each checked against the oracle at every layer. Branching forward passes are refused."""
+models, a residual block; each checked against the oracle at every layer. Containers whose output is a
+node are probe points too; untraceable forward passes and operations with no mirror are refused."""
 from __future__ import annotations
 
 import pytest
@@ -33,7 +34,8 @@ def test_nested_sequentials_keep_their_module_names(gen: torch.Generator) -> Non
         nn.Flatten(), nn.Linear(6 * 4 * 4, 7),
     ).double().eval()
     mirror = every_layer(model, images(gen, 3, 3, 11, 11), gen)
-    assert mirror.layer_names == ["0.0", "0.1", "1.0.0", "1.0.1", "1.1", "2", "3"]
+    assert mirror.layer_names == ["0.0", "0.1", "0", "1.0.0", "1.0.1", "1.0", "1.1", "1", "2", "3"]
+    assert mirror.index("1") == mirror.index("1.1") and mirror.blocks() == []  # plain Sequentials are no blocks
 
 
 def test_an_empty_sequential_is_no_layer(gen: torch.Generator) -> None:
@@ -118,7 +120,8 @@ def test_functional_settings_are_kept() -> None:
     assert (pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode) == (3, 2, 1, True)
     steps = {s.name: s.layer for s in deconv.build_mirror(FunctionalB()).steps}
     assert isinstance(steps["avg_pool2d"], nn.AvgPool2d) and steps["avg_pool2d"].count_include_pad is False
-    assert isinstance(steps["dropout"], nn.Identity) and isinstance(steps["flatten"], nn.Flatten)
+    mirrors = {s.name: s.mirror for s in deconv.build_mirror(FunctionalB()).steps}
+    assert isinstance(mirrors["dropout"], deconv.layers.PassThrough) and isinstance(mirrors["flatten"], deconv.layers.Unflatten)
 
 
 def test_reused_module_steps_share_the_module() -> None:
@@ -161,8 +164,8 @@ def test_torchvision_style_model(gen: torch.Generator) -> None:
     torch.manual_seed(3)
     model = TorchvisionStyle().double().eval()
     mirror = every_layer(model, images(gen, 2, 3, 9, 9), gen, {"flatten": "<classifier"})
-    assert mirror.layer_names == ["features.0", "features.1", "features.2", "avgpool", "flatten",
-                                  "classifier.0", "classifier.1", "classifier.2", "classifier.3"]
+    assert mirror.layer_names == ["features.0", "features.1", "features.2", "features", "avgpool", "flatten",
+                                  "classifier.0", "classifier.1", "classifier.2", "classifier.3", "classifier"]
 
 
 class Residual(nn.Module):
@@ -186,12 +189,12 @@ class Untraceable(nn.Module):
         return x
 
 
-def test_a_residual_model_is_refused_naming_the_branching_node() -> None:
-    with pytest.raises(deconv.UnsupportedGraphError) as error:
-        deconv.build_mirror(Residual())
-    message = str(error.value)
-    assert "\n" not in message and "'add'" in message and "Residual" in message and "'conv2'" in message, message
-    assert isinstance(error.value, TypeError)
+def test_a_residual_model_matches_the_oracle(gen: torch.Generator) -> None:
+    """Fan-out (y feeds conv2 and the addition) and the addition itself, at every layer."""
+    torch.manual_seed(4)
+    model = Residual().double().eval()
+    mirror = every_layer(model, images(gen, 2, 3, 9, 9), gen, {"relu": Call(F.relu), "add": Call(torch.Tensor.add), "relu_1": Call(F.relu, 1)})
+    assert mirror.layer_names == ["conv1", "relu", "conv2", "add", "relu_1"]
 
 
 def test_an_untraceable_model_is_refused() -> None:
@@ -201,9 +204,9 @@ def test_an_untraceable_model_is_refused() -> None:
 
 @pytest.mark.parametrize("forward, words", [
     (lambda self, x: torch.sigmoid(self.conv(x)), ["'sigmoid'", "torch.sigmoid", "register_mirror"]),
-    (lambda self, x: self.conv(x) * 2, ["'mul'", "register_mirror"]),
-    (lambda self, x: self.conv(x).view(-1, 4), ["'view'", "(-1, 4)", "x.view(x.size(0), -1)"]),
-    (lambda self, x: self.conv(x).flatten(), ["'flatten'", "start_dim=0"]),
+    (lambda self, x: self.conv(x) * self.conv(x), ["'mul'", "input-dependent"]),
+    (lambda self, x: self.conv(x).flatten(), ["'flatten'", "batch"]),
+    (lambda self, x: torch.cat([self.conv(x), self.conv(x)], 0), ["'cat'", "batch"]),
 ])
 def test_unsupported_functions_are_named(forward, words: list[str]) -> None:
     model = type("Custom", (nn.Module,), {"forward": forward})()
@@ -212,3 +215,13 @@ def test_unsupported_functions_are_named(forward, words: list[str]) -> None:
         deconv.build_mirror(model)
     message = str(error.value)
     assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_reshape_that_mixes_the_batch_is_named_when_it_runs() -> None:
+    model = type("Custom", (nn.Module,), {"forward": lambda self, x: self.conv(x).view(-1, 4)})()
+    model.conv = nn.Conv2d(3, 4, 3)
+    mirror = deconv.build_mirror(model)
+    with pytest.raises(deconv.InputError) as error:
+        mirror.project(torch.randn(2, 3, 5, 5), layer="conv", channel=0)
+    message = str(error.value)
+    assert "\n" not in message and "'view'" in message and "batch" in message, message

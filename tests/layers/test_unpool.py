@@ -85,7 +85,7 @@ def test_compact_memory_unpools_like_torch_backward(pool: nn.MaxPool2d, channels
     """The 1-byte taps the forward walk keeps instead of switches: same pooled output, same unpooling."""
     mirror = deconv.builders.find_mirror_factory(pool)(pool)
     z = torch.randn(2, 3, 19, 18, generator=gen, dtype=torch.float64)
-    pooled, memory = mirror.remember_compact(z)
+    pooled, memory = mirror.remember_forward(z)
     assert torch.equal(pooled, pool(z))
     y = torch.randn(pooled.shape, generator=gen, dtype=torch.float64)
     if channels_last:

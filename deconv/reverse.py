@@ -1,0 +1,171 @@
+"""The reverse pass: a signal goes down the graph of mirrors, from a node to pixel space.
+
+Each node's output collects the signals that come back from its uses (fan-out sums), then its
+mirror maps them to its inputs. A signal is either whole maps or a *window* per selection: the
+cone of positions its activation can reach, cut to the map, of one size shared by the K selections
+(:mod:`deconv.cone`). Each mirror maps its window to the whole input window its geometry reads, and
+the part of that outside the map or the cone is cut away, so no position outside a map is ever
+computed on. Where branches meet, their windows merge into the box that holds both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .cone import clip, descend, place, shift, window
+from .graph import IMAGES, Graph, Trace
+from .layers.base import POINTWISE
+
+__all__ = ["Window", "cones", "reverse"]
+
+Box = tuple[torch.Tensor, tuple[int, int]] | None
+"""Windows at one node: top-left corners ``(K, 2)`` and a shared size; ``None`` for whole maps."""
+
+
+@dataclass
+class Window:
+    """The signal at a node's output: ``signal`` ``(K, C, h, w)`` at ``origin`` ``(K, 2)`` in maps of
+    ``(H, W)`` (whole maps where ``origin`` is ``None``), and the geometric cone it lies in. ``owned``:
+    nothing else holds ``signal``, so it may change in place; ``rectified``: already through a ReLU."""
+
+    signal: torch.Tensor
+    origin: torch.Tensor | None
+    size: tuple[int, int]
+    cone: torch.Tensor | None
+    cone_size: tuple[int, int]
+    owned: bool = True
+    rectified: bool = False
+
+
+def union(a: Box, b: Box) -> Box:
+    """The box that holds both (``None``, whole maps, holds everything); sizes shared over K."""
+    if a is None or b is None:
+        return None
+    lo = torch.minimum(a[0], b[0])
+    hi = torch.maximum(a[0] + a[0].new_tensor(a[1]), b[0] + b[0].new_tensor(b[1]))
+    size = (hi - lo).amax(0)
+    return lo, (int(size[0]), int(size[1]))
+
+
+def cones(graph: Graph, top: int, origin: torch.Tensor | None, size: tuple[int, int]) -> dict[int, Box]:
+    """The geometric cone of windows at ``top`` at every node's output below it (and at
+    :data:`~deconv.graph.IMAGES`, the receptive field): the union over all paths of what each reads."""
+    found: dict[int, Box] = {top: None if origin is None else (origin, size)}
+    for i in range(top, -1, -1):
+        if i not in found:
+            continue
+        box = found[i]
+        geometry = graph.nodes[i].mirror.geometry
+        below = None if box is None or geometry is None else descend(geometry, *box)
+        for j in graph.nodes[i].inputs:
+            found[j] = union(found[j], below) if j in found else below
+    return found
+
+
+def _select(memory: Any, image: torch.Tensor) -> Any:
+    """A memory entry for the traced images ``image``: per-image tensors are picked, the rest kept."""
+    return memory.index_select(0, image) if isinstance(memory, torch.Tensor) else memory
+
+
+def _whole(w: Window, shape: tuple[int, ...]) -> Window:
+    if w.origin is None:
+        return w
+    return Window(place(w.signal, w.origin, tuple(shape[-2:])), None, w.size, w.cone, w.cone_size)
+
+
+def _merge(a: Window, b: Window, shape: tuple[int, ...]) -> Window:
+    """Two signals at one node's output, added: windows into the box that holds both."""
+    if a.origin is None or b.origin is None:
+        a, b = _whole(a, shape), _whole(b, shape)
+        return Window(a.signal + b.signal, None, a.size, a.cone, a.cone_size)
+    lo, size = union((a.origin, a.size), (b.origin, b.size))  # type: ignore[misc]
+    lo = torch.minimum(lo, lo.new_tensor([shape[-2] - size[0], shape[-1] - size[1]]))  # stay in the map
+    cone, cone_size = union((a.cone, a.cone_size), (b.cone, b.cone_size))  # type: ignore[arg-type,misc]
+    signal = shift(a.signal, lo - a.origin, size) + shift(b.signal, lo - b.origin, size)
+    return Window(signal.contiguous(memory_format=torch.channels_last), lo, size, cone, cone_size)
+
+
+@torch.no_grad()  # a projection is not differentiated: keep no graph (and no saved windows)
+def reverse(
+    graph: Graph,
+    trace: Trace,
+    rule: str,
+    top: int,
+    image: torch.Tensor,
+    signal: torch.Tensor,
+    origin: torch.Tensor | None,
+    image_shape: Sequence[int],
+) -> Window:
+    """Runs the mirrors from the output of node ``top`` down to pixels under ``rule``.
+
+    ``signal`` is ``(K, C, h, w)`` windows at ``origin`` ``(K, 2)``, or whole outputs with
+    ``origin=None``; ``image`` ``(K,)`` says which traced image each belongs to. Returns the signal
+    at the images: a window in the receptive field, or whole images.
+    """
+    nodes = graph.nodes
+    if origin is not None:
+        signal = signal.contiguous(memory_format=torch.channels_last)
+    size = (signal.shape[-2], signal.shape[-1])
+    pending = {top: Window(signal, origin, size, origin, size)}
+    for i in range(top, -1, -1):
+        w = pending.pop(i, None)
+        if w is None:
+            continue
+        node = nodes[i]
+        mirror = node.mirrors[rule]
+        memory = trace.memory[i][rule]
+        ins, out_shape = trace.inputs[i], trace.shapes[i]
+        geometry = mirror.geometry
+        if w.origin is not None and (
+            geometry is None
+            or any(len(s) != 3 for s in ins)
+            or (geometry == POINTWISE and any(s[-2:] != out_shape[-2:] for s in ins))
+        ):
+            w = _whole(w, out_shape)
+        if mirror.rectifies:  # pointwise: windows stay; in place on a signal of our own
+            if not w.rectified:
+                w.signal = w.signal.relu_() if w.owned else torch.relu(w.signal)
+            _send(pending, node.inputs[0], Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned), ins[0])
+            continue
+        rectified = False
+        if mirror.disjoint and len(node.inputs) == 1 and node.inputs[0] != IMAGES:
+            below = nodes[node.inputs[0]]
+            if below.mirrors[rule].rectifies and len(below.fx_node.users) == 1:
+                w.signal = w.signal.relu_() if w.owned else torch.relu(w.signal)  # relu commutes with placing apart
+                w.owned, rectified = True, True
+        if w.origin is None:
+            out = mirror(w.signal, *(_select(m, image) for m in memory))
+            outs = out if isinstance(out, tuple) else (out,)
+            sent = [Window(t, None, w.size, w.cone, w.cone_size) for t in outs]
+        else:
+            cut = tuple(
+                window(m, image, w.origin, w.size, channels_last=True) if isinstance(m, torch.Tensor) and m.dim() == 4
+                else _select(m, image)
+                for m in memory
+            )
+            if geometry == POINTWISE:  # windows stay where they are
+                out = mirror(w.signal, *mirror.restrict(cut, w.origin, w.size))
+                outs = out if isinstance(out, tuple) else (out,)
+                sent = [Window(t, w.origin, w.size, w.cone, w.cone_size) for t in outs]
+            else:
+                read, read_size = descend(geometry, w.origin, w.size)
+                cone, cone_size = descend(geometry, w.cone, w.cone_size)
+                out = mirror(w.signal, *mirror.restrict(cut, read, read_size))
+                outs = out if isinstance(out, tuple) else (out,)
+                sent = []
+                for t, shape in zip(outs, ins):
+                    o, s = clip(cone, cone_size, read, read_size, tuple(shape[-2:]))
+                    sent.append(Window(shift(t, o - read, s), o, s, cone, cone_size))
+        for k, (j, piece) in enumerate(zip(node.inputs, sent)):
+            shared = piece.signal is w.signal or any(p.signal is piece.signal for n, p in enumerate(sent) if n != k)
+            piece.owned = not shared or (piece.signal is w.signal and w.owned and len(sent) == 1)
+            piece.rectified = rectified
+            _send(pending, j, piece, ins[k])
+    return pending[IMAGES]
+
+
+def _send(pending: dict[int, Window], j: int, w: Window, shape: tuple[int, ...]) -> None:
+    """Adds ``w`` to what node ``j``'s output has received."""
+    pending[j] = _merge(pending[j], w, shape) if j in pending else w
