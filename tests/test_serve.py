@@ -69,7 +69,7 @@ def test_layers_are_the_mirror_layers(client: TestClient, served: tuple[TestClie
     mirror = served[1].mirror
     assert [layer["name"] for layer in got["layers"]] == mirror.layer_names
     assert got["layers"][4] == {"name": "features.4", "kind": "ReLU", "shape": [64, 7, 7], "receptive_field": [27, 27]}
-    assert got["rules"] == ([] if "rule" not in mirror.project.__code__.co_varnames else ["deconvnet", "guided", "gradient"])
+    assert got["rules"] == list(mirror.rules) and got["rules"][0] == "deconvnet"
 
 
 @pytest.mark.parametrize("query, status, names", [
@@ -84,6 +84,7 @@ def test_layers_are_the_mirror_layers(client: TestClient, served: tuple[TestClie
     ("image=0&layer=features.4&channel=one", 400, "'channel' must be an integer"),
     ("image=0&channel=1", 400, "missing query parameter 'layer'"),
     ("image=0&target_class=10", 400, "channel 10"),
+    ("image=0&layer=features.4&channel=1&y=0&x=0&rule=nope", 400, "unknown rule 'nope'"),
 ])
 def test_a_bad_selection_is_a_one_line_json_4xx(client: TestClient, query: str, status: int, names: str) -> None:
     response = client.get(f"/api/project.png?{query}", headers=AUTH)
@@ -110,6 +111,11 @@ def test_other_bad_requests_are_one_line_json_4xx(client: TestClient, path: str)
     (17, "layer=features.7&channel=5", {"layer": "features.7", "channel": 5}),
     (3, "layer=classifier.4&channel=7", {"layer": "classifier.4", "channel": 7}),
     (42, "target_class=4", {"target_class": 4}),
+    (3, "layer=features.4&channel=13&y=1&x=2&rule=guided", {"layer": "features.4", "channel": 13, "position": (1, 2), "rule": "guided"}),
+    (3, "layer=features.4&channel=13&y=1&x=2&rule=gradient", {"layer": "features.4", "channel": 13, "position": (1, 2), "rule": "gradient"}),
+    (17, "layer=features.7&channel=5&rule=gradient", {"layer": "features.7", "channel": 5, "rule": "gradient"}),
+    (17, "layer=features.1&channel=30&map=1&rule=guided", {"layer": "features.1", "channel": 30, "position": "map", "rule": "guided"}),
+    (42, "target_class=4&rule=guided", {"target_class": 4, "rule": "guided"}),
 ])
 def test_project_png_is_deconvs_renderer_on_mirror_project(client: TestClient, image: int, query: str, selection: dict) -> None:
     response = client.get(f"/api/project.png?image={image}&{query}", headers=AUTH)
@@ -210,12 +216,26 @@ def test_an_upload_projects_as_the_same_dataset_image(client: TestClient, monkey
 
 def test_the_cache_is_bounded() -> None:
     model = default_model()
-    session = Session(build_mirror(model), default_dataset(), default_preprocess(), cache_bytes=60_000)
+    one = Session(build_mirror(model), default_dataset(), default_preprocess())
+    size = one.traced("0").nbytes  # the image and its trace: every output, every rule's memory
+    session = Session(build_mirror(model), default_dataset(), default_preprocess(), cache_bytes=int(2.5 * size))
     for i in range(20):
-        session.maps(str(i), "features.1")  # 32 x 14 x 14 floats: 25 kB per image
-    assert 1 <= len(session.views.entries) <= 2
-    assert sum(v.nbytes for v in session.views.entries.values()) <= 60_000
-    assert list(session.views.entries)[-1][1] == "19"
+        session.maps(str(i), "features.1")
+    assert len(session.views.entries) == 2
+    assert [key[1] for key in session.views.entries] == ["18", "19"]
+
+
+def test_a_click_walks_only_down_from_the_cached_trace(served: tuple[TestClient, Session], monkeypatch: pytest.MonkeyPatch) -> None:
+    client, session = served
+    assert client.get("/api/maps?image=30&layer=features.9", headers=AUTH).status_code == 200  # the image's trace
+    walks = []
+    graph_run = session.mirror.graph.run
+    monkeypatch.setattr(session.mirror.graph, "run", lambda *a, **k: walks.append(1) or graph_run(*a, **k))
+    for rule in ("", "&rule=guided", "&rule=gradient"):  # positions, the strongest, other rules: no forward walk
+        for query in ("layer=features.9&channel=3&y=1&x=2", "layer=features.4&channel=7", "layer=classifier.2&channel=9"):
+            assert client.get(f"/api/project.png?image=30&{query}{rule}", headers=AUTH).status_code == 200
+    assert client.get("/api/maps.png?image=30&layer=features.1", headers=AUTH).status_code == 200
+    assert walks == []
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ An image is named by a *reference*: a dataset index (``"12"``) or an upload (``"
 from __future__ import annotations
 
 import hashlib
-import inspect
 import tempfile
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,27 +20,31 @@ from torch.utils.data import Dataset
 from ..cone import cut, inside
 from ..data import Preprocess, UnreadableImage, load_image
 from ..errors import InputError, SelectionError
+from ..graph import Trace
 from ..mirror import Box, Mirror, Position
 from ..render import class_name
 
-__all__ = ["RULES", "Viewed", "Views", "Maps", "Patch", "Session"]
+__all__ = ["Viewed", "Views", "Maps", "Patch", "Session"]
 
-RULES = ("deconvnet", "guided", "gradient")
-"""Projection rules, offered where the mirror's ``project`` takes ``rule=``."""
 CACHE_BYTES = 512 * 2**20
 UPLOADS = 64  # uploaded images kept (their tensors), least recently used dropped first
 
 
 @dataclass
 class Viewed:
-    """One image's forward results: ``image`` ``(1, C, H, W)`` checked; ``outputs`` by step index, ``(1, ...)``."""
+    """One image's forward results: ``image`` ``(1, C, H, W)`` checked; its ``trace`` (``mirror.trace``: every
+    probe point's output and the memory of every rule), made on first use."""
 
     image: torch.Tensor
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    trace: Trace | None = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.image, *self.outputs.values()))
+        tensors = {id(self.image): self.image}
+        if self.trace is not None:
+            kept = [*self.trace.outputs.values(), *(m for memory in self.trace.memory for entry in memory.values() for m in entry)]
+            tensors.update((id(t), t) for t in kept if isinstance(t, torch.Tensor))
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 class Views:
@@ -105,7 +108,7 @@ class Session:
         self.views = Views(cache_bytes)
         self.uploads: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.image_shape = tuple(dataset[0][0].shape) if len(dataset) else None
-        self.rules = RULES if "rule" in inspect.signature(mirror.project).parameters else ()
+        self.rules = tuple(mirror.rules)
 
     # ------------------------------------------------------------------ images
     def image(self, ref: str) -> Viewed:
@@ -184,14 +187,17 @@ class Session:
         return ref
 
     # ------------------------------------------------------------------ forward results
-    def output(self, ref: str, layer: str) -> torch.Tensor:
-        """The output of ``layer`` for image ``ref``, ``(1, ...)``, cached with the image."""
+    def traced(self, ref: str) -> Viewed:
+        """Image ``ref`` with its forward trace (one walk on first use, then cached)."""
         viewed = self.image(ref)
-        top = self.mirror.index(layer)
-        if top not in viewed.outputs:
-            viewed.outputs[top] = self.mirror.run(viewed.image, keep=[top], until=top, remember=False).outputs[top]
+        if viewed.trace is None:
+            viewed.trace = self.mirror.trace(viewed.image)
             self.views.trim()
-        return viewed.outputs[top]
+        return viewed
+
+    def output(self, ref: str, layer: str) -> torch.Tensor:
+        """The output of ``layer`` for image ``ref``, ``(1, ...)``, from its cached trace."""
+        return self.traced(ref).trace.outputs[self.mirror.index(layer)]
 
     def maps(self, ref: str, layer: str) -> Maps:
         """All feature maps of ``layer`` for image ``ref``, strongest first (ties: lower channel first)."""
@@ -232,14 +238,19 @@ class Session:
         target_class: int | None = None,
         rule: str | None = None,
     ) -> torch.Tensor:
-        """``mirror.project`` of image ``ref``: ``(1, C, H, W)``. ``rule`` is passed only when given."""
-        viewed = self.image(ref)
-        if rule is not None and not self.rules:
-            raise SelectionError(f"rule {rule!r}: this deconv has no projection rules yet (leave rule out)")
-        extra = {} if rule is None else {"rule": rule}
-        # The one line to change once the Mirror returns its forward trace (mirror.trace(images), trace=):
-        # cache `self.mirror.trace(viewed.image)` in Viewed and pass it here as trace=viewed.trace.
-        return self.mirror.project(viewed.image, layer, channel, position, target_class, **extra)
+        """``mirror.project`` of image ``ref``: ``(1, C, H, W)``. One activation (``position`` ``(y, x)``, or
+        ``None`` for the strongest) goes down from the image's cached trace (``project_many(trace=)``, as
+        ``mirror.project`` does it but without the forward walk); a whole map or a class through ``mirror.project``."""
+        viewed = self.traced(ref)
+        if position == "map" or target_class is not None:
+            return self.mirror.project(viewed.image, layer, channel, position, target_class, rule)
+        if layer is None or channel is None:
+            raise SelectionError("pass layer= and channel= (or target_class=)")
+        out = viewed.trace.outputs[self.mirror.index(layer)][0]
+        if position is None and out.dim() == 3 and 0 <= channel < out.shape[0]:  # the strongest, first on ties
+            position = divmod(int(out[channel].flatten().argmax()), out.shape[2])
+        selection = (0, layer, channel) if position is None else (0, layer, channel, *position)
+        return self.mirror.project_many(viewed.image, [selection], rule=rule, trace=viewed.trace)
 
     def patch(self, ref: str, layer: str, y: int, x: int) -> Patch:
         """The receptive-field box of activation ``(y, x)`` of ``layer`` and image ``ref`` cut to it."""
