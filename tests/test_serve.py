@@ -234,6 +234,8 @@ def test_a_click_walks_only_down_from_the_cached_trace(served: tuple[TestClient,
     for rule in ("", "&rule=guided", "&rule=gradient"):  # positions, the strongest, other rules: no forward walk
         for query in ("layer=features.9&channel=3&y=1&x=2", "layer=features.4&channel=7", "layer=classifier.2&channel=9"):
             assert client.get(f"/api/project.png?image=30&{query}{rule}", headers=AUTH).status_code == 200
+    assert client.get("/api/project.png?image=30&target_class=3&rule=guided", headers=AUTH).status_code == 200
+    assert client.get("/api/classes?image=30", headers=AUTH).status_code == 200
     assert client.get("/api/maps.png?image=30&layer=features.1", headers=AUTH).status_code == 200
     assert walks == []
 

@@ -219,7 +219,7 @@ class Session:
 
     def classes_of(self, ref: str, top: int = 5) -> list[dict]:
         """The ``top`` most probable classes of image ``ref``: ``[{"class", "name", "probability"}]``, best first."""
-        scores = self.output(ref, self.mirror.layer_names[-1])[0].float()
+        scores = self.traced(ref).trace.outputs[self.mirror.output][0].float()
         if scores.dim() != 1:
             raise SelectionError(f"the model's last layer outputs maps {tuple(scores.shape)}, not class scores")
         probabilities, classes = scores.softmax(0).topk(min(top, scores.numel()))
@@ -239,11 +239,15 @@ class Session:
         rule: str | None = None,
     ) -> torch.Tensor:
         """``mirror.project`` of image ``ref``: ``(1, C, H, W)``. One activation (``position`` ``(y, x)``, or
-        ``None`` for the strongest) goes down from the image's cached trace (``project_many(trace=)``, as
-        ``mirror.project`` does it but without the forward walk); a whole map or a class through ``mirror.project``."""
+        ``None`` for the strongest) or class goes down from the image's cached trace (``project_many(trace=)``,
+        selected as ``mirror.project`` selects it, without its forward walk); a whole map through ``mirror.project``."""
         viewed = self.traced(ref)
-        if position == "map" or target_class is not None:
+        if position == "map":
             return self.mirror.project(viewed.image, layer, channel, position, target_class, rule)
+        if target_class is not None:  # the class output is the output node's channel
+            if layer is not None or channel is not None or position is not None:
+                raise SelectionError("target_class projects from the class output; do not also pass layer, channel or position")
+            layer, channel = self.mirror.steps[self.mirror.output].name, target_class
         if layer is None or channel is None:
             raise SelectionError("pass layer= and channel= (or target_class=)")
         out = viewed.trace.outputs[self.mirror.index(layer)][0]
