@@ -403,6 +403,14 @@ def test_unknown_layer_lists_the_valid_ones(small) -> None:
     (lambda m, x: m.project(x, layer="4", channel=0, target_class=1), ["target_class"]),
     (lambda m, x: m.project(x, target_class=1, position=(0, 0)), ["target_class", "position"]),
     (lambda m, x: m.project(x, target_class=5), ["channel 5", "0..4"]),
+    (lambda m, x: m.project(x, layer="0", channel=1.5), ["channel", "integer", "1.5"]),
+    (lambda m, x: m.project(x, layer="0", channel="3"), ["channel", "integer", "'3'"]),
+    (lambda m, x: m.project(x, layer="0", channel=True), ["channel", "integer", "True"]),
+    (lambda m, x: m.project(x, layer="0", channel=0, position=(1.5, 2.0)), ["position y", "integer", "1.5"]),
+    (lambda m, x: m.project(x, layer="0", channel=0, position="1,2"), ["position", "'1,2'", "(y, x)"]),
+    (lambda m, x: m.project(x, layer="0", channel=0, position=(1,)), ["position", "(1,)", "(y, x)"]),
+    (lambda m, x: m.project_many(x, [(0, "0")]), ["selection", "(image, layer, channel", "(0, '0')"]),
+    (lambda m, x: m.project_many(x, [(0, 3, 0)]), ["unknown layer 3", "valid layers"]),
 ])
 def test_selection_errors_name_the_thing_and_what_is_valid(small, call, words: list[str]) -> None:
     mirror, images = small
@@ -419,6 +427,8 @@ def test_selection_errors_name_the_thing_and_what_is_valid(small, call, words: l
     (torch.zeros(2, 3, 14, 14, dtype=torch.int64), deconv.InputError, ["torch.int64", "float"]),
     (torch.zeros(2, 3, 14, 14).index_fill_(0, torch.tensor([1]), float("nan")), deconv.NonFiniteError, ["NaN", "image 1"]),
     (torch.zeros(2, 3, 14, 14).index_fill_(0, torch.tensor([0]), float("inf")), deconv.NonFiniteError, ["inf", "image 0"]),
+    (torch.zeros(2, 3, 14, 14, device="meta"), deconv.InputError, ["meta device"]),
+    (torch.zeros(2, 3, 1, 1, dtype=torch.float64), deconv.InputError, ["layer '", "3, 1, 1)", "Kernel size"]),
 ])
 def test_bad_images_raise_input_errors(small, images: torch.Tensor, error: type, words: list[str]) -> None:
     mirror, _ = small

@@ -21,4 +21,4 @@ class GuidedRectify(MirrorModule):
         return (y > 0,)
 
     def forward(self, signal: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
-        return signal.clamp(min=0) * passed
+        return (signal * passed).clamp_(min=0)
