@@ -15,6 +15,7 @@ test: $(TEST_VENV)/.installed
 
 bench: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python benchmarks/run.py
+	$(TEST_VENV)/bin/python benchmarks/serve.py
 
 # The CPU build of torch is pinned and installed first: an unpinned torch is a multi-GB CUDA build.
 $(VENV)/.installed: setup.cfg

@@ -13,6 +13,7 @@ import math
 import os
 import tomllib
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote
 
 from PIL import Image
@@ -20,7 +21,7 @@ from PIL import Image
 from .io import write_text
 from .render import label_strip
 
-__all__ = ["write_report", "panel_boxes"]
+__all__ = ["write_report", "panel_boxes", "sheet_panels", "panels_per_sheet"]
 
 MARGIN = 10  # render.sheets' margin around and between panels
 TITLE = label_strip(Image.new("RGB", (1, 1)), "", size=18).height - 1  # a sheet's title strip
@@ -77,21 +78,34 @@ def _save_thumbnail(image: Image.Image, path: Path) -> None:
     os.replace(temp, path)
 
 
-def _thumbnails(out: Path, layer: str, channels: list[int], per_sheet: int) -> dict[int, tuple[Path, Path, tuple[int, int]]]:
-    """Cuts each channel's panel from the layer's sheets into ``thumbs/`` where it is missing or
-    older than its sheet: ``{channel: (thumbnail, sheet, (width, height))}``, paths relative to ``out``."""
-    found = {}
+def sheet_panels(out: Path, layer: str, channels: list[int], per_sheet: int) -> Iterator[tuple[Path, Image.Image, dict[int, tuple[int, int, int, int]]]]:
+    """Each sheet of ``layer`` that exists in ``out``, opened (header only until cropped), with the box of each
+    of its ``channels``' panels: ``(sheet relative to out, image, {channel: box})``. ``channels`` in sheet order."""
     for s in range(math.ceil(len(channels) / per_sheet)):
         sheet = Path("sheets") / f"{layer}-{s + 1}.png"
         if not (out / sheet).is_file():
             continue
         part = channels[s * per_sheet : (s + 1) * per_sheet]
-        with Image.open(out / sheet) as image:  # reads the header; the pixels only if a crop is needed
-            for c, box in zip(part, panel_boxes(image.size, len(part))):
-                thumb = Path("thumbs") / layer / f"{c}.png"
-                if not (out / thumb).is_file() or (out / thumb).stat().st_mtime < (out / sheet).stat().st_mtime:
-                    _save_thumbnail(image.crop(box), out / thumb)
-                found[c] = (thumb, sheet, (box[2] - box[0], box[3] - box[1]))
+        with Image.open(out / sheet) as image:
+            yield sheet, image, dict(zip(part, panel_boxes(image.size, len(part))))
+
+
+def panels_per_sheet(out: Path) -> int:
+    """How many panels each sheet of the run in ``out`` holds (its ``config.toml``; top9's default 64 without one)."""
+    config = out / "config.toml"
+    return int(tomllib.loads(config.read_text()).get("per_sheet", 64)) if config.is_file() else 64
+
+
+def _thumbnails(out: Path, layer: str, channels: list[int], per_sheet: int) -> dict[int, tuple[Path, Path, tuple[int, int]]]:
+    """Cuts each channel's panel from the layer's sheets into ``thumbs/`` where it is missing or
+    older than its sheet: ``{channel: (thumbnail, sheet, (width, height))}``, paths relative to ``out``."""
+    found = {}
+    for sheet, image, boxes in sheet_panels(out, layer, channels, per_sheet):
+        for c, box in boxes.items():
+            thumb = Path("thumbs") / layer / f"{c}.png"
+            if not (out / thumb).is_file() or (out / thumb).stat().st_mtime < (out / sheet).stat().st_mtime:
+                _save_thumbnail(image.crop(box), out / thumb)
+            found[c] = (thumb, sheet, (box[2] - box[0], box[3] - box[1]))
     return found
 
 
@@ -163,14 +177,13 @@ def write_report(out_dir: Path) -> Path:
     ``top9.json``, ``sheets/``, ``config.toml`` and figures found in ``out_dir``; returns its path."""
     out = Path(out_dir)
     config = (out / "config.toml").read_text() if (out / "config.toml").is_file() else ""
-    per_sheet = int(tomllib.loads(config).get("per_sheet", 64)) if config else 64  # 64: top9's default
     records = json.loads((out / "top9.json").read_text()) if (out / "top9.json").is_file() else []
     layers: dict[str, list[dict]] = {}
     for record in records:
         layers.setdefault(record["layer"], []).append(record)
     sections, details, nav = [], [], []
     for layer, rs in layers.items():
-        section, detail = _layer(out, layer, rs, per_sheet)
+        section, detail = _layer(out, layer, rs, panels_per_sheet(out))
         sections.append(section)
         details.append(detail)
         nav.append(f'<a href="#layer-{html.escape(layer)}">{html.escape(layer)}</a>')

@@ -39,4 +39,4 @@ def all_options() -> list[Option]:
     return list({o.key: o for c in COMMANDS.values() for o in c.options}.values())
 
 
-from . import evolution, layers, occlusion, project, top9, train  # noqa: E402,F401  (register the commands)
+from . import evolution, layers, occlusion, project, serve, top9, train  # noqa: E402,F401  (register the commands)

@@ -1,0 +1,244 @@
+"""The web app of ``deconv serve``: routes only, wiring :class:`~deconv.serve.session.Session` to HTTP.
+
+Every request needs the token, as the query parameter ``token=`` or the header ``Authorization: token T``;
+without it: 403. Errors are JSON ``{"error": "<one line>"}`` with a 4xx status. Torch work runs in a
+thread pool under one lock, so the server answers other requests while a projection runs.
+"""
+from __future__ import annotations
+
+import secrets
+import threading
+from importlib import resources
+from typing import Any, Callable
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import DeconvError
+from . import pictures
+from .records import Run
+from .session import Session
+
+__all__ = ["create_app", "MAX_UPLOAD_BYTES"]
+
+MAX_UPLOAD_BYTES = 20 * 2**20
+HEADERS = {  # the page loads nothing from elsewhere and never sends its URL (with the token) anywhere
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(message.split())}, status, headers=HEADERS)
+
+
+class Guard:
+    """Refuses (403) every HTTP request that does not carry ``token``."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            header = request.headers.get("authorization", "")
+            given = request.query_params.get("token") or (header[6:] if header.lower().startswith("token ") else "")
+            if not secrets.compare_digest(given.encode(), self.token):
+                await _error(403, "missing or wrong token: add ?token=... from the URL deconv serve printed")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _text(request: Request, name: str, default: str | None = None) -> str:
+    value = request.query_params.get(name, default)
+    if value is None:
+        raise HTTPException(400, f"missing query parameter {name!r}")
+    return value
+
+
+def _int(request: Request, name: str, default: int | None = None) -> int:
+    text = request.query_params.get(name)
+    if text is None and default is not None:
+        return default
+    try:
+        return int(_text(request, name))
+    except ValueError:
+        raise HTTPException(400, f"query parameter {name!r} must be an integer, got {text!r}") from None
+
+
+def _optional_int(request: Request, name: str) -> int | None:
+    return None if request.query_params.get(name) is None else _int(request, name)
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, media_type="image/png", headers=HEADERS)
+
+
+def _json(data: Any) -> JSONResponse:
+    return JSONResponse(data, headers=HEADERS)
+
+
+def create_app(session: Session, token: str, run: Run | None = None) -> Starlette:
+    """The app serving ``session`` (and the top9 ``run``'s panels) to requests that carry ``token``."""
+    lock = threading.Lock()
+    page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+    async def work(fn: Callable[..., Any], *args: Any) -> Any:
+        def locked() -> Any:
+            with lock:
+                return fn(*args)
+
+        return await run_in_threadpool(locked)
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(page, headers=HEADERS)
+
+    async def layers(request: Request) -> Response:
+        return _json({"layers": await work(session.layers), "rules": list(session.rules)})
+
+    async def dataset(request: Request) -> Response:
+        return _json({
+            "images": len(session.dataset), "image_shape": session.image_shape, "classes": session.classes,
+            "run": run is not None, "max_upload_bytes": MAX_UPLOAD_BYTES,
+        })
+
+    async def images(request: Request) -> Response:
+        label, start, count = _optional_int(request, "class"), _int(request, "start", 0), _int(request, "count", 24)
+        if start < 0 or not 1 <= count <= 200:
+            raise HTTPException(400, f"start must be >= 0 and count in 1..200, got start={start}, count={count}")
+        found = await work(lambda: [{"image": str(i), "label": session.label(str(i))} for i in session.find(start, count, label)])
+        return _json(found)
+
+    async def upload(request: Request) -> Response:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"uploaded file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > MAX_UPLOAD_BYTES:
+                raise HTTPException(413, f"uploaded file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        if not data:
+            raise HTTPException(400, "empty upload: send the image file as the request body")
+        return _json({"image": await work(session.upload, bytes(data))})
+
+    async def image_png(request: Request) -> Response:
+        ref = _text(request, "image")
+        layer = request.query_params.get("layer")
+
+        def draw() -> bytes:
+            box = None if layer is None else session.patch(ref, layer, _int(request, "y"), _int(request, "x")).box
+            image = session.image(ref).image
+            return pictures.picture(image, session.preprocess.denormalize, pictures.factor(image.shape[-2], 256), box)
+
+        return _png(await work(draw))
+
+    async def patch_png(request: Request) -> Response:
+        ref, layer, y, x = _text(request, "image"), _text(request, "layer"), _int(request, "y"), _int(request, "x")
+
+        def draw() -> bytes:
+            p = session.patch(ref, layer, y, x)
+            return pictures.patch(p.pixels, p.inside, session.preprocess.denormalize, pictures.factor(max(p.pixels.shape[-2:]), 256))
+
+        return _png(await work(draw))
+
+    async def maps(request: Request) -> Response:
+        ref, layer = _text(request, "image"), _text(request, "layer")
+
+        def layout() -> dict:
+            m = session.maps(ref, layer)
+            columns, (th, tw) = pictures.layout(m)
+            return {
+                "layer": layer, "channels": m.channels.tolist(), "peaks": m.peaks.tolist(), "vectors": m.vectors,
+                "map_shape": list(m.maps.shape[1:]), "columns": columns, "tile": [th, tw], "gap": pictures.GAP,
+                "top9": [] if run is None else run.channels(layer),
+            }
+
+        return _json(await work(layout))
+
+    async def maps_png(request: Request) -> Response:
+        ref, layer = _text(request, "image"), _text(request, "layer")
+        return _png(await work(lambda: pictures.grid(session.maps(ref, layer))))
+
+    async def map_png(request: Request) -> Response:
+        ref, layer, channel = _text(request, "image"), _text(request, "layer"), _int(request, "channel")
+
+        def draw() -> bytes:
+            values = session.feature_map(ref, layer, channel)
+            return pictures.feature_map(values, pictures.factor(max(values.shape), 256))
+
+        return _png(await work(draw))
+
+    async def project_png(request: Request) -> Response:
+        ref = _text(request, "image")
+        rule = request.query_params.get("rule")
+        target = _optional_int(request, "target_class")
+        if target is not None:
+            return _png(await work(lambda: pictures.projection(session.project(ref, target_class=target, rule=rule))))
+        layer, channel = _text(request, "layer"), _int(request, "channel")
+        y, x = _optional_int(request, "y"), _optional_int(request, "x")
+        if request.query_params.get("map") is not None:
+            position: Any = "map"
+        elif (y is None) != (x is None):
+            raise HTTPException(400, "give both y and x (or neither, for the strongest activation)")
+        else:
+            position = None if y is None else (y, x)
+        return _png(await work(lambda: pictures.projection(session.project(ref, layer, channel, position, rule=rule))))
+
+    async def classes(request: Request) -> Response:
+        ref = _text(request, "image")
+        return _json(await work(session.classes_of, ref, _int(request, "top", 5)))
+
+    async def top9(request: Request) -> Response:
+        if run is None:
+            raise HTTPException(404, "no top9 run: start deconv serve with --run DIR")
+        return _json(run.of(_text(request, "layer"), _int(request, "channel")))
+
+    async def top9_png(request: Request) -> Response:
+        if run is None:
+            raise HTTPException(404, "no top9 run: start deconv serve with --run DIR")
+        layer, channel = _text(request, "layer"), _int(request, "channel")
+        return _png(await work(lambda: pictures.png(run.panel(layer, channel))))
+
+    async def deconv_error(request: Request, error: Exception) -> Response:
+        return _error(400, str(error))
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        if error.status_code in (404, 405) and error.detail in ("Not Found", "Method Not Allowed"):  # the router's own
+            return _error(error.status_code, f"no {request.method} {request.url.path} here: the API is listed in docs/serve.md")
+        return _error(error.status_code, error.detail)
+
+    routes = [
+        Route("/", index),
+        Route("/api/layers", layers),
+        Route("/api/dataset", dataset),
+        Route("/api/images", images),
+        Route("/api/upload", upload, methods=["POST"]),
+        Route("/api/image.png", image_png),
+        Route("/api/patch.png", patch_png),
+        Route("/api/maps", maps),
+        Route("/api/maps.png", maps_png),
+        Route("/api/map.png", map_png),
+        Route("/api/project.png", project_png),
+        Route("/api/classes", classes),
+        Route("/api/top9", top9),
+        Route("/api/top9.png", top9_png),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(Guard, token=token)],
+        exception_handlers={DeconvError: deconv_error, HTTPException: http_error},
+    )
