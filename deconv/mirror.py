@@ -303,12 +303,14 @@ class Mirror(nn.Module):
         position: Position = None,
         target_class: int | None = None,
         rule: str | None = None,
+        trace: Trace | None = None,
     ) -> torch.Tensor:
         """Projects one activation per image to pixel space: ``(N, C, H, W) -> (N, C, H, W)``.
 
         ``position``: ``None`` for the image's strongest activation in ``channel``, ``(y, x)`` for
         one, ``"map"`` for the whole feature map. ``target_class`` projects from the model's output
-        (all other outputs zeroed) instead of ``layer``/``channel``. ``rule`` overrides the mirror's.
+        (all other outputs zeroed) instead of ``layer``/``channel``. ``rule`` overrides the mirror's;
+        ``trace`` (from :meth:`trace` on the same ``images``) skips the forward walk.
         """
         rule = self.rule if rule is None else _check_rule(rule)
         if target_class is not None:
@@ -323,10 +325,12 @@ class Mirror(nn.Module):
         shape = self.shapes(tuple(images.shape[1:]))[top]
         n = images.shape[0]
         self._check(Selection(0, layer, channel), shape, n, need_position=False)
+        if trace is not None:
+            self._check_trace(trace, images, [top], rule)
         if isinstance(position, str) and position == "map":
             if len(shape) != 3:
                 raise SelectionError(f"layer {layer!r} outputs vectors {shape}; it has no feature maps to project whole")
-            trace = self.run(images, keep=[top], until=top, rules=(rule,))
+            trace = trace or self.run(images, keep=[top], until=top, rules=(rule,))
             signal = torch.zeros_like(trace.outputs[top])
             signal[:, channel] = trace.outputs[top][:, channel]
             return reverse(self.graph, trace, rule, top, torch.arange(n, device=images.device), signal, None, images.shape[1:]).signal
@@ -336,13 +340,18 @@ class Mirror(nn.Module):
             y, x = self._position(position)
             selections = [Selection(i, layer, channel, y, x) for i in range(n)]
         else:
-            out = self.run(images, keep=[top], until=top, remember=False).outputs[top][:, channel]
+            out = (trace or self.run(images, keep=[top], until=top, remember=False)).outputs[top][:, channel]
             if out.dim() == 3:
                 flat = out.flatten(1).argmax(1).tolist()
                 selections = [Selection(i, layer, channel, f // out.shape[2], f % out.shape[2]) for i, f in enumerate(flat)]
             else:
                 selections = [Selection(i, layer, channel) for i in range(n)]
-        return self._project_many(images, self._parse(images, selections), DEFAULT_MEMORY_BUDGET, rule, None)
+        return self._project_many(images, self._parse(images, selections), DEFAULT_MEMORY_BUDGET, rule, trace)
+
+    @staticmethod
+    def _check_trace(trace: Trace, images: torch.Tensor, tops: Iterable[int], rule: str) -> None:
+        if trace.images != images.shape[0] or any(top not in trace.outputs or rule not in trace.memory[top] for top in tops):
+            raise SelectionError("trace= must come from mirror.trace(images) of these images and layers")
 
     @staticmethod
     def _position(position: Any) -> tuple[int, int]:
@@ -417,8 +426,7 @@ class Mirror(nn.Module):
         dry = self._dry_run(images.shape[1:])
         per_selection = {top: selection_bytes(self.graph, dry, top, item, crop) for top in set(tops)}
         if trace is not None:  # one chunk: the trace holds every image
-            if trace.images != images.shape[0] or any(top not in trace.outputs or rule not in trace.memory[top] for top in tops):
-                raise SelectionError("trace= must come from mirror.trace(images) of these images and layers")
+            self._check_trace(trace, images, tops, rule)
             per_image = (1, 1)
         else:
             per_image = dry.image_bytes(rule, max(tops), tops, item)

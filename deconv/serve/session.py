@@ -238,23 +238,9 @@ class Session:
         target_class: int | None = None,
         rule: str | None = None,
     ) -> torch.Tensor:
-        """``mirror.project`` of image ``ref``: ``(1, C, H, W)``. One activation (``position`` ``(y, x)``, or
-        ``None`` for the strongest) or class goes down from the image's cached trace (``project_many(trace=)``,
-        selected as ``mirror.project`` selects it, without its forward walk); a whole map through ``mirror.project``."""
+        """``mirror.project`` of image ``ref``: ``(1, C, H, W)``, from the image's cached trace (no forward walk)."""
         viewed = self.traced(ref)
-        if position == "map":
-            return self.mirror.project(viewed.image, layer, channel, position, target_class, rule)
-        if target_class is not None:  # the class output is the output node's channel
-            if layer is not None or channel is not None or position is not None:
-                raise SelectionError("target_class projects from the class output; do not also pass layer, channel or position")
-            layer, channel = self.mirror.steps[self.mirror.output].name, target_class
-        if layer is None or channel is None:
-            raise SelectionError("pass layer= and channel= (or target_class=)")
-        out = viewed.trace.outputs[self.mirror.index(layer)][0]
-        if position is None and out.dim() == 3 and 0 <= channel < out.shape[0]:  # the strongest, first on ties
-            position = divmod(int(out[channel].flatten().argmax()), out.shape[2])
-        selection = (0, layer, channel) if position is None else (0, layer, channel, *position)
-        return self.mirror.project_many(viewed.image, [selection], rule=rule, trace=viewed.trace)
+        return self.mirror.project(viewed.image, layer, channel, position, target_class, rule, trace=viewed.trace)
 
     def patch(self, ref: str, layer: str, y: int, x: int) -> Patch:
         """The receptive-field box of activation ``(y, x)`` of ``layer`` and image ``ref`` cut to it."""
