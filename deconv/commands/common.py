@@ -22,7 +22,8 @@ BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
 
 MODEL = (
     option("model", str, "", "the model as 'package.module:function' or 'file.py:function' (empty: the embedded default)"),
-    option("checkpoint", str, "", "weights for the model: a state_dict or a whole saved model (empty: none)"),
+    option("checkpoint", str, "", "weights for the model: a state_dict (a whole saved model needs --trust-checkpoint) (empty: none)"),
+    option("trust_checkpoint", bool, False, "allow checkpoints that are whole pickled models: unpickling runs code from the file, so only for files you trust"),
     option("device", str, "auto", "'cpu', 'cuda', 'cuda:1', ... or 'auto' (cuda when available)"),
 )
 DATA = (
@@ -65,7 +66,7 @@ def device_from(settings: dict[str, Any]) -> torch.device:
 
 def model_from(settings: dict[str, Any]) -> nn.Module:
     """The configured model, in eval mode, on the configured device."""
-    model = load_model(settings["model"] or None, settings["checkpoint"] or None)
+    model = load_model(settings["model"] or None, settings["checkpoint"] or None, trust_checkpoint=settings["trust_checkpoint"])
     return model.to(device_from(settings))
 
 
