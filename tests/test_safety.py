@@ -2,7 +2,13 @@
 no hangs, and every refusal is one line with exit status 2."""
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +17,8 @@ from PIL import Image
 
 import deconv
 from deconv.cli import main
-from deconv.errors import CheckpointError
+from deconv.commands import top9 as top9_command
+from deconv.errors import CheckpointError, OutputError
 from deconv.models import ZFNet28, load_model
 
 ROOT = Path(__file__).parents[1]
@@ -96,3 +103,119 @@ def test_a_whole_model_loads_only_when_trusted(tmp_path: Path, image_file: Path,
     assert main([*args, "--trust-checkpoint"]) == 0
     (tmp_path / "trust.toml").write_text(Path(CONFIG).read_text() + "trust_checkpoint = true\n")
     assert main([*args, "--config", str(tmp_path / "trust.toml"), "--out", str(tmp_path / "out2")]) == 0
+
+
+# ------------------------------------------------------------------- 2-4. run folders, overwrite, lock
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` but the lock (which a run may leave, empty of meaning), by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".deconv-lock"}
+
+
+@pytest.fixture
+def users_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "mine"
+    (folder / "sheets").mkdir(parents=True)
+    (folder / "index.html").write_text("<p>my page</p>")
+    (folder / "config.toml").write_text("mine = 1\n")
+    (folder / "sheets" / "my_figure.png").write_bytes(b"my figure")
+    return folder
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_deconv_did_not_write_is_never_written_into(
+    users_folder: Path, image_file: Path, capsys: pytest.CaptureFixture, overwrite: list[str]
+) -> None:
+    before = snapshot(users_folder)
+    out = ["--out", str(users_folder), *overwrite]
+    assert main(["top9", *SMALL, *out]) == 2
+    assert "holds files deconv did not write" in one_line_error(capsys, "top9")
+    for command in ("project", "occlusion"):
+        extra = ["--target-class", "1"] if command == "project" else []
+        assert main([command, "--config", CONFIG, "--image", str(image_file), *extra, *out]) == 2
+        one_line_error(capsys, command)
+    assert snapshot(users_folder) == before
+
+
+def test_project_and_occlusion_add_to_a_run_but_never_replace_a_users_index(tmp_path: Path, image_file: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["project", "--config", CONFIG, "--image", str(image_file), "--target-class", "1", "--out", str(out)]) == 0
+    assert main(["occlusion", "--config", CONFIG, "--image", str(image_file), "--stride", "4", "--out", str(out)]) == 0
+    manifest = json.loads((out / "deconv-run.json").read_text())
+    assert manifest["commands"] == ["project", "occlusion"] and manifest["deconv"] == deconv.__version__
+    assert manifest["files"]["index.html"] == "report" and manifest["files"]["occlusion/boot.png"] == "occlusion"
+    assert set(manifest["files"]) == set(snapshot(out)) - {"deconv-run.json"}
+    (out / "index.html").unlink()
+    (out / "index.html").write_text("my own index")  # deconv's manifest still lists it: replace it... only if deconv wrote it
+    manifest["files"].pop("index.html")
+    (out / "deconv-run.json").write_text(json.dumps(manifest))
+    before = snapshot(out)
+    assert main(["project", "--config", CONFIG, "--image", str(image_file), "--target-class", "2", "--out", str(out)]) == 2
+    assert "index.html was not written by deconv" in one_line_error(capsys, "project")
+    assert snapshot(out) == before
+
+
+def test_overwrite_deletes_only_what_deconv_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["top9", *SMALL, "--layers", "features.1", "features.4", "--out", str(out)]) == 0
+    assert (out / "sheets" / "features.1-1.png").is_file() and (out / "thumbs" / "features.1").is_dir()
+    (out / "sheets" / "my_figure.png").write_bytes(b"mine")
+    (out / "notes.txt").write_text("mine")
+    assert main(["top9", *SMALL, "--layers", "features.4", "--out", str(out)]) == 2  # no --overwrite
+    assert main(["top9", *SMALL, "--layers", "features.4", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "sheets" / "my_figure.png").read_bytes() == b"mine" and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == ["features.4-1.png", "my_figure.png"]
+    assert not (out / "thumbs" / "features.1").exists() and not (out / ".deconv-partial").exists()
+    files = json.loads((out / "deconv-run.json").read_text())["files"]
+    assert "sheets/my_figure.png" not in files and "sheets/features.1-1.png" not in files
+    assert set(files) == set(snapshot(out)) - {"deconv-run.json", "sheets/my_figure.png", "notes.txt"}
+
+
+def test_a_run_that_fails_late_leaves_the_earlier_run_byte_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    assert main(["top9", *SMALL, "--out", str(out)]) == 0
+    before = snapshot(out)
+
+    def fails(*args, **kwargs):
+        raise OutputError("the disk is full (simulated)")
+
+    monkeypatch.setattr(top9_command, "figure2", fails)  # after the scan, state and top9.json are written
+    assert main(["top9", *SMALL, "--top", "4", "--out", str(out), "--overwrite"]) == 2
+    assert "simulated" in one_line_error(capsys, "top9")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in out.iterdir()) == sorted({".deconv-lock", *(f.split("/")[0] for f in before)})
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_and_a_stale_lock_does_not_block(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".deconv-lock", "w") as held:
+        held.write("4242\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds it (flock locks are per open file)
+        assert main(["top9", *SMALL, "--out", str(out)]) == 2
+        assert f"{out} is in use by another deconv run (process 4242)" in one_line_error(capsys, "top9")
+        assert sorted(p.name for p in out.iterdir()) == [".deconv-lock"]
+    # the holder died: its lock file remains, unlocked
+    assert main(["top9", *SMALL, "--out", str(out)]) == 0
+    assert (out / ".deconv-lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_two_concurrent_runs_into_one_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "deconv", "top9", *SMALL, "--limit", "400", "--save-every", "1", "--out", str(out)]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / ".deconv-partial" / "state").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # the first run is part-way through its scan
+    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 2
+    assert second.stderr.strip() == f"deconv top9: error: {out} is in use by another deconv run (process {first.pid}); wait for it or choose another --out"

@@ -11,11 +11,12 @@ from torch.utils.data import Dataset
 from ..config import option
 from ..data import Preprocess, open_dataset
 from ..distributed import local_device
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError
 from ..models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
+from ..run_folder import RunFolder
 
 __all__ = [
-    "MODEL", "DATA", "RUN", "model_from", "preprocess_from", "dataset_from", "device_from", "out_dir", "require_at_least",
+    "MODEL", "DATA", "RUN", "model_from", "preprocess_from", "dataset_from", "device_from", "run_folder", "require_at_least",
 ]
 
 BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
@@ -97,19 +98,13 @@ def dataset_from(settings: dict[str, Any], preprocess: Preprocess) -> Dataset:
     return open_dataset(settings["data"] or BUNDLED, preprocess)
 
 
-def out_dir(settings: dict[str, Any], *markers: str, resume: bool = False) -> Path:
-    """The output folder, refused if it holds another run (one of its ``markers``) unless overwriting or resuming."""
+def run_folder(
+    settings: dict[str, Any], command: str, *markers: str, outputs: tuple[str, ...] = (), replace_all: bool = False
+) -> RunFolder:
+    """The configured output folder as a :class:`~deconv.run_folder.RunFolder` of ``command`` (see there)."""
     if not settings["out"]:
         raise ConfigError("key 'out' must name an output folder, got ''")
-    out = Path(settings["out"])
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a folder")
-    marker = next((m for m in markers if (out / m).exists()), None)
-    if marker is not None and not (settings["overwrite"] or resume):
-        also = ", --resume to continue it" if "resume" in settings else ""
-        raise OutputError(f"{out} holds another run ({marker}); pass --overwrite to replace it{also} or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
-    return out
+    return RunFolder(
+        settings["out"], command, markers=markers, outputs=outputs, overwrite=settings["overwrite"],
+        resume=settings.get("resume", False), replace_all=replace_all,
+    )
