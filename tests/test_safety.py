@@ -2,6 +2,7 @@
 no hangs, and every refusal is one line with exit status 2."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -17,6 +18,7 @@ from PIL import Image
 
 import deconv
 from deconv.cli import main
+from deconv import run_folder
 from deconv.commands import top9 as top9_command
 from deconv.errors import CheckpointError, OutputError
 from deconv.models import ZFNet28, load_model
@@ -219,3 +221,37 @@ def test_two_concurrent_runs_into_one_folder(tmp_path: Path) -> None:
     assert first.returncode == 0, err
     assert second.returncode == 2
     assert second.stderr.strip() == f"deconv top9: error: {out} is in use by another deconv run (process {first.pid}); wait for it or choose another --out"
+
+
+def test_a_failure_that_can_be_foreseen_comes_before_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(top9_command, "_scan", lambda *args, **kwargs: pytest.fail("the scan ran"))
+    # images too small for the projection of features.1 (its mirror runs the classifier on 5x5 images)
+    assert main(["top9", *SMALL, "--crop", "5", "--layers", "features.1", "--out", str(tmp_path / "a")]) == 2
+    assert "the model fails on dataset images" in one_line_error(capsys, "top9")
+    # an output folder on a read-only file system
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(run_folder.os, "open", read_only)
+    assert main(["top9", *SMALL, "--out", str(tmp_path / "ro")]) == 2
+    assert one_line_error(capsys, "top9").endswith(f"{tmp_path / 'ro'}: cannot write into the output folder (Read-only file system)")
+
+
+# ---------------------------------------------------------------------------------- 5. permissions
+
+
+def test_outputs_get_the_permissions_of_the_umask(tmp_path: Path, image_file: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        assert main(["top9", *SMALL, "--out", str(tmp_path / "run")]) == 0
+        assert main(["occlusion", "--config", CONFIG, "--image", str(image_file), "--stride", "7", "--out", str(tmp_path / "run")]) == 0
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in (tmp_path / "run").rglob("*")}
+    assert {m for p, m in modes.items() if (tmp_path / p).is_file()} == {oct(0o644)}, modes
+    assert {m for p, m in modes.items() if (tmp_path / p).is_dir()} == {oct(0o755)}, modes

@@ -64,9 +64,8 @@ def run(settings: dict[str, Any]) -> int:
         dataset = dataset_from(settings, preprocess)
         mirror = build_mirror(model)
         layers = settings["layers"] or conv_layers(mirror)
-        for layer in layers:
-            mirror.index(layer)
         total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))  # type: ignore[arg-type]
+        _rehearse(mirror, dataset, layers, total)
         folder = run_folder(settings, "top9", "top9.json", STATE, outputs=("config.toml", "skipped.json"), replace_all=True)
         with open_run(folder, group.main, lambda: group.all_gather(None)):
             out = folder.partial
@@ -89,6 +88,14 @@ def run(settings: dict[str, Any]) -> int:
             shown = ", ".join(p for _, p, _ in state.skipped[:5]) + (" ..." if len(state.skipped) > 5 else "")
             print(f"skipped {len(state.skipped)} unreadable images ({shown}); all listed in {out / 'skipped.json'}")
     return 0
+
+
+def _rehearse(mirror: Mirror, dataset: Dataset, layers: list[str], total: int) -> None:
+    """Scans and projects channel 0 of every layer for the first readable of the first few images, so
+    that unknown layers and images the model cannot run on are refused before the scan, not after it."""
+    state = scan(mirror, dataset, layers, k=1, batch_size=8, indices=range(min(total, 8)), progress=False)
+    for _ in project_top(mirror, dataset, [r for r in state.records(dataset) if r.channel == 0][:len(layers)], progress=False):
+        pass
 
 
 def _scan(
