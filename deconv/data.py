@@ -8,9 +8,11 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 from pathlib import Path
 
 import numpy as np
@@ -298,17 +300,32 @@ class ImageFolder(Dataset):
         return load_image(self.path(index), self.preprocess), self.labels[index]
 
 
+def _open_regular(path: str) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (or a symlink to one); a FIFO, device or
+    socket raises :class:`UnreadableImage` instead of blocking (opened non-blocking, then checked)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+        raise UnreadableImage(path, f"not a regular file ({kind})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def load_image(path: StrPath, preprocess: Preprocess) -> torch.Tensor:
     """One image file (EXIF orientation applied) -> ``(C, H, W)`` via ``preprocess``.
 
-    Raises :class:`UnreadableImage` naming the file if it is missing, unreadable, truncated or not
-    an image.
+    Raises :class:`UnreadableImage` naming the file if it is missing, not a regular file (a FIFO
+    would block), unreadable, truncated or not an image.
     """
     path = os.fspath(path)
     try:
-        with Image.open(path) as opened:
+        with _open_regular(path) as file, Image.open(file) as opened:
             opened.load()
             return preprocess(ImageOps.exif_transpose(opened))
+    except UnreadableImage:
+        raise
     except FileNotFoundError:
         raise UnreadableImage(path, "no such file") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:

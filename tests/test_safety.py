@@ -12,12 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import deconv
 from deconv.cli import main
+from deconv.data import Preprocess, UnreadableImage, load_image
 from deconv import run_folder
 from deconv.commands import top9 as top9_command
 from deconv.errors import CheckpointError, OutputError
@@ -255,3 +257,29 @@ def test_outputs_get_the_permissions_of_the_umask(tmp_path: Path, image_file: Pa
     modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in (tmp_path / "run").rglob("*")}
     assert {m for p, m in modes.items() if (tmp_path / p).is_file()} == {oct(0o644)}, modes
     assert {m for p, m in modes.items() if (tmp_path / p).is_dir()} == {oct(0o755)}, modes
+
+
+# --------------------------------------------------------------------------- 6. non-regular files
+
+
+def _png(path: Path, value: int = 128, size: int = 28) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size), value, np.uint8)).save(path)
+    return path
+
+
+def test_a_fifo_in_the_data_folder_is_skipped_with_its_reason_not_waited_for(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for i in range(3):
+        _png(data / f"{i}.png", 60 * i)
+    os.mkfifo(data / "x.png")
+    os.symlink(data / "0.png", data / "link.png")  # a symlink to a regular file is read
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["top9", *SMALL, "--data", str(data), "--out", str(tmp_path / "run")]
+    done = subprocess.run([sys.executable, "-m", "deconv", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
+    assert skipped == [{"index": 4, "path": str(data / "x.png"), "reason": "not a regular file (a FIFO)"}]
+    assert "skipped 1 unreadable images" in done.stdout
+    with pytest.raises(UnreadableImage, match=r"x\.png: cannot read image: not a regular file \(a FIFO\)"):
+        load_image(data / "x.png", Preprocess(channels=1))
