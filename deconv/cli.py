@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as escapes, never crash
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = vars(parser().parse_args(argv))
     command = COMMANDS[args.pop("command")]
     config = args.pop("config")

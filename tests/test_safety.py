@@ -283,3 +283,39 @@ def test_a_fifo_in_the_data_folder_is_skipped_with_its_reason_not_waited_for(tmp
     assert "skipped 1 unreadable images" in done.stdout
     with pytest.raises(UnreadableImage, match=r"x\.png: cannot read image: not a regular file \(a FIFO\)"):
         load_image(data / "x.png", Preprocess(channels=1))
+
+
+# ---------------------------------------------------------------------------- 7. names not UTF-8
+
+
+def test_file_names_that_are_not_utf8_go_end_to_end(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for i in range(3):
+        _png(data / f"{i}.png", 60 * i)
+    cafe = data / os.fsdecode(b"caf\xe9.png")
+    _png(cafe, 250)
+    bad = data / os.fsdecode(b"bad\xff.png")
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C.UTF-8"}
+    args = [sys.executable, "-m", "deconv", "top9", *SMALL, "--data", str(data), "--out", str(out)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "bad\\udcff.png" in done.stdout  # printed as an escape, not a crash
+    records = json.loads((out / "top9.json").read_text())
+    assert str(cafe) in {r["path"] for r in records}  # the name round-trips through JSON
+    assert json.loads((out / "skipped.json").read_text())[0]["path"] == str(bad)
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "caf%E9.png" in page  # the link keeps the file's bytes
+    resumed = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "top9.json").read_text()) == records
+
+
+@pytest.mark.parametrize("flag", ["--out", "--data", "--image"])
+def test_a_setting_that_is_not_utf8_is_refused_up_front(tmp_path: Path, flag: str, capsys) -> None:
+    odd = str(tmp_path / os.fsdecode(b"r\xffn"))
+    assert main(["project", "--config", CONFIG, "--target-class", "1", "--image", "x.png", "--out", str(tmp_path / "o"), flag, odd]) == 2
+    error = one_line_error(capsys, "project")
+    assert f"key '{flag[2:]}'" in error and "not UTF-8" in error
+    assert sorted(os.listdir(tmp_path)) == []
