@@ -8,6 +8,8 @@ import argparse
 import sys
 from typing import Sequence
 
+import torch
+
 from .commands import COMMANDS, all_options
 from .config import Option, load_config, resolve
 from .errors import DeconvError
@@ -50,9 +52,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeconvError as error:
         print(f"deconv {command.name}: error: {error}", file=sys.stderr)
         return 2
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        print(f"deconv {command.name}: error: {_out_of_memory(error, command.options)}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error) and "out of memory" not in str(error):  # torch's allocators
+            raise
+        print(f"deconv {command.name}: error: {_out_of_memory(error, command.options)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as interrupt:
         print(f"deconv {command.name}: interrupted" + (f" by {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return 130
+
+
+SHRINK = ("batch_size", "memory_budget_mb", "top", "workers", "limit")  # settings that bound memory, most likely first
+
+
+def _out_of_memory(error: BaseException, options: Sequence[Option]) -> str:
+    """One line: what ran out (torch's message, e.g. the bytes it tried to allocate) and the settings that shrink it."""
+    what = " ".join(str(error).split())[:160] or "an allocation failed"
+    keys = [f"--{k.replace('_', '-')}" for k in SHRINK if k in {o.key for o in options}]
+    return f"out of memory ({type(error).__name__}: {what})" + (f"; lower {', '.join(keys)}" if keys else "")
 
 
 if __name__ == "__main__":

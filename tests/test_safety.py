@@ -19,10 +19,10 @@ from PIL import Image
 
 import deconv
 from deconv.cli import main
-from deconv.data import Preprocess, UnreadableImage, load_image
+from deconv.data import Preprocess, UnreadableImage, load_image, read_idx
 from deconv import run_folder
 from deconv.commands import top9 as top9_command
-from deconv.errors import CheckpointError, OutputError
+from deconv.errors import CheckpointError, DatasetError, OutputError
 from deconv.models import ZFNet28, load_model
 
 ROOT = Path(__file__).parents[1]
@@ -319,3 +319,68 @@ def test_a_setting_that_is_not_utf8_is_refused_up_front(tmp_path: Path, flag: st
     error = one_line_error(capsys, "project")
     assert f"key '{flag[2:]}'" in error and "not UTF-8" in error
     assert sorted(os.listdir(tmp_path)) == []
+
+
+# ------------------------------------------------------------------- 8. one line and exit 2, always
+
+
+@pytest.mark.parametrize("args, words", [
+    (["project", "--target-class", "1", "--image", "{one}"], ["one.png of shape (1, 1, 1)", "the model fails"]),
+    (["project", "--layer", "features.4", "--channel", "0", "--image", "{one}"], ["one.png of shape (1, 1, 1)"]),
+    (["occlusion", "--image", "{one}"], ["one.png of shape (1, 1, 1)"]),
+    (["occlusion", "--image", "{boot}", "--stride", "1000"], ["key 'stride' must be at most the image's side, 28 pixels"]),
+    (["project", "--target-class", "1", "--image", "{boot}", "--out", "{file}"], ["exists and is not a folder"]),
+    (["train", "--epochs", "0"], ["key 'epochs' must be >= 1, got 0"]),
+    (["train", "--out", "{file}"], ["exists and is not a folder"]),
+    (["layers", "--device", "meta"], ["key 'device'", "cannot compute on 'meta'"]),
+    (["layers", "--device", "mps"], ["key 'device'", "'mps' is not available"]),
+    (["top9", "--top", "100000000"], ["key 'top' must be <= 1000"]),
+    (["top9", "--config", "{huge}"], ["key 'batch_size' must be between", "99999999999999999999"]),
+])
+def test_each_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, image_file: Path, capsys: pytest.CaptureFixture, args: list[str], words: list[str]
+) -> None:
+    Image.new("L", (1, 1)).save(tmp_path / "one.png")
+    (tmp_path / "file").write_text("a file")
+    (tmp_path / "huge.toml").write_text(Path(CONFIG).read_text().replace("batch_size = 500", "batch_size = 99999999999999999999"))
+    paths = {"one": tmp_path / "one.png", "boot": image_file, "file": tmp_path / "file", "huge": tmp_path / "huge.toml"}
+    command = args[0]
+    config = ["--config", CONFIG] if command != "train" and "--config" not in args else []
+    out = [] if "--out" in args or command == "layers" else ["--out", str(tmp_path / "out")]
+    before = snapshot(tmp_path)
+    assert main([command, *config, *[a.format(**paths) for a in args[1:]], *out]) == 2
+    error = one_line_error(capsys, command)
+    for word in words:
+        assert word in error, (word, error)
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out/")} == before
+
+
+def test_top_is_sized_by_what_the_dataset_can_fill(tmp_path: Path) -> None:
+    assert main(["top9", *SMALL, "--top", "1000", "--limit", "12", "--out", str(tmp_path / "run")]) == 0
+    records = json.loads((tmp_path / "run" / "top9.json").read_text())
+    assert len(records) == 64 * 12  # every channel of features.4 ranks all 12 images
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 25000000000 bytes")])
+def test_running_out_of_memory_names_it_and_the_settings_that_shrink_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, error: BaseException
+) -> None:
+    def allocate(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(top9_command, "_scan", allocate)
+    assert main(["top9", *SMALL, "--out", str(tmp_path / "run")]) == 2
+    message = one_line_error(capsys, "top9")
+    assert "out of memory" in message and "lower --batch-size, --memory-budget-mb, --top, --workers, --limit" in message
+    assert str(error)[:40] in message
+
+
+def test_the_idx_reader_reads_only_the_images_it_is_asked_for(tmp_path: Path) -> None:
+    whole = (deconv.models.ASSETS / "t10k-images-idx3-ubyte.gz").read_bytes()
+    cut = tmp_path / "cut-images-idx3-ubyte.gz"
+    cut.write_bytes(whole[: len(whole) // 3])  # the first third of a gzip stream: its first images decompress
+    assert read_idx(cut, limit=100).shape == (100, 28, 28)
+    assert np.array_equal(read_idx(cut, limit=100), deconv.default_dataset().images[:100])
+    with pytest.raises(DatasetError, match="truncated or corrupt gzip data"):
+        read_idx(cut)
+    assert main(["top9", *SMALL, "--data", str(cut), "--limit", "40", "--out", str(tmp_path / "run")]) == 0

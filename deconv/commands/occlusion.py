@@ -16,7 +16,7 @@ from ..occlusion import occlude
 from ..render import class_name, figure7, save_png, show_patch
 from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RUN, model_from, preprocess_from, require_at_least, run_folder
+from .common import DATA, MODEL, RUN, model_from, preprocess_from, model_runs_on, require_at_least, run_folder
 from .top9 import conv_layers
 
 OPTIONS = MODEL + DATA + RUN + (
@@ -39,16 +39,19 @@ def run(settings: dict[str, Any]) -> int:
     model = model_from(settings)
     preprocess = preprocess_from(settings, model)
     image = load_image(settings["image"], preprocess)
+    if settings["stride"] > min(image.shape[-2:]):
+        raise ConfigError(f"key 'stride' must be at most the image's side, {min(image.shape[-2:])} pixels, got {settings['stride']}")
     mirror = build_mirror(model)
     layer = settings["layer"] or conv_layers(mirror)[-1]
     maps = ("activation", "probability", "predicted", "projection")
     with open_run(run_folder(settings, "occlusion", figure, outputs=tuple(f"occlusion/{stem}/{m}.npy" for m in maps))) as folder:
         start = time.perf_counter()
-        result = occlude(
-            mirror, image, layer, square=settings["square"], stride=settings["stride"],
-            channel=settings["channel"] if settings["channel"] >= 0 else None,
-            label=settings["label"] if settings["label"] >= 0 else None, batch_size=settings["batch_size"],
-        )
+        with model_runs_on(Path(settings["image"]).name, tuple(image.shape)):
+            result = occlude(
+                mirror, image, layer, square=settings["square"], stride=settings["stride"],
+                channel=settings["channel"] if settings["channel"] >= 0 else None,
+                label=settings["label"] if settings["label"] >= 0 else None, batch_size=settings["batch_size"],
+            )
         seconds = time.perf_counter() - start
         names = getattr(model, "classes", None)
         save_png(figure7(show_patch(image[None], preprocess.denormalize)[0], result, names), folder.partial / figure)

@@ -15,7 +15,7 @@ from ..mirror import Mirror, Selection, build_mirror
 from ..render import class_name, label_strip, row, save_png, show_patch, show_projection, to_pil, upscale
 from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RUN, model_from, preprocess_from, require_at_least, run_folder
+from .common import DATA, MODEL, RUN, model_from, preprocess_from, model_runs_on, require_at_least, run_folder
 
 OPTIONS = MODEL + DATA + RUN + (
     option("image", str, "", "the image file to project"),
@@ -63,7 +63,7 @@ def run(settings: dict[str, Any]) -> int:
         name = f"project-{file.stem}-{settings['layer']}-c{settings['channel']}.png"
     else:
         name = f"project-{file.stem}-class{target}.png"
-    with open_run(run_folder(settings, "project", outputs=(name,))) as folder:
+    with open_run(run_folder(settings, "project", outputs=(name,))) as folder, model_runs_on(file.name, tuple(image.shape[1:])):
         if top:
             save_png(_top_classes(mirror, image, shown, top, names, file.name), folder.partial / name)
         else:

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..config import dump_toml, option
 from ..data import Preprocess
+from ..errors import ConfigError
 from ..distributed import Group, process_group
 from ..io import write_json, write_text
 from ..mirror import Mirror, build_mirror
@@ -39,6 +40,7 @@ OPTIONS = MODEL + DATA + RUN + (
     option("strict", bool, False, "stop at the first unreadable image instead of skipping it"),
 )
 
+MAX_TOP = 1000  # a channel's sheet shows its top images side by side
 STATE = "state"  # the folder of the per-process scan states, in the output folder
 
 
@@ -57,6 +59,8 @@ def conv_layers(mirror: Mirror) -> list[str]:
 def run(settings: dict[str, Any]) -> int:
     start = time.perf_counter()
     require_at_least(settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0)
+    if settings["top"] > MAX_TOP:
+        raise ConfigError(f"key 'top' must be <= {MAX_TOP} (activations kept per channel), got {settings['top']}")
     device = device_from(settings)
     with process_group(device) as group:
         model = model_from(settings)
@@ -114,7 +118,7 @@ def _scan(
     state = checkpoint.load() if settings["resume"] else None
     with checkpoint:
         state = scan(
-            mirror, dataset, layers, k=settings["top"], batch_size=settings["batch_size"], num_workers=settings["workers"],
+            mirror, dataset, layers, k=min(settings["top"], total), batch_size=settings["batch_size"], num_workers=settings["workers"],
             indices=group.shard(range(total), settings["batch_size"]), state=state, checkpoint=checkpoint,
             strict=settings["strict"], progress=settings["progress"] and group.main,
         )
