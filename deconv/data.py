@@ -318,14 +318,14 @@ class ImageFolder(Dataset):
 def _open_regular(path: str) -> BinaryIO:
     """``path`` opened for reading if it is a regular file (or a symlink to one); a FIFO, device or
     socket raises :class:`UnreadableImage` instead of blocking (opened non-blocking, then checked)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    mode = os.fstat(fd).st_mode
+    file = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+    mode = os.fstat(file.fileno()).st_mode
     if not stat.S_ISREG(mode):
-        os.close(fd)
+        file.close()
         kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
         raise UnreadableImage(path, f"not a regular file ({kind})")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    os.set_blocking(file.fileno(), True)
+    return file
 
 
 def load_image(path: StrPath, preprocess: Preprocess) -> torch.Tensor:

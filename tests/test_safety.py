@@ -384,3 +384,18 @@ def test_the_idx_reader_reads_only_the_images_it_is_asked_for(tmp_path: Path) ->
     with pytest.raises(DatasetError, match="truncated or corrupt gzip data"):
         read_idx(cut)
     assert main(["top9", *SMALL, "--data", str(cut), "--limit", "40", "--out", str(tmp_path / "run")]) == 0
+
+
+# ----------------------------------------------------------------------- 9. nothing readable at all
+
+
+def test_a_data_folder_where_no_image_is_readable_is_an_error_naming_it(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (data / name).write_text("not an image")
+    out = tmp_path / "run"
+    assert main(["top9", *SMALL, "--data", str(data), "--out", str(out)]) == 2
+    error = one_line_error(capsys, "top9")
+    assert f"none of the 2 images of {data} could be read" in error and str(out / "skipped.json") in error
+    assert [s["path"] for s in json.loads((out / "skipped.json").read_text())] == [str(data / "a.png"), str(data / "b.jpg")]

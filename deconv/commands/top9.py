@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ..config import dump_toml, option
 from ..data import Preprocess
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError
 from ..distributed import Group, process_group
 from ..io import write_json, write_text
 from ..mirror import Mirror, build_mirror
@@ -81,6 +81,11 @@ def run(settings: dict[str, Any]) -> int:
                 write_json(out / "top9.json", [r.to_json() for r in records])
             sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records)
         out = folder.path
+    if not state.images:  # the run is kept: its skipped.json says why
+        raise DatasetError(
+            f"none of the {len(state.skipped)} images of {settings['data']} could be read "
+            f"(the first, {state.skipped[0][1]}: {state.skipped[0][2]}); all are listed with their reasons in {out / 'skipped.json'}"
+        )
     if group.main:
         report = folder.report
         print(
