@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import torch
 
@@ -28,10 +28,17 @@ def _add(parser: argparse.ArgumentParser, o: Option) -> None:
         parser.add_argument(o.flag, type=o.type, metavar=o.key.upper(), choices=o.choices, **kw)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``deconv top9: error: ...``), exit status 2; ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser: one subcommand per registered command, one flag per option."""
-    top = argparse.ArgumentParser(prog="deconv", description="See what a CNN's units respond to (Zeiler & Fergus deconvnet).")
-    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    top = _Parser(prog="deconv", description="See what a CNN's units respond to (Zeiler & Fergus deconvnet).")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
         p.add_argument("--config", help="a TOML file whose keys are this command's flags (flags win)")
