@@ -359,6 +359,8 @@ def test_top_is_sized_by_what_the_dataset_can_fill(tmp_path: Path) -> None:
     assert main(["top9", *SMALL, "--top", "1000", "--limit", "12", "--out", str(tmp_path / "run")]) == 0
     records = json.loads((tmp_path / "run" / "top9.json").read_text())
     assert len(records) == 64 * 12  # every channel of features.4 ranks all 12 images
+    state = torch.load(tmp_path / "run" / "state" / "rank0.pt", weights_only=True)["state"]
+    assert state["tops"]["features.4"]["values"].shape == (64, 12)  # kept: 12 per channel, not 1000
 
 
 @pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 25000000000 bytes")])
