@@ -53,12 +53,13 @@ def _dataset_identity(dataset: Dataset) -> str:
 
 
 def fingerprint(model: nn.Module, dataset: Dataset, preprocess: Preprocess, **settings: Any) -> dict[str, Any]:
-    """What a saved state depends on: the model's weights, the dataset, the preprocessing and ``settings``."""
+    """What a saved state depends on: ``settings``, the model's weights, the dataset and the preprocessing
+    (settings first: a refusal names a differing setting before the dataset it may have cut short)."""
     return {
+        **settings,
         "model": f"{type(model).__name__} weights {_model_hash(model)}",
         "dataset": _dataset_identity(dataset),
         "preprocess": str(asdict(preprocess)),
-        **settings,
     }
 
 

@@ -195,7 +195,7 @@ def test_an_output_folder_with_another_run_is_refused(results: dict) -> None:
         (["--checkpoint", "{root}/garbage.pt"], ["garbage.pt", "cannot read checkpoint"]),
         (["--model", "{root}/models.py:large"], ["models.py", "no attribute 'large'"]),
         (["--data", "{root}/empty-idx3-ubyte.gz"], ["empty-idx3-ubyte.gz", "holds no images"]),
-        (["--crop", "3", "--layers", "4"], ["the model fails on dataset images 0..2 of shape (1, 3, 3)"]),
+        (["--crop", "3", "--layers", "4"], ["the model fails on dataset images 0..", "of shape (1, 3, 3)"]),
         (["--top", "0"], ["key 'top' must be >= 1, got 0"]),
         (["--batch-size", "-1"], ["key 'batch_size' must be >= 1"]),
         (["--device", "cuda:3"], ["key 'device'", "'cuda:3' is not available"]),
