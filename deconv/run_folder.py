@@ -187,9 +187,9 @@ def _remove_empty_parents(path: Path, root: Path) -> None:
 
 @contextlib.contextmanager
 def open_run(run: RunFolder, main: bool = True, barrier: Callable[[], object] = lambda: None) -> Iterator[RunFolder]:
-    """Locks, checks and prepares ``run``'s folder, yields, then commits: on an error the earlier run
-    stays as it was and the partial outputs are removed; on an interrupt a scan's state is kept for
-    ``--resume``. Under torchrun only the ``main`` process locks and commits; all meet at ``barrier``
+    """Locks, checks and prepares ``run``'s folder, yields, then commits: on an error or an interrupt
+    the earlier run stays as it was and the partial outputs are removed, except a scan's state, kept
+    for ``--resume``. Under torchrun only the ``main`` process locks and commits; all meet at ``barrier``
     once the partial folder is ready."""
     if run.path.exists() and not run.path.is_dir():
         raise OutputError(f"{run.path}: exists and is not a folder; choose a folder for --out")
@@ -200,7 +200,9 @@ def open_run(run: RunFolder, main: bool = True, barrier: Callable[[], object] = 
         barrier()
         try:
             yield run
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a scan's saved state stays for --resume; anything else goes
+            if main and not (run.partial / STATE).exists():
+                run.clear()
             raise
         except BaseException:
             if main:

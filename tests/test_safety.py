@@ -21,6 +21,7 @@ import deconv
 from deconv.cli import main
 from deconv.data import Preprocess, UnreadableImage, load_image, read_idx
 from deconv import run_folder
+from deconv.commands import occlusion as occlusion_command
 from deconv.commands import top9 as top9_command
 from deconv.errors import CheckpointError, DatasetError, OutputError
 from deconv.models import ZFNet28, load_model
@@ -401,3 +402,15 @@ def test_a_data_folder_where_no_image_is_readable_is_an_error_naming_it(tmp_path
     error = one_line_error(capsys, "top9")
     assert f"none of the 2 images of {data} could be read" in error and str(out / "skipped.json") in error
     assert [s["path"] for s in json.loads((out / "skipped.json").read_text())] == [str(data / "a.png"), str(data / "b.jpg")]
+
+
+def test_an_interrupted_run_without_a_scan_state_leaves_nothing_behind(tmp_path: Path, image_file: Path, monkeypatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    args = ["occlusion", "--config", CONFIG, "--image", str(image_file), "--stride", "7", "--out", str(tmp_path / "run")]
+    monkeypatch.setattr(occlusion_command, "atomic_write", interrupted)  # after the figure is drawn
+    assert main(args) == 130
+    assert sorted(os.listdir(tmp_path / "run")) == [".deconv-lock"]
+    monkeypatch.undo()
+    assert main(args) == 0  # not refused as "another occlusion run"
