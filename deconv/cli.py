@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
+
+import torch
 
 from .commands import COMMANDS, all_options
 from .config import Option, load_config, resolve
@@ -26,10 +28,17 @@ def _add(parser: argparse.ArgumentParser, o: Option) -> None:
         parser.add_argument(o.flag, type=o.type, metavar=o.key.upper(), choices=o.choices, **kw)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``deconv top9: error: ...``), exit status 2; ``--help`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser: one subcommand per registered command, one flag per option."""
-    top = argparse.ArgumentParser(prog="deconv", description="See what a CNN's units respond to (Zeiler & Fergus deconvnet).")
-    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    top = _Parser(prog="deconv", description="See what a CNN's units respond to (Zeiler & Fergus deconvnet).")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
         p.add_argument("--config", help="a TOML file whose keys are this command's flags (flags win)")
@@ -39,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as escapes, never crash
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = vars(parser().parse_args(argv))
     command = COMMANDS[args.pop("command")]
     config = args.pop("config")
@@ -48,9 +59,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeconvError as error:
         print(f"deconv {command.name}: error: {error}", file=sys.stderr)
         return 2
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        print(f"deconv {command.name}: error: {_out_of_memory(error, command.options)}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error) and "out of memory" not in str(error):  # torch's allocators
+            raise
+        print(f"deconv {command.name}: error: {_out_of_memory(error, command.options)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as interrupt:
         print(f"deconv {command.name}: interrupted" + (f" by {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return 130
+
+
+SHRINK = ("batch_size", "memory_budget_mb", "top", "workers", "limit")  # settings that bound memory, most likely first
+
+
+def _out_of_memory(error: BaseException, options: Sequence[Option]) -> str:
+    """One line: what ran out (torch's message, e.g. the bytes it tried to allocate) and the settings that shrink it."""
+    what = " ".join(str(error).split())[:160] or "an allocation failed"
+    keys = [f"--{k.replace('_', '-')}" for k in SHRINK if k in {o.key for o in options}]
+    return f"out of memory ({type(error).__name__}: {what})" + (f"; lower {', '.join(keys)}" if keys else "")
 
 
 if __name__ == "__main__":

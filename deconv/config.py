@@ -16,6 +16,8 @@ from .errors import ConfigError
 
 __all__ = ["Option", "option", "load_config", "resolve", "dump_toml"]
 
+LARGEST = 2**31 - 1  # the largest integer setting: beyond it counts and sizes overflow torch's
+
 
 @dataclass(frozen=True)
 class Option:
@@ -97,10 +99,22 @@ def _where(path: Path, source: str, key: str) -> str:
 
 
 def resolve(options: Iterable[Option], file: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """Defaults, overridden by the config file, overridden by flags that were given (not ``None``)."""
+    """Defaults, overridden by the config file, overridden by flags that were given (not ``None``).
+
+    Integers beyond ``LARGEST`` are refused. A value with bytes that are not UTF-8 (a path from the command line) is refused: it could not be
+    written to ``config.toml`` and read back."""
     settings = {o.key: o.default for o in options}
     settings.update({k: v for k, v in file.items() if k in settings})
     settings.update({k: v for k, v in flags.items() if v is not None and k in settings})
+    for key, value in settings.items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, int) and not -LARGEST <= text <= LARGEST:
+                raise ConfigError(f"key {key!r} must be between {-LARGEST} and {LARGEST}, got {text}")
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ConfigError(f"key {key!r}: {text!r} holds bytes that are not UTF-8; rename it or choose another path") from None
     return settings
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 from pathlib import Path
 
 import numpy as np
@@ -155,44 +157,58 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 
-def read_idx(path: StrPath) -> np.ndarray:
+def read_idx(path: StrPath, limit: int | None = None) -> np.ndarray:
     """Read an idx file (MNIST format, raw or gzip-compressed; detected by magic bytes).
 
-    Returns an array of the header's shape with a native-endian dtype.
+    Returns an array of the header's shape (its first ``limit`` items, if given: only those are
+    read and decompressed) with a native-endian dtype.
     """
     name = os.fspath(path)
     try:
-        raw = Path(name).read_bytes()
+        file = open(name, "rb")
     except OSError as error:
         raise DatasetError(f"{name}: cannot read idx file ({_one_line(error)})") from None
-    if raw[:2] == b"\x1f\x8b":
+    with file:
+        gzipped = file.read(2) == b"\x1f\x8b"
+        file.seek(0)
         try:
-            raw = gzip.decompress(raw)
+            return _read_idx(gzip.GzipFile(fileobj=file) if gzipped else file, name, limit, gzipped)
         except (OSError, EOFError, zlib.error) as error:
             raise DatasetError(
-                f"{name}: truncated or corrupt gzip data ({_one_line(error)}); expected a complete .gz idx file"
+                f"{name}: truncated or corrupt {'gzip data' if gzipped else 'file'} ({_one_line(error)}); "
+                "expected a complete idx file (or .gz of one)"
             ) from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00":
+
+
+def _read_idx(stream: BinaryIO, name: str, limit: int | None, gzipped: bool) -> np.ndarray:
+    head = stream.read(4)
+    if len(head) < 4 or head[:2] != b"\x00\x00":
         raise DatasetError(
-            f"{name}: not an idx file: expected magic bytes 00 00 <dtype> <ndim>, "
-            f"got {raw[:4].hex(' ') or 'empty file'}"
+            f"{name}: not an idx file: expected magic bytes 00 00 <dtype> <ndim>, got {head.hex(' ') or 'empty file'}"
         )
-    code, ndim = raw[2], raw[3]
+    code, ndim = head[2], head[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in _IDX_DTYPES)
         raise DatasetError(f"{name}: unknown idx dtype code 0x{code:02X}; expected one of {known}")
-    offset = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < offset:
+    header = stream.read(4 * ndim)
+    if ndim == 0 or len(header) < 4 * ndim:
         raise DatasetError(f"{name}: idx header declares {ndim} dimensions but the file ends inside the header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    dims = tuple(int(d) for d in np.frombuffer(header, dtype=">u4"))
     dtype = _IDX_DTYPES[code]
     expected = math.prod(dims) * dtype.itemsize
-    if len(raw) - offset != expected:
-        raise DatasetError(
-            f"{name}: idx header declares shape {dims} ({expected} bytes of data) "
-            f"but the file holds {len(raw) - offset} bytes"
-        )
-    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims).astype(dtype.newbyteorder("="))
+    count = dims[0] if limit is None else min(limit, dims[0])
+    wanted = count * math.prod(dims[1:]) * dtype.itemsize
+    size = None if gzipped else os.fstat(stream.fileno()).st_size - 4 - 4 * ndim  # known without reading
+    if size is not None and size < wanted:
+        data = b""
+    else:
+        data = stream.read(wanted)
+        size = len(data) + len(stream.read()) if limit is None else size
+    if len(data) < wanted or (limit is None and size != expected):
+        held = f"holds {size} bytes" if size is not None else f"ends after {len(data)} bytes"
+        raise DatasetError(f"{name}: idx header declares shape {dims} ({expected} bytes of data) but the file {held}")
+    array = np.frombuffer(data, dtype=dtype).reshape((count, *dims[1:]))
+    return array.astype(dtype.newbyteorder("="))
 
 
 class IdxDataset(Dataset):
@@ -208,8 +224,9 @@ class IdxDataset(Dataset):
         labels: StrPath | None,
         preprocess: Preprocess,
         classes: Sequence[str] = (),
+        limit: int | None = None,
     ) -> None:
-        self.images = read_idx(images)
+        self.images = read_idx(images, limit)
         self.preprocess = preprocess
         self._normalized: torch.Tensor | None = None
         self.classes: list[str] = list(classes)
@@ -223,7 +240,7 @@ class IdxDataset(Dataset):
         if labels is None:
             self.labels = np.full(len(self.images), -1, dtype=np.int64)
         else:
-            read = read_idx(labels)
+            read = read_idx(labels, limit)
             if read.ndim != 1 or read.dtype.kind not in "iu":
                 raise DatasetError(
                     f"{os.fspath(labels)}: expected integer labels of shape (N,), "
@@ -298,25 +315,40 @@ class ImageFolder(Dataset):
         return load_image(self.path(index), self.preprocess), self.labels[index]
 
 
+def _open_regular(path: str) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (or a symlink to one); a FIFO, device or
+    socket raises :class:`UnreadableImage` instead of blocking (opened non-blocking, then checked)."""
+    file = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK))
+    mode = os.fstat(file.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        file.close()
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else "a device or socket"
+        raise UnreadableImage(path, f"not a regular file ({kind})")
+    os.set_blocking(file.fileno(), True)
+    return file
+
+
 def load_image(path: StrPath, preprocess: Preprocess) -> torch.Tensor:
     """One image file (EXIF orientation applied) -> ``(C, H, W)`` via ``preprocess``.
 
-    Raises :class:`UnreadableImage` naming the file if it is missing, unreadable, truncated or not
-    an image.
+    Raises :class:`UnreadableImage` naming the file if it is missing, not a regular file (a FIFO
+    would block), unreadable, truncated or not an image.
     """
     path = os.fspath(path)
     try:
-        with Image.open(path) as opened:
+        with _open_regular(path) as file, Image.open(file) as opened:
             opened.load()
             return preprocess(ImageOps.exif_transpose(opened))
+    except UnreadableImage:
+        raise
     except FileNotFoundError:
         raise UnreadableImage(path, "no such file") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise UnreadableImage(path, _one_line(error)) from None
 
 
-def open_dataset(path: StrPath, preprocess: Preprocess) -> Dataset:
-    """A folder -> :class:`ImageFolder`; a file -> :class:`IdxDataset`.
+def open_dataset(path: StrPath, preprocess: Preprocess, limit: int | None = None) -> Dataset:
+    """A folder -> :class:`ImageFolder`; a file -> :class:`IdxDataset` (of its first ``limit`` images).
 
     For an idx file the labels file is the one whose name has "images-idx3" replaced by
     "labels-idx1", when it exists beside it.
@@ -329,7 +361,7 @@ def open_dataset(path: StrPath, preprocess: Preprocess) -> Dataset:
     if target.suffix.lower() in IMAGE_EXTENSIONS:
         raise DatasetError(f"{target}: a single image, not a dataset; pass the folder that holds it")
     labels = target.with_name(target.name.replace("images-idx3", "labels-idx1"))
-    return IdxDataset(target, labels if labels != target and labels.is_file() else None, preprocess)
+    return IdxDataset(target, labels if labels != target and labels.is_file() else None, preprocess, limit=limit)
 
 
 # ------------------------------------------------------------------------------------------ batches

@@ -133,20 +133,23 @@ def default_model() -> ZFNet28:
     return model.eval()
 
 
-def load_model(spec: str | None, checkpoint: str | os.PathLike[str] | None) -> nn.Module:
+def load_model(
+    spec: str | None, checkpoint: str | os.PathLike[str] | None, *, trust_checkpoint: bool = False
+) -> nn.Module:
     """Build a model from ``spec`` and optionally load ``checkpoint`` into it; returns it in eval mode.
 
     ``spec`` is None (the bundled :func:`default_model`), ``"package.module:function"`` or
     ``"path/to/file.py:function"``; the function is called without arguments and must return an
-    ``nn.Module``. ``checkpoint`` is a state_dict, a dict with a ``"state_dict"`` or ``"model"``
-    entry, or a whole pickled ``nn.Module``. A whole module is returned as is when ``spec`` is None;
-    with a ``spec`` its weights are loaded into the spec's model. Whole-module checkpoints run
-    pickle code: only load files you trust.
+    ``nn.Module``. ``checkpoint`` is a state_dict or a dict with a ``"state_dict"`` or ``"model"``
+    entry, read as data only (``torch.load(weights_only=True)``). A whole pickled ``nn.Module``
+    needs ``trust_checkpoint=True``, because unpickling it runs code named in the file: only for
+    files you trust. It is returned as is when ``spec`` is None; with a ``spec`` its weights are
+    loaded into the spec's model.
     """
     model = default_model() if spec is None else _model_from_spec(spec)
     if checkpoint is None:
         return model.eval()
-    loaded = _read_checkpoint(Path(checkpoint))
+    loaded = _read_checkpoint(Path(checkpoint), trust=trust_checkpoint)
     if isinstance(loaded, nn.Module) and spec is None:
         return loaded.eval()
     _load_state_dict(model, loaded, Path(checkpoint))
@@ -213,9 +216,10 @@ def _import_file(path: Path) -> Any:
     return module
 
 
-def _read_checkpoint(path: Path) -> Any:
-    """torch.load with ``weights_only=True``; falls back to a full unpickle only for an intact
-    checkpoint whose sole problem is classes outside the weights-only allowlist (a whole module)."""
+def _read_checkpoint(path: Path, trust: bool = False) -> Any:
+    """torch.load with ``weights_only=True``, which never runs code from the file. A checkpoint that
+    needs classes outside torch's allowlist (a whole pickled module) is unpickled in full only when
+    ``trust``; otherwise it is refused, naming those classes, before anything in it runs."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -223,13 +227,19 @@ def _read_checkpoint(path: Path) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError, ... on bad files
-        try:
-            needs_classes = bool(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        try:  # reads the pickle's opcodes, runs nothing
+            needs_classes = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # noqa: BLE001 - not a readable torch.save archive
-            needs_classes = False
+            needs_classes = []
         if not needs_classes:
             raise CheckpointError(
                 f"{path}: cannot read checkpoint, corrupt or not saved by torch.save ({_reason(error)})"
+            ) from None
+        if not trust:
+            raise CheckpointError(
+                f"{path}: a whole pickled object (needs {_names(sorted(needs_classes), 3)}), and unpickling it runs code "
+                "from the file; save a state_dict instead, or pass --trust-checkpoint (config: trust_checkpoint = true) "
+                "only if you trust the file"
             ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -67,7 +67,7 @@ def panel_boxes(sheet: tuple[int, int], count: int) -> list[tuple[int, int, int,
 
 
 def _href(path: Path | str) -> str:
-    return html.escape(quote(Path(path).as_posix()))
+    return html.escape(quote(os.fsencode(Path(path).as_posix())))  # a name that is not UTF-8 keeps its bytes
 
 
 def _save_thumbnail(image: Image.Image, path: Path) -> None:
@@ -198,4 +198,4 @@ def write_report(out_dir: Path) -> Path:
         f"<style>{STYLE}</style></head><body><h1>deconv: {html.escape(out.resolve().name)}</h1>"
         f"<nav>{''.join(nav)}</nav>{settings}{INTRO if layers else ''}{''.join(sections)}{''.join(details)}</body></html>\n"
     )
-    return write_text(out / "index.html", page)
+    return write_text(out / "index.html", page.encode("utf-8", "replace").decode())  # shows such a name's bytes as "?"

@@ -7,6 +7,7 @@ with another model, dataset or settings, so two runs are never mixed.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import threading
 from dataclasses import asdict
@@ -44,20 +45,21 @@ def _dataset_identity(dataset: Dataset) -> str:
     """The dataset's type and length, and a hash of its files (folder) or its pixels (idx file)."""
     digest = hashlib.sha256()
     if isinstance(dataset, ImageFolder):
-        digest.update(str(dataset.root.resolve()).encode())
-        digest.update("\n".join(dataset.files).encode())
+        digest.update(os.fsencode(dataset.root.resolve()))
+        digest.update(os.fsencode("\n".join(dataset.files)))  # names that are not UTF-8 hash as their bytes
     elif isinstance(dataset, IdxDataset):
         digest.update(dataset.images.tobytes())
     return f"{type(dataset).__name__} of {len(dataset)} items, {digest.hexdigest()}"  # type: ignore[arg-type]
 
 
 def fingerprint(model: nn.Module, dataset: Dataset, preprocess: Preprocess, **settings: Any) -> dict[str, Any]:
-    """What a saved state depends on: the model's weights, the dataset, the preprocessing and ``settings``."""
+    """What a saved state depends on: ``settings``, the model's weights, the dataset and the preprocessing
+    (settings first: a refusal names a differing setting before the dataset it may have cut short)."""
     return {
+        **settings,
         "model": f"{type(model).__name__} weights {_model_hash(model)}",
         "dataset": _dataset_identity(dataset),
         "preprocess": str(asdict(preprocess)),
-        **settings,
     }
 
 

@@ -76,9 +76,9 @@ def test_torchvision_style_model_from_a_file(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "tiny_vgg.py").write_text(TINY_VGG)
     image = tmp_path / "photo.png"
     Image.fromarray((torch.rand(20, 24, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy(), "RGB").save(image)
-    flags = ["--model", f"{tmp_path / 'tiny_vgg.py'}:make", "--image", str(image), "--out", str(tmp_path)]
+    flags = ["--model", f"{tmp_path / 'tiny_vgg.py'}:make", "--image", str(image), "--out", str(tmp_path / "out")]
     assert main(["project", *flags, "--target-class", "3"]) == 0
-    assert (tmp_path / "project-photo-class3.png").is_file()
+    assert (tmp_path / "out" / "project-photo-class3.png").is_file()
     capsys.readouterr()
     assert main(["project", *flags, "--top-classes", "4"]) == 0
     printed = _printed(capsys.readouterr().out)
@@ -96,8 +96,8 @@ def test_real_torchvision_alexnet_from_a_file(tmp_path: Path, capsys: pytest.Cap
                                       "    return torchvision.models.alexnet(weights=None, num_classes=5)\n")
     image = tmp_path / "photo.png"
     Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy(), "RGB").save(image)
-    flags = ["--model", f"{tmp_path / 'alex.py'}:make", "--image", str(image), "--out", str(tmp_path)]
+    flags = ["--model", f"{tmp_path / 'alex.py'}:make", "--image", str(image), "--out", str(tmp_path / "out")]
     assert main(["project", *flags, "--target-class", "1"]) == 0
     assert main(["project", *flags, "--top-classes", "3"]) == 0
     assert len(_printed(capsys.readouterr().out)) == 3
-    assert (tmp_path / "project-photo-class1.png").is_file() and (tmp_path / "project-photo-top3.png").is_file()
+    assert (tmp_path / "out" / "project-photo-class1.png").is_file() and (tmp_path / "out" / "project-photo-top3.png").is_file()

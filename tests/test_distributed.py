@@ -95,7 +95,7 @@ def test_interrupted_distributed_scan_resumes_per_rank_to_the_same_result(tmp_pa
     args = ["--model", model_file, "--limit", "3000", "--layers", "1", "4", "6", "--batch-size", "8",
             "--save-every", "1", "--no-progress"]
     two = ("--out", str(tmp_path / "two"))
-    states = [tmp_path / "two" / "state" / f"rank{r}.pt" for r in (0, 1)]
+    states = [tmp_path / "two" / ".deconv-partial" / "state" / f"rank{r}.pt" for r in (0, 1)]
     running = torchrun(*args, *two)
     deadline = time.monotonic() + 120
     while not all(s.exists() for s in states) and running.poll() is None and time.monotonic() < deadline:

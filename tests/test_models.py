@@ -133,7 +133,7 @@ def test_spec_from_file(model_file: Path, tmp_path: Path) -> None:
     custom = load_model(f"{model_file}:custom", None)
     assert type(custom).__module__ == "user_models"
     torch.save(custom, tmp_path / "custom.pt")
-    again = load_model(None, tmp_path / "custom.pt")
+    again = load_model(None, tmp_path / "custom.pt", trust_checkpoint=True)
     assert type(again) is type(custom) and torch.equal(again.fc.weight, custom.fc.weight)
 
 
@@ -229,15 +229,15 @@ def test_checkpoint_long_key_lists_are_truncated(tmp_path: Path) -> None:
 def test_whole_module_checkpoint(tmp_path: Path, model_file: Path) -> None:
     source = Tiny()
     torch.save(source, tmp_path / "whole.pt")
-    model = load_model(None, tmp_path / "whole.pt")
+    model = load_model(None, tmp_path / "whole.pt", trust_checkpoint=True)
     assert isinstance(model, Tiny) and not model.training
     assert torch.equal(model.fc.weight, source.fc.weight)
     # With a spec, the whole module's weights go into the spec's model, and must fit it.
     with pytest.raises(CheckpointError, match=r"missing keys: 0\.weight, 0\.bias; unexpected keys: fc\.weight, fc\.bias"):
-        load_model(f"{model_file}:build", tmp_path / "whole.pt")
+        load_model(f"{model_file}:build", tmp_path / "whole.pt", trust_checkpoint=True)
     zf = ZFNet28()
     torch.save(zf, tmp_path / "zf.pt")
-    assert torch.equal(load_model("deconv.models:ZFNet28", tmp_path / "zf.pt").features[3].weight, zf.features[3].weight)
+    assert torch.equal(load_model("deconv.models:ZFNet28", tmp_path / "zf.pt", trust_checkpoint=True).features[3].weight, zf.features[3].weight)
 
 
 def test_unreadable_checkpoints(tmp_path: Path) -> None:
@@ -268,4 +268,4 @@ def test_whole_module_checkpoint_with_missing_class(tmp_path: Path, monkeypatch:
     del sys.modules["gone_net_x1"]
     (tmp_path / "gone_net_x1.py").unlink()
     with pytest.raises(CheckpointError, match=r"whole\.pt: cannot unpickle whole-module checkpoint.*ModuleNotFoundError"):
-        load_model(None, tmp_path / "whole.pt")
+        load_model(None, tmp_path / "whole.pt", trust_checkpoint=True)

@@ -167,13 +167,14 @@ def test_cli_scan_killed_part_way_resumes_to_the_uninterrupted_result(tmp_path: 
     out = tmp_path / "killed"
     running = _deconv(*args, "--out", str(out))
     deadline = time.monotonic() + 60
-    while not (out / "state" / "rank0.pt").exists() and running.poll() is None and time.monotonic() < deadline:
+    saved = out / ".deconv-partial" / "state" / "rank0.pt"  # a run writes into its partial folder until it succeeds
+    while not saved.exists() and running.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     running.send_signal(signal.SIGINT)
     _, err = running.communicate(timeout=120)
     assert running.returncode == 130, err
-    assert err.strip().splitlines() == [f"deconv top9: interrupted by SIGINT: scan state saved to {out / 'state' / 'rank0.pt'}; continue with --resume"]
-    assert 0 < torch.load(out / "state" / "rank0.pt", weights_only=True)["state"]["position"] < 2000
+    assert err.strip().splitlines() == [f"deconv top9: interrupted by SIGINT: scan state saved to {saved}; continue with --resume"]
+    assert 0 < torch.load(saved, weights_only=True)["state"]["position"] < 2000
     assert not (out / "top9.json").exists()
 
     # the unfinished run is neither overwritten by accident nor mixed with other settings

@@ -1,8 +1,8 @@
 """What the commands share: the model, data and output settings and how they become objects."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -11,18 +11,20 @@ from torch.utils.data import Dataset
 from ..config import option
 from ..data import Preprocess, open_dataset
 from ..distributed import local_device
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, InputError
 from ..models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
+from ..run_folder import RunFolder
 
 __all__ = [
-    "MODEL", "DATA", "RUN", "model_from", "preprocess_from", "dataset_from", "device_from", "out_dir", "require_at_least",
+    "MODEL", "DATA", "RUN", "model_from", "preprocess_from", "dataset_from", "device_from", "model_runs_on", "run_folder", "require_at_least",
 ]
 
 BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
 
 MODEL = (
     option("model", str, "", "the model as 'package.module:function' or 'file.py:function' (empty: the embedded default)"),
-    option("checkpoint", str, "", "weights for the model: a state_dict or a whole saved model (empty: none)"),
+    option("checkpoint", str, "", "weights for the model: a state_dict (a whole saved model needs --trust-checkpoint) (empty: none)"),
+    option("trust_checkpoint", bool, False, "allow checkpoints that are whole pickled models: unpickling runs code from the file, so only for files you trust"),
     option("device", str, "auto", "'cpu', 'cuda', 'cuda:1', ... or 'auto' (cuda when available)"),
 )
 DATA = (
@@ -49,6 +51,17 @@ def require_at_least(settings: dict[str, Any], **minimums: int) -> None:
             raise ConfigError(f"key {key!r} must be >= {minimum}, got {settings[key]!r}")
 
 
+@contextlib.contextmanager
+def model_runs_on(image: str, shape: tuple[int, ...]) -> Iterator[None]:
+    """Turns torch's errors from running the model on one image (e.g. too small for it) into an
+    :class:`~deconv.errors.InputError` naming the image and its shape."""
+    try:
+        yield
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())[:200]
+        raise InputError(f"the model fails on {image} of shape {shape}: {type(error).__name__}: {reason}") from None
+
+
 def device_from(settings: dict[str, Any]) -> torch.device:
     """The configured device; under torchrun a CUDA device is this process's GPU."""
     name = settings["device"]
@@ -58,6 +71,10 @@ def device_from(settings: dict[str, Any]) -> torch.device:
         device = local_device(torch.device(name))
     except RuntimeError:
         raise ConfigError(f"key 'device': unknown device {name!r} (valid: auto, cpu, cuda, cuda:N)") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"key 'device': {name!r} is not available here (valid: auto, cpu, cuda, cuda:N)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"key 'device': deconv cannot compute on {name!r} (valid: auto, cpu, cuda, cuda:N)")
     if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
         raise ConfigError(f"key 'device': {name!r} is not available here ({torch.cuda.device_count()} CUDA devices)")
     return device
@@ -65,7 +82,7 @@ def device_from(settings: dict[str, Any]) -> torch.device:
 
 def model_from(settings: dict[str, Any]) -> nn.Module:
     """The configured model, in eval mode, on the configured device."""
-    model = load_model(settings["model"] or None, settings["checkpoint"] or None)
+    model = load_model(settings["model"] or None, settings["checkpoint"] or None, trust_checkpoint=settings["trust_checkpoint"])
     return model.to(device_from(settings))
 
 
@@ -92,23 +109,18 @@ def preprocess_from(settings: dict[str, Any], model: nn.Module) -> Preprocess:
 
 
 def dataset_from(settings: dict[str, Any], preprocess: Preprocess) -> Dataset:
-    """The configured dataset (the bundled Fashion-MNIST test split when ``data`` is empty)."""
-    return open_dataset(settings["data"] or BUNDLED, preprocess)
+    """The configured dataset (the bundled Fashion-MNIST test split when ``data`` is empty); of an idx
+    file only the first ``limit`` images are read."""
+    return open_dataset(settings["data"] or BUNDLED, preprocess, limit=settings.get("limit") or None)
 
 
-def out_dir(settings: dict[str, Any], *markers: str, resume: bool = False) -> Path:
-    """The output folder, refused if it holds another run (one of its ``markers``) unless overwriting or resuming."""
+def run_folder(
+    settings: dict[str, Any], command: str, *markers: str, outputs: tuple[str, ...] = (), replace_all: bool = False
+) -> RunFolder:
+    """The configured output folder as a :class:`~deconv.run_folder.RunFolder` of ``command`` (see there)."""
     if not settings["out"]:
         raise ConfigError("key 'out' must name an output folder, got ''")
-    out = Path(settings["out"])
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: exists and is not a folder")
-    marker = next((m for m in markers if (out / m).exists()), None)
-    if marker is not None and not (settings["overwrite"] or resume):
-        also = ", --resume to continue it" if "resume" in settings else ""
-        raise OutputError(f"{out} holds another run ({marker}); pass --overwrite to replace it{also} or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
-    return out
+    return RunFolder(
+        settings["out"], command, markers=markers, outputs=outputs, overwrite=settings["overwrite"],
+        resume=settings.get("resume", False), replace_all=replace_all,
+    )

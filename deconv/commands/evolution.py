@@ -11,9 +11,9 @@ from ..evolution import evolve
 from ..mirror import build_mirror
 from ..models import ASSETS, WEIGHTS
 from ..render import figure4, save_png
-from ..report import write_report
+from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RUN, dataset_from, model_from, out_dir, preprocess_from, require_at_least
+from .common import DATA, MODEL, RUN, dataset_from, model_from, preprocess_from, require_at_least, run_folder
 from .top9 import conv_layers
 
 SHIPPED = ASSETS / "checkpoints"
@@ -48,18 +48,18 @@ def run(settings: dict[str, Any]) -> int:
     preprocess = preprocess_from(settings, model)
     dataset = dataset_from(settings, preprocess)
     layer = settings["layer"] or conv_layers(build_mirror(model))[-1]
-    out = out_dir(settings, f"evolution/{layer}.png")
+    figure = f"evolution/{layer}.png"
     mirrors = (build_mirror(model_from({**settings, "checkpoint": path})) for _, path in checkpoints)
     total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))
-    result = evolve(
-        mirrors, dataset, layer, settings["channels"] or None, indices=range(total),
-        batch_size=settings["batch_size"], num_workers=settings["workers"], progress=settings["progress"],
-    )
-    if not settings["channels"]:
-        result = result.strongest(STRONGEST)
-    path = out / "evolution" / f"{layer}.png"
-    save_png(figure4(result, [label for label, _ in checkpoints], preprocess.denormalize), path)
-    report = write_report(out)
+    with open_run(run_folder(settings, "evolution", figure)) as folder:
+        result = evolve(
+            mirrors, dataset, layer, settings["channels"] or None, indices=range(total),
+            batch_size=settings["batch_size"], num_workers=settings["workers"], progress=settings["progress"],
+        )
+        if not settings["channels"]:
+            result = result.strongest(STRONGEST)
+        save_png(figure4(result, [label for label, _ in checkpoints], preprocess.denormalize), folder.partial / figure)
+    path, report = folder.path / figure, folder.report
     print(
         f"followed {len(result.channels)} channels of {layer} through {len(checkpoints)} checkpoints over {total} images "
         f"in {time.perf_counter() - start:.1f} s; wrote {path} and {report}"

@@ -14,9 +14,9 @@ from ..io import atomic_write
 from ..mirror import build_mirror
 from ..occlusion import occlude
 from ..render import class_name, figure7, save_png, show_patch
-from ..report import write_report
+from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RUN, model_from, out_dir, preprocess_from, require_at_least
+from .common import DATA, MODEL, RUN, model_from, preprocess_from, model_runs_on, require_at_least, run_folder
 from .top9 import conv_layers
 
 OPTIONS = MODEL + DATA + RUN + (
@@ -35,27 +35,29 @@ def run(settings: dict[str, Any]) -> int:
         raise ConfigError("key 'image' is required: the image file to occlude")
     require_at_least(settings, square=1, stride=1, batch_size=1)
     stem = Path(settings["image"]).stem
-    out = out_dir(settings, f"occlusion/{stem}.png")
+    figure = f"occlusion/{stem}.png"
     model = model_from(settings)
     preprocess = preprocess_from(settings, model)
     image = load_image(settings["image"], preprocess)
+    if settings["stride"] > min(image.shape[-2:]):
+        raise ConfigError(f"key 'stride' must be at most the image's side, {min(image.shape[-2:])} pixels, got {settings['stride']}")
     mirror = build_mirror(model)
     layer = settings["layer"] or conv_layers(mirror)[-1]
-    start = time.perf_counter()
-    result = occlude(
-        mirror, image, layer, square=settings["square"], stride=settings["stride"],
-        channel=settings["channel"] if settings["channel"] >= 0 else None,
-        label=settings["label"] if settings["label"] >= 0 else None, batch_size=settings["batch_size"],
-    )
-    seconds = time.perf_counter() - start
-    names = getattr(model, "classes", None)
-    path = out / "occlusion" / f"{stem}.png"
-    save_png(figure7(show_patch(image[None], preprocess.denormalize)[0], result, names), path)
-    maps = {"activation": result.activation, "probability": result.probability, "predicted": result.predicted,
-            "projection": result.projection}
-    for name, values in maps.items():
-        atomic_write(out / "occlusion" / stem / f"{name}.npy", lambda f, v=values: np.save(f, v.numpy()))
-    report = write_report(out)
+    maps = ("activation", "probability", "predicted", "projection")
+    with open_run(run_folder(settings, "occlusion", figure, outputs=tuple(f"occlusion/{stem}/{m}.npy" for m in maps))) as folder:
+        start = time.perf_counter()
+        with model_runs_on(Path(settings["image"]).name, tuple(image.shape)):
+            result = occlude(
+                mirror, image, layer, square=settings["square"], stride=settings["stride"],
+                channel=settings["channel"] if settings["channel"] >= 0 else None,
+                label=settings["label"] if settings["label"] >= 0 else None, batch_size=settings["batch_size"],
+            )
+        seconds = time.perf_counter() - start
+        names = getattr(model, "classes", None)
+        save_png(figure7(show_patch(image[None], preprocess.denormalize)[0], result, names), folder.partial / figure)
+        for name in maps:
+            atomic_write(folder.partial / "occlusion" / stem / f"{name}.npy", lambda f, v=getattr(result, name): np.save(f, v.numpy()))
+    path, report = folder.path / figure, folder.report
     positions = result.activation.numel()
     print(
         f"{positions} square positions in {seconds:.2f} s ({positions / seconds:.0f}/s); {layer} map {result.channel}; "

@@ -13,9 +13,9 @@ from ..data import load_image
 from ..errors import ConfigError
 from ..mirror import Mirror, Selection, build_mirror
 from ..render import class_name, label_strip, row, save_png, show_patch, show_projection, to_pil, upscale
-from ..report import write_report
+from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RUN, model_from, preprocess_from, require_at_least
+from .common import DATA, MODEL, RUN, model_from, preprocess_from, model_runs_on, require_at_least, run_folder
 
 OPTIONS = MODEL + DATA + RUN + (
     option("image", str, "", "the image file to project"),
@@ -57,22 +57,25 @@ def run(settings: dict[str, Any]) -> int:
     names = getattr(model, "classes", None)
     file = Path(settings["image"])
     shown = show_patch(image.cpu(), preprocess.denormalize)
-    out = Path(settings["out"])
     if top:
-        path = out / f"project-{file.stem}-top{top}.png"
-        save_png(_top_classes(mirror, image, shown, top, names, file.name), path)
+        name = f"project-{file.stem}-top{top}.png"
+    elif target is None:
+        name = f"project-{file.stem}-{settings['layer']}-c{settings['channel']}.png"
     else:
-        if target is None:
-            projection = mirror.project(image, settings["layer"], settings["channel"], _position(settings["position"]))
-            what = f"{settings['layer']} channel {settings['channel']}" + (f" at {settings['position']}" if settings["position"] else "")
-            path = out / f"project-{file.stem}-{settings['layer']}-c{settings['channel']}.png"
+        name = f"project-{file.stem}-class{target}.png"
+    with open_run(run_folder(settings, "project", outputs=(name,))) as folder, model_runs_on(file.name, tuple(image.shape[1:])):
+        if top:
+            save_png(_top_classes(mirror, image, shown, top, names, file.name), folder.partial / name)
         else:
-            projection = mirror.project(image, target_class=target)
-            what = f"class {target}" + (f" ({names[target]})" if names and target < len(names) else "")
-            path = out / f"project-{file.stem}-class{target}.png"
-        both = upscale(torch.cat([show_projection(projection.cpu()), shown], 3), math.ceil(256 / image.shape[-2]))
-        save_png(label_strip(to_pil(both[0]), f"{file.name}: projection of {what}  |  image"), path)
-    print(f"wrote {path} and {write_report(out)}")
+            if target is None:
+                projection = mirror.project(image, settings["layer"], settings["channel"], _position(settings["position"]))
+                what = f"{settings['layer']} channel {settings['channel']}" + (f" at {settings['position']}" if settings["position"] else "")
+            else:
+                projection = mirror.project(image, target_class=target)
+                what = f"class {target}" + (f" ({names[target]})" if names and target < len(names) else "")
+            both = upscale(torch.cat([show_projection(projection.cpu()), shown], 3), math.ceil(256 / image.shape[-2]))
+            save_png(label_strip(to_pil(both[0]), f"{file.name}: projection of {what}  |  image"), folder.partial / name)
+    print(f"wrote {folder.path / name} and {folder.report}")
     return 0
 
 

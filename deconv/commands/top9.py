@@ -3,7 +3,8 @@
 Under torchrun every process scans every ``size``-th batch, the per-channel rankings are merged,
 every process projects every ``size``-th batch of each layer's top images and rank 0 draws and
 writes the sheets: the outputs are those of a single process. Each process saves its scan state
-in ``state/`` of the output folder; ``--resume`` continues from it.
+in ``.deconv-partial/state/`` of the output folder while the run lasts (``state/`` once it has
+succeeded); ``--resume`` continues from it.
 """
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ from torch.utils.data import Dataset
 
 from ..config import dump_toml, option
 from ..data import Preprocess
+from ..errors import ConfigError, DatasetError
 from ..distributed import Group, process_group
 from ..io import write_json, write_text
 from ..mirror import Mirror, build_mirror
 from ..render import figure2, save_png
-from ..report import write_report
+from ..run_folder import open_run
 from ..resume import Checkpoint, fingerprint
 from ..scan import Record, ScanState, project_top, scan
 from . import command
-from .common import DATA, MODEL, RUN, dataset_from, device_from, model_from, out_dir, preprocess_from, require_at_least
+from .common import DATA, MODEL, RUN, dataset_from, device_from, model_from, preprocess_from, require_at_least, run_folder
 
 OPTIONS = MODEL + DATA + RUN + (
     option("layers", list, [], "layers to visualise (empty: the rectified output of every convolution)", item=str),
@@ -38,6 +40,7 @@ OPTIONS = MODEL + DATA + RUN + (
     option("strict", bool, False, "stop at the first unreadable image instead of skipping it"),
 )
 
+MAX_TOP = 1000  # a channel's sheet shows its top images side by side
 STATE = "state"  # the folder of the per-process scan states, in the output folder
 
 
@@ -61,26 +64,35 @@ def conv_layers(mirror: Mirror) -> list[str]:
 def run(settings: dict[str, Any]) -> int:
     start = time.perf_counter()
     require_at_least(settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0)
+    if settings["top"] > MAX_TOP:
+        raise ConfigError(f"key 'top' must be <= {MAX_TOP} (activations kept per channel), got {settings['top']}")
     device = device_from(settings)
     with process_group(device) as group:
-        out = out_dir(settings, "top9.json", STATE, resume=settings["resume"])
         model = model_from(settings)
         preprocess = preprocess_from(settings, model)
         dataset = dataset_from(settings, preprocess)
         mirror = build_mirror(model)
         layers = settings["layers"] or conv_layers(mirror)
-        for layer in layers:
-            mirror.index(layer)
         total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))  # type: ignore[arg-type]
-        state = _scan(settings, group, out, model, preprocess, dataset, mirror, layers, total)
-        records = state.records(dataset)
-        if group.main:
-            write_text(out / "config.toml", dump_toml(settings, "deconv top9: the resolved settings of this run"))
-            write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
-            write_json(out / "top9.json", [r.to_json() for r in records])
-        sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records)
+        _rehearse(mirror, dataset, layers, total)
+        folder = run_folder(settings, "top9", "top9.json", STATE, outputs=("config.toml", "skipped.json"), replace_all=True)
+        with open_run(folder, group.main, lambda: group.all_gather(None)):
+            out = folder.partial
+            state = _scan(settings, group, out, model, preprocess, dataset, mirror, layers, total)
+            records = state.records(dataset)
+            if group.main:
+                write_text(out / "config.toml", dump_toml(settings, "deconv top9: the resolved settings of this run"))
+                write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
+                write_json(out / "top9.json", [r.to_json() for r in records])
+            sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records)
+        out = folder.path
+    if not state.images:  # the run is kept: its skipped.json says why
+        raise DatasetError(
+            f"none of the {len(state.skipped)} images of {settings['data']} could be read "
+            f"(the first, {state.skipped[0][1]}: {state.skipped[0][2]}); all are listed with their reasons in {out / 'skipped.json'}"
+        )
     if group.main:
-        report = write_report(out)
+        report = folder.report
         print(
             f"scanned {state.images} images in {time.perf_counter() - start:.1f} s"
             + (f" on {group.size} processes" if group.size > 1 else "")
@@ -90,6 +102,14 @@ def run(settings: dict[str, Any]) -> int:
             shown = ", ".join(p for _, p, _ in state.skipped[:5]) + (" ..." if len(state.skipped) > 5 else "")
             print(f"skipped {len(state.skipped)} unreadable images ({shown}); all listed in {out / 'skipped.json'}")
     return 0
+
+
+def _rehearse(mirror: Mirror, dataset: Dataset, layers: list[str], total: int) -> None:
+    """Scans and projects channel 0 of every layer for the first readable of the first few images, so
+    that unknown layers and images the model cannot run on are refused before the scan, not after it."""
+    state = scan(mirror, dataset, layers, k=1, batch_size=8, indices=range(min(total, 8)), progress=False)
+    for _ in project_top(mirror, dataset, [r for r in state.records(dataset) if r.channel == 0][:len(layers)], progress=False):
+        pass
 
 
 def _scan(
@@ -108,7 +128,7 @@ def _scan(
     state = checkpoint.load() if settings["resume"] else None
     with checkpoint:
         state = scan(
-            mirror, dataset, layers, k=settings["top"], batch_size=settings["batch_size"], num_workers=settings["workers"],
+            mirror, dataset, layers, k=min(settings["top"], total), batch_size=settings["batch_size"], num_workers=settings["workers"],
             indices=group.shard(range(total), settings["batch_size"]), state=state, checkpoint=checkpoint,
             strict=settings["strict"], progress=settings["progress"] and group.main,
         )
@@ -125,7 +145,7 @@ def _sheets(
 ) -> int:
     """Projects this process's share of ``records``; rank 0 draws and writes the sheets of every layer.
 
-    Returns the number of sheets; older sheets in ``out`` are removed once the new ones are written.
+    Returns the number of sheets.
     """
     written = []
     for layer in layers:
@@ -144,7 +164,4 @@ def _sheets(
                 path = out / "sheets" / f"{layer}-{n}.png"
                 save_png(sheet, path)
                 written.append(path)
-    if group.main:
-        for old in set((out / "sheets").glob("*.png")) - set(written):
-            old.unlink()
     return len(written)
