@@ -1,6 +1,7 @@
 """What the commands share: the model, data and output settings and how they become objects."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ __all__ = [
 BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
 
 MODEL = (
-    option("model", str, "", "the model as 'package.module:function' or 'file.py:function' (empty: the embedded default)"),
+    option("model", str, "", "the model as 'package.module:function' or 'file.py:function' (a file relative to the config file's folder; empty: the embedded default)"),
+    option("model_args", dict, {}, "keyword arguments for the model function, e.g. weights=IMAGENET1K_V1 (a table in a config)"),
     option("checkpoint", str, "", "weights for the model: a state_dict or a whole saved model (empty: none)"),
     option("device", str, "auto", "'cpu', 'cuda', 'cuda:1', ... or 'auto' (cuda when available)"),
 )
@@ -30,8 +32,10 @@ DATA = (
     option("image_channels", int, 0, "1 (grey) or 3 (RGB); 0: what the model's first convolution takes"),
     option("resize", int, 0, "resize images so the shorter side has this many pixels (0: keep)"),
     option("crop", int, 0, "centre-crop images to this square size (0: keep)"),
-    option("mean", list, [], "per-channel mean to subtract (empty: the embedded model's, or 0)", item=float),
-    option("std", list, [], "per-channel standard deviation to divide by (empty: the embedded model's, or 1)", item=float),
+    option("mean", list, [], "per-channel mean to subtract, on the 0-1 scale (0-pixel_scale if set; empty: the embedded model's, or 0)", item=float),
+    option("std", list, [], "per-channel standard deviation to divide by, on the same scale (empty: the embedded model's, or 1)", item=float),
+    option("pixel_scale", float, 1.0, "pixel values run 0..pixel_scale before mean/std (255 for Caffe-style weights)"),
+    option("channel_order", str, "RGB", "channel order the model takes ('BGR' for Caffe-style weights)", choices=("RGB", "BGR")),
     option("batch_size", int, 256, "images per forward pass"),
     option("workers", int, 0, "data-loading worker processes"),
 )
@@ -65,7 +69,7 @@ def device_from(settings: dict[str, Any]) -> torch.device:
 
 def model_from(settings: dict[str, Any]) -> nn.Module:
     """The configured model, in eval mode, on the configured device."""
-    model = load_model(settings["model"] or None, settings["checkpoint"] or None)
+    model = load_model(settings["model"] or None, settings["checkpoint"] or None, settings["model_args"])
     return model.to(device_from(settings))
 
 
@@ -79,6 +83,11 @@ def preprocess_from(settings: dict[str, Any], model: nn.Module) -> Preprocess:
     default = not settings["model"]
     mean = settings["mean"] or (list(FASHION_MNIST_MEAN) if default else [0.0])
     std = settings["std"] or (list(FASHION_MNIST_STD) if default else [1.0])
+    if settings["pixel_scale"] == 1 and max(mean) > 1:
+        print(
+            f"warning: mean {mean} is above 1 but pixels run 0..1: a 0..255 (Caffe-style) mean needs pixel_scale = 255; "
+            "on the 0..1 scale ImageNet's mean is [0.485, 0.456, 0.406]", file=sys.stderr,
+        )
     try:
         return Preprocess(
             channels=settings["image_channels"] or _first_conv_channels(model),
@@ -86,6 +95,8 @@ def preprocess_from(settings: dict[str, Any], model: nn.Module) -> Preprocess:
             crop=settings["crop"] or None,
             mean=tuple(mean),
             std=tuple(std),
+            pixel_scale=settings["pixel_scale"],
+            channel_order=settings["channel_order"],
         )
     except ValueError as error:
         raise ConfigError(f"preprocessing: {error}") from None
