@@ -54,10 +54,12 @@ CLIP = 0.995  # projections reach black/white at this quantile of |p|: a few ext
 OUTSIDE = (0.30, 0.30, 0.34)  # hatch colour for box parts beyond the image
 
 
-def show_projection(projection: torch.Tensor) -> torch.Tensor:
-    """``(K, C, h, w)`` projections -> ``(K, 3, h, w)`` in [0, 1], each scaled on its own around grey."""
+def show_projection(projection: torch.Tensor, channel_order: str = "RGB") -> torch.Tensor:
+    """``(K, C, h, w)`` projections -> ``(K, 3, h, w)`` in [0, 1], each scaled on its own around grey;
+    the channels of a model that takes ``"BGR"`` are shown as RGB."""
     peak = torch.quantile(projection.flatten(1).abs(), CLIP, dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    return _rgb((0.5 + 0.5 * projection / peak).clamp(0, 1))
+    shown = _rgb((0.5 + 0.5 * projection / peak).clamp(0, 1))
+    return shown.flip(1) if channel_order == "BGR" and projection.shape[1] == 3 else shown
 
 
 def show_patch(
@@ -200,7 +202,9 @@ def _uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def display_tiles(chunk: Projected, denormalize: Callable[[torch.Tensor], torch.Tensor], tile_px: int = 80) -> list[Tile]:
+def display_tiles(
+    chunk: Projected, denormalize: Callable[[torch.Tensor], torch.Tensor], tile_px: int = 80, channel_order: str = "RGB"
+) -> list[Tile]:
     """A chunk of projected records as display tiles, all of one size per layer.
 
     Each tile is the receptive-field box centred on its activation (no larger than the image), drawn at :func:`display_size`; the part beyond the image is hatched, on both sides.
@@ -211,7 +215,7 @@ def display_tiles(chunk: Projected, denormalize: Callable[[torch.Tensor], torch.
     th, tw = min(h, chunk.image_size[0]), min(w, chunk.image_size[1])
     window = (slice(None), slice(None), slice((h - th) // 2, (h - th) // 2 + th), slice((w - tw) // 2, (w - tw) // 2 + tw))
     size = display_size((th, tw), tile_px)
-    projections = _resize(_uint8(show_projection(chunk.projections[window].float().cpu())), size)
+    projections = _resize(_uint8(show_projection(chunk.projections[window].float().cpu(), channel_order)), size)
     patches = _resize(_uint8(show_patch(chunk.patches[window].float().cpu(), denormalize)), size)
     valid = torch.nn.functional.interpolate(chunk.inside[window].float().cpu(), size=size, mode="nearest") > 0.5
     if not bool(valid.all()):
@@ -224,7 +228,8 @@ def display_tiles(chunk: Projected, denormalize: Callable[[torch.Tensor], torch.
 
 
 def save_projections(
-    chunk: Projected, denormalize: Callable[[torch.Tensor], torch.Tensor], folder: str | os.PathLike[str], kind: str
+    chunk: Projected, denormalize: Callable[[torch.Tensor], torch.Tensor], folder: str | os.PathLike[str], kind: str,
+    channel_order: str = "RGB",
 ) -> None:
     """Writes each record's full-resolution receptive-field box as ``folder/LAYER/CHANNEL-RANK.npy``
     (the projection, ``(C, h, w)`` float32) or ``.png`` (the projection beside the image patch, hatched
@@ -235,7 +240,7 @@ def save_projections(
             atomic_write(path, lambda f: np.save(f, chunk.projections[n].float().cpu().numpy()))
             continue
         valid = chunk.inside[n : n + 1].cpu()
-        shown = hatch(show_projection(chunk.projections[n : n + 1].float().cpu()), valid)
+        shown = hatch(show_projection(chunk.projections[n : n + 1].float().cpu(), channel_order), valid)
         patch = show_patch(chunk.patches[n : n + 1].float().cpu(), denormalize, valid)
         save_png(to_pil(grid(torch.cat([shown, patch]), 2)), path)
 

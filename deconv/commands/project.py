@@ -80,7 +80,7 @@ def run(settings: dict[str, Any]) -> int:
             projection = mirror.project(image, target_class=target)
             what = f"class {target}" + (f" ({names[target]})" if names and target < len(names) else "")
             path = out / f"project-{file.stem}-class{target}.png"
-        both = upscale(torch.cat([show_projection(projection.cpu()), shown], 3), math.ceil(256 / image.shape[-2]))
+        both = upscale(torch.cat([show_projection(projection.cpu(), preprocess.channel_order), shown], 3), math.ceil(256 / image.shape[-2]))
         save_png(label_strip(to_pil(both[0]), f"{file.name}: projection of {what}  |  image"), path)
     print(f"wrote {path} and {write_report(out)}")
     return 0

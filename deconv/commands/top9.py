@@ -175,11 +175,13 @@ def _sheets(
                     mirror, dataset, [r for r in mine if r.channel in part], batch_size=settings["batch_size"],
                     num_workers=settings["workers"], memory_budget=settings["memory_budget_mb"] * 2**20, progress=False,
                 )
-                for chunk in clock.timed("projections", chunks):
+                for chunk in clock.timed(f"projections {layer}", chunks):
                     with clock("rendering"):
-                        tiles += display_tiles(chunk, preprocess.denormalize, settings["tile_px"])
+                        tiles += display_tiles(chunk, preprocess.denormalize, settings["tile_px"], preprocess.channel_order)
                         if settings["save_projections"]:
-                            save_projections(chunk, preprocess.denormalize, out / "projections", settings["save_projections"])
+                            save_projections(
+                                chunk, preprocess.denormalize, out / "projections", settings["save_projections"], preprocess.channel_order
+                            )
                     bar.update(len(chunk.records))
                 gathered = group.gather(tiles)
                 del tiles
