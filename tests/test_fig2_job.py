@@ -89,3 +89,28 @@ def test_summary_times_each_phase_and_each_progress_bar_prints_once(tmp_path: Pa
     bars = [x.split(":")[0] for x in done.stderr.splitlines() if x.strip()]
     assert bars == ["scan", "project features.1", "project features.4"], done.stderr  # one line each, in a log
     assert "120/120 img" in done.stderr
+
+
+def test_full_resolution_projections_are_written_only_on_request(tmp_path: Path) -> None:
+    import numpy as np
+
+    import deconv
+    from deconv.mirror import Selection
+
+    flags = ["--layers", "features.11", "--channels", "features.11=3-4"]
+    assert main([*SMALL, *flags, "--out", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none" / "projections").exists()
+    assert main([*SMALL, *flags, "--save-projections", "png", "--out", str(tmp_path / "png")]) == 0
+    assert len(list((tmp_path / "png" / "projections" / "features.11").glob("*.png"))) == 2 * 9
+    out = tmp_path / "npy"
+    assert main([*SMALL, *flags, "--save-projections", "npy", "--out", str(out)]) == 0
+    records = json.loads((out / "top9.json").read_text())
+    assert sorted(p.name for p in (out / "projections" / "features.11").iterdir()) == sorted(
+        f"{r['channel']}-{r['rank']}.npy" for r in records
+    )
+    r = records[-1]  # the last one, against its own projection cut to its receptive field
+    images = torch.stack([deconv.default_dataset()[r["index"]][0]])
+    mirror = deconv.build_mirror(deconv.default_model())
+    ((_, expected),) = mirror.projections(images, [Selection(0, r["layer"], r["channel"], r["y"], r["x"])], crop=True)
+    saved = np.load(out / "projections" / "features.11" / f"{r['channel']}-{r['rank']}.npy")
+    torch.testing.assert_close(torch.from_numpy(saved), expected[0])
