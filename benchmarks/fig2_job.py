@@ -107,9 +107,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="conv1_2 and 8 channels of conv5_3 only")
     parser.add_argument("--images", type=int, default=0, help="images whose batched rate is measured (0: all of the job's)")
     parser.add_argument("--out", type=Path, help="the job's output folder (default: a temporary one)")
+    parser.add_argument("--channels", nargs="*", default=[], help="passed to the job's --channels (e.g. features.29=0-63: one sheet)")
+    parser.add_argument("--sample", type=int, default=144, help="conv5_3 selections per case of the cost table")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     flags = ["--layers", "features.3", "features.29", "--channels", "features.29=0-7"] if args.quick else []
+    flags += ["--channels", *args.channels] if args.channels and not args.quick else []
     os.chdir(ROOT)  # the config names its inputs relative to the repository root
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
@@ -157,30 +160,30 @@ def main() -> int:
         f"{job['thumb_kb']:.0f} KB on average",
     ]
     if "features.29" in layers:
-        lines += ["", *conv5_cost(mirror, images, job["records"], rate["features.29"], quick=args.quick)]
+        lines += ["", *conv5_cost(mirror, images, job["records"], rate["features.29"], 72 if args.quick else args.sample)]
     print("\n".join(lines))
     return 0
 
 
-def conv5_cost(mirror: deconv.Mirror, images: torch.Tensor, records: list[dict], reference: float, quick: bool) -> list[str]:
+def conv5_cost(mirror: deconv.Mirror, images: torch.Tensor, records: list[dict], reference: float, sample: int) -> list[str]:
     """conv5_3's batched rate by where the selections are: the job's own, centred, in a corner; and random weights."""
     from vgg import vgg16
 
     layer, side = "features.29", mirror.shapes(tuple(images.shape[1:]))[mirror.index("features.29")][-1]
     own = [Selection(r["index"], layer, r["channel"], r["y"], r["x"]) for r in records if r["layer"] == layer]
-    sample = own[: 8 * 9] if quick else own[: 16 * 9]  # the top 9 of 16 channels, as the job projects them
+    sample = own[:sample]  # the top 9 of the first channels, as the job projects them
     random_mirror = deconv.build_mirror(vgg16())
     noise = torch.randn(1, 3, *images.shape[-2:], generator=torch.Generator().manual_seed(0))
-    random_sel = strongest(random_mirror, noise, 0, layer)
-    photo_sel = strongest(mirror, images, 0, layer)
+    random_sel = strongest(random_mirror, noise, 0, layer, min(K, len(sample)))
+    photo_sel = strongest(mirror, images, 0, layer, min(K, len(sample)))
     cases = [
-        ("HED weights, photos: the job's own selections (top 9 of 16 channels, 20 images)", mirror, images, sample),
+        (f"HED weights, photos: the job's own selections (top 9 of {len(sample) // 9} channels, 20 images)", mirror, images, sample),
         ("the same, every selection moved to the map's centre (7, 7)", mirror, images, [s._replace(y=side // 2, x=side // 2) for s in sample]),
         ("the same, every selection moved to the corner (0, 0)", mirror, images, [s._replace(y=0, x=0) for s in sample]),
         ("the same, sorted by row then column (corner and edge selections apart)", mirror, images, sorted(sample, key=lambda s: (s.y, s.x))),
-        ("HED weights, one photo, its 64 strongest channels (the batched rate above)", mirror, images, photo_sel),
-        ("random weights (benchmarks/run.py), one noise image, its 64 strongest channels", random_mirror, noise, random_sel),
-        ("random weights, the same 64 selections moved to the centre", random_mirror, noise, [s._replace(y=side // 2, x=side // 2) for s in random_sel]),
+        (f"HED weights, one photo, its {len(photo_sel)} strongest channels (as the batched rate above)", mirror, images, photo_sel),
+        (f"random weights (benchmarks/run.py), one noise image, its {len(random_sel)} strongest channels", random_mirror, noise, random_sel),
+        ("random weights, the same selections moved to the centre", random_mirror, noise, [s._replace(y=side // 2, x=side // 2) for s in random_sel]),
     ]
     lines = [
         f"conv5_3 (`{layer}`, {side}x{side} maps): batched rate by position of the selections (one `projections(..., crop=True)` call each)",
