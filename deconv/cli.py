@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import NoReturn, Sequence
 
 import torch
 
 from .commands import COMMANDS, all_options
-from .config import Option, load_config, resolve
+from .config import Option, load_config, parse_pair, resolve
 from .errors import DeconvError
+from .models import spec_beside
 
 __all__ = ["main", "parser"]
 
@@ -22,6 +24,8 @@ def _add(parser: argparse.ArgumentParser, o: Option) -> None:
     kw = {"dest": o.key, "default": None, "help": o.help + default}
     if o.type is bool:
         parser.add_argument(o.flag, action=argparse.BooleanOptionalAction, **kw)
+    elif o.type is dict:
+        parser.add_argument(o.flag, nargs="*", metavar="KEY=VALUE", **kw)
     elif o.type is list:
         parser.add_argument(o.flag, nargs="*", type=o.item, metavar=o.key.upper(), **kw)
     else:
@@ -54,7 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = COMMANDS[args.pop("command")]
     config = args.pop("config")
     try:
-        file = load_config(config, all_options()) if config else {}
+        file = load_config(config, [*all_options(), *command.options]) if config else {}  # the command's own types win
+        if file.get("model"):  # a model file named in a config is found beside it, from any folder
+            file["model"] = spec_beside(file["model"], Path(config).parent)
+        for o in command.options:
+            if o.type is dict and args.get(o.key) is not None:
+                args[o.key] = dict(parse_pair(pair, o.flag) for pair in args[o.key])
         return command.run(resolve(command.options, file, args)) or 0
     except DeconvError as error:
         print(f"deconv {command.name}: error: {error}", file=sys.stderr)

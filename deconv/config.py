@@ -14,14 +14,15 @@ from typing import Any, Iterable
 
 from .errors import ConfigError
 
-__all__ = ["Option", "option", "load_config", "resolve", "dump_toml"]
+__all__ = ["Option", "option", "load_config", "resolve", "dump_toml", "parse_pair"]
 
 LARGEST = 2**31 - 1  # the largest integer setting: beyond it counts and sizes overflow torch's
 
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its key, type (``str``, ``int``, ``float``, ``bool`` or ``list``), default and help.
+    """One setting: its key, type (``str``, ``int``, ``float``, ``bool``, ``list`` or ``dict``: a TOML table,
+    ``--flag KEY=VALUE ...`` on the command line), default and help.
 
     ``item`` is the element type of a list. ``choices`` restricts the values.
     """
@@ -44,6 +45,10 @@ class Option:
             if not isinstance(value, list):
                 raise ConfigError(f"{where}: key {self.key!r} must be a list of {_name(self.item)}, got {_show(value)}")
             return [Option(self.key, self.item, None, "").check(v, where) for v in value]
+        if expected is dict:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: key {self.key!r} must be a table (KEY=VALUE pairs), got {_show(value)}")
+            return value
         ok = (
             isinstance(value, bool) if expected is bool
             else isinstance(value, int) and not isinstance(value, bool) if expected is int
@@ -63,7 +68,8 @@ def option(key: str, type: type, default: Any, help: str, **kw: Any) -> Option:
 
 
 def _name(t: type | None) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}.get(t, str(t))
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
+    return names.get(t, str(t))
 
 
 def _show(value: Any) -> str:
@@ -134,4 +140,18 @@ def _toml(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + "}"
     return json.dumps(str(value))
+
+
+def parse_pair(text: str, flag: str = "") -> tuple[str, Any]:
+    """``"KEY=VALUE"`` from a command line: the value as a TOML value (``5``, ``true``, ``[1, 2]``) or else
+    as a string; ``ConfigError`` without ``=``."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise ConfigError(f"{flag or 'a table flag'}: expected KEY=VALUE, got {text!r}")
+    try:
+        return key, tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, value

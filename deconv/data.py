@@ -66,8 +66,10 @@ class Preprocess:
     Steps: convert to greyscale (``channels=1``) or RGB (``channels=3``), with any transparency
     composited onto black (16-bit greyscale is scaled from 0..65535, float images clipped to
     0..1); resize so the shorter side is ``size`` (bilinear); centre-crop to ``crop x crop``
-    (padding with black if the image is smaller); scale to [0, 1]; then ``(x - mean) / std`` per
-    channel. ``mean``/``std`` of length 1 apply to every channel.
+    (padding with black if the image is smaller); scale to [0, ``pixel_scale``] (1: torchvision's
+    0..1, 255: Caffe's 0..255); put the channels in ``channel_order`` ("RGB", or "BGR" for Caffe-trained
+    weights); then ``(x - mean) / std`` per channel, on that scale and in that order. ``mean``/``std``
+    of length 1 apply to every channel.
     """
 
     channels: int = 3
@@ -75,6 +77,8 @@ class Preprocess:
     crop: int | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    pixel_scale: float = 1.0
+    channel_order: str = "RGB"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -94,6 +98,10 @@ class Preprocess:
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if any(v <= 0 for v in self.std):
             raise ValueError(f"Preprocess.std values must be > 0, got {self.std!r}")
+        if not (isinstance(self.pixel_scale, (int, float)) and math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
+            raise ValueError(f"Preprocess.pixel_scale must be a finite number > 0 (1 or 255), got {self.pixel_scale!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"Preprocess.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(-1, 1, 1)
@@ -131,9 +139,14 @@ class Preprocess:
 
     def tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 pixels ``(..., H, W, C)`` -> ``(..., C, H, W)`` float32, normalised."""
-        x = torch.from_numpy(np.asarray(pixels, dtype=np.float32) / 255.0).movedim(-1, -3).contiguous()
+        x = torch.from_numpy(np.asarray(pixels, dtype=np.float32) * (self.pixel_scale / 255.0)).movedim(-1, -3)
+        x = self._ordered(x).contiguous()
         mean, std = self._stats(x)
         return (x - mean) / std
+
+    def _ordered(self, x: torch.Tensor) -> torch.Tensor:
+        """Swaps RGB and BGR along the channel axis ``-3`` where ``channel_order`` is "BGR" (its own inverse)."""
+        return x.flip(-3) if self.channel_order == "BGR" and x.shape[-3] == 3 else x
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., C, H, W)`` normalised -> the same shape with values in [0, 1] (clamped)."""
@@ -142,7 +155,7 @@ class Preprocess:
                 f"Preprocess.denormalize expects (..., {self.channels}, H, W), got shape {tuple(x.shape)}"
             )
         mean, std = self._stats(x)
-        return (x * std + mean).clamp(0.0, 1.0)
+        return self._ordered((x * std + mean) / self.pixel_scale).clamp(0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------- idx

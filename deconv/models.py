@@ -134,19 +134,25 @@ def default_model() -> ZFNet28:
 
 
 def load_model(
-    spec: str | None, checkpoint: str | os.PathLike[str] | None, *, trust_checkpoint: bool = False
+    spec: str | None,
+    checkpoint: str | os.PathLike[str] | None,
+    args: Mapping[str, Any] | None = None,
+    *,
+    trust_checkpoint: bool = False,
 ) -> nn.Module:
     """Build a model from ``spec`` and optionally load ``checkpoint`` into it; returns it in eval mode.
 
     ``spec`` is None (the bundled :func:`default_model`), ``"package.module:function"`` or
-    ``"path/to/file.py:function"``; the function is called without arguments and must return an
-    ``nn.Module``. ``checkpoint`` is a state_dict or a dict with a ``"state_dict"`` or ``"model"``
-    entry, read as data only (``torch.load(weights_only=True)``). A whole pickled ``nn.Module``
-    needs ``trust_checkpoint=True``, because unpickling it runs code named in the file: only for
-    files you trust. It is returned as is when ``spec`` is None; with a ``spec`` its weights are
-    loaded into the spec's model.
+    ``"path/to/file.py:function"``; the function is called with the keyword arguments ``args`` (none
+    by default) and must return an ``nn.Module``. ``checkpoint`` is a state_dict or a dict with a
+    ``"state_dict"`` or ``"model"`` entry, read as data only (``torch.load(weights_only=True)``). A
+    whole pickled ``nn.Module`` needs ``trust_checkpoint=True``, because unpickling it runs code named
+    in the file: only for files you trust. It is returned as is when ``spec`` is None; with a
+    ``spec`` its weights are loaded into the spec's model.
     """
-    model = default_model() if spec is None else _model_from_spec(spec)
+    if spec is None and args:
+        raise ModelLoadError(f"model arguments {dict(args)} need a model spec; the embedded default takes none")
+    model = default_model() if spec is None else _model_from_spec(spec, args or {})
     if checkpoint is None:
         return model.eval()
     loaded = _read_checkpoint(Path(checkpoint), trust=trust_checkpoint)
@@ -156,7 +162,16 @@ def load_model(
     return model.eval()
 
 
-def _model_from_spec(spec: str) -> nn.Module:
+def spec_beside(spec: str, folder: str | os.PathLike[str]) -> str:
+    """A ``"file.py:function"`` spec with a relative file made relative to ``folder`` (a config file's);
+    other specs unchanged."""
+    module_name, colon, attribute = spec.rpartition(":")
+    if colon and (module_name.endswith(".py") or "/" in module_name or os.sep in module_name) and not Path(module_name).is_absolute():
+        return f"{Path(folder) / module_name}:{attribute}"
+    return spec
+
+
+def _model_from_spec(spec: str, args: Mapping[str, Any]) -> nn.Module:
     module_name, _, attribute = spec.rpartition(":")
     if not module_name or not attribute:
         raise ModelLoadError(f"model spec {spec!r}: expected 'package.module:function' or 'path/to/file.py:function'")
@@ -179,9 +194,10 @@ def _model_from_spec(spec: str) -> nn.Module:
     if not callable(target):
         raise ModelLoadError(f"model spec {spec!r}: {attribute} is a {type(target).__name__}, not a function")
     try:
-        model = target()
+        model = target(**args)
     except (Exception, SystemExit) as error:  # noqa: BLE001
-        raise ModelLoadError(f"model spec {spec!r}: calling {attribute}() failed: {_reason(error)}") from None
+        shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+        raise ModelLoadError(f"model spec {spec!r}: calling {attribute}({shown}) failed: {_reason(error)}") from None
     if not isinstance(model, nn.Module):
         raise ModelLoadError(
             f"model spec {spec!r}: {attribute}() returned {type(model).__name__}, expected a torch.nn.Module"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -19,7 +21,7 @@ from .occlusion import Occlusion, squares
 
 if TYPE_CHECKING:
     from .evolution import Evolution
-    from .scan import Projected
+    from .scan import Projected, Record
 
 __all__ = [
     "show_projection",
@@ -32,6 +34,11 @@ __all__ = [
     "label_strip",
     "save_png",
     "figure2",
+    "Tile",
+    "display_tiles",
+    "display_size",
+    "save_projections",
+    "hatch",
     "colormap",
     "colour_bar",
     "legend",
@@ -47,10 +54,12 @@ CLIP = 0.995  # projections reach black/white at this quantile of |p|: a few ext
 OUTSIDE = (0.30, 0.30, 0.34)  # hatch colour for box parts beyond the image
 
 
-def show_projection(projection: torch.Tensor) -> torch.Tensor:
-    """``(K, C, h, w)`` projections -> ``(K, 3, h, w)`` in [0, 1], each scaled on its own around grey."""
+def show_projection(projection: torch.Tensor, channel_order: str = "RGB") -> torch.Tensor:
+    """``(K, C, h, w)`` projections -> ``(K, 3, h, w)`` in [0, 1], each scaled on its own around grey;
+    the channels of a model that takes ``"BGR"`` are shown as RGB."""
     peak = torch.quantile(projection.flatten(1).abs(), CLIP, dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-    return _rgb((0.5 + 0.5 * projection / peak).clamp(0, 1))
+    shown = _rgb((0.5 + 0.5 * projection / peak).clamp(0, 1))
+    return shown.flip(1) if channel_order == "BGR" and projection.shape[1] == 3 else shown
 
 
 def show_patch(
@@ -61,12 +70,15 @@ def show_patch(
     ``valid`` ``(K, 1, h, w)`` marks pixels inside the image; the rest is hatched.
     """
     shown = _rgb(denormalize(patch).clamp(0, 1))
-    if valid is None:
-        return shown
-    h, w = shown.shape[-2:]
-    stripes = ((torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 6 < 3).to(shown)
-    hatch = torch.tensor(OUTSIDE).view(3, 1, 1).to(shown) * (0.8 + 0.4 * stripes)
-    return torch.where(valid.to(torch.bool), shown, hatch)
+    return shown if valid is None else hatch(shown, valid)
+
+
+def hatch(tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(K, 3, h, w)`` in [0, 1] with the pixels outside ``valid`` ``(K, 1, h, w)`` hatched."""
+    h, w = tiles.shape[-2:]
+    stripes = ((torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 6 < 3).to(tiles)
+    lines = torch.tensor(OUTSIDE).view(3, 1, 1).to(tiles) * (0.8 + 0.4 * stripes)
+    return torch.where(valid.to(torch.bool), tiles, lines)
 
 
 def _rgb(x: torch.Tensor) -> torch.Tensor:
@@ -79,7 +91,9 @@ def upscale(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def grid(tiles: torch.Tensor, columns: int, gap: int = 2, fill: float = BACKGROUND) -> torch.Tensor:
-    """``(K, 3, h, w)`` tiles -> one ``(3, H, W)`` image, row by row, ``gap`` pixels apart."""
+    """``(K, 3, h, w)`` tiles -> one ``(3, H, W)`` image, row by row, ``gap`` pixels apart (``fill``
+    between them; white for uint8 tiles)."""
+    fill = 255 if tiles.dtype == torch.uint8 else fill
     k, c, h, w = tiles.shape
     rows = max(1, math.ceil(k / columns))
     out = tiles.new_full((c, rows * (h + gap) - gap, columns * (w + gap) - gap), fill)
@@ -90,8 +104,9 @@ def grid(tiles: torch.Tensor, columns: int, gap: int = 2, fill: float = BACKGROU
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
-    """``(3, H, W)`` in [0, 1] -> an RGB PIL image."""
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+    """``(3, H, W)`` in [0, 1] (or uint8) -> an RGB PIL image."""
+    pixels = image if image.dtype == torch.uint8 else _uint8(image)
+    array = pixels.permute(1, 2, 0).contiguous().cpu().numpy()
     return Image.fromarray(array, "RGB")
 
 
@@ -108,18 +123,23 @@ def label_strip(image: Image.Image, text: str, size: int = 13) -> Image.Image:
     return out
 
 
-def channel_panel(projections: torch.Tensor, patches: torch.Tensor, label: str, gap: int = 6) -> Image.Image:
+def channel_panel(projections: torch.Tensor, patches: torch.Tensor, label: str, gap: int = 6, spacing: int = 2) -> Image.Image:
     """The paper's Fig. 2 cell: 3x3 projections beside the 3x3 image patches that caused them.
 
-    ``projections`` and ``patches`` are ``(k, 3, h, w)`` display tiles (``k <= 9``), best first.
+    ``projections`` and ``patches`` are ``(k, 3, h, w)`` display tiles (``k <= 9``; uint8 or in [0, 1]),
+    best first, ``spacing`` pixels apart; the two grids ``gap`` pixels apart.
     """
-    columns = 3 if projections.shape[0] > 1 else 1
-    left = grid(projections, columns)
-    right = grid(patches, columns)
-    both = torch.full((3, left.shape[1], left.shape[2] + gap + right.shape[2]), BACKGROUND)
-    both[:, :, : left.shape[2]] = left
-    both[:, :, left.shape[2] + gap :] = right
-    return label_strip(to_pil(both), label)
+    k, _, h, w = projections.shape
+    columns = 3 if k > 1 else 1
+    rows = math.ceil(k / columns)
+    side = columns * (w + spacing) - spacing
+    out = Image.new("RGB", (2 * side + gap, rows * (h + spacing) - spacing), "white")
+    for left, tiles in ((0, projections), (side + gap, patches)):
+        pixels = (tiles if tiles.dtype == torch.uint8 else _uint8(tiles)).permute(0, 2, 3, 1).cpu().numpy()
+        for i, tile in enumerate(pixels):
+            r, q = divmod(i, columns)
+            out.paste(Image.fromarray(tile, "RGB"), (left + q * (w + spacing), r * (h + spacing)))
+    return label_strip(out, label)
 
 
 def sheets(panels: Sequence[Image.Image], title: str, per_sheet: int = 64, margin: int = 10) -> list[Image.Image]:
@@ -148,49 +168,103 @@ def save_png(image: Image.Image, path: str | os.PathLike[str]) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
-def figure2(
-    chunks: Iterable[Projected], denormalize: Callable[[torch.Tensor], torch.Tensor], per_sheet: int = 64, size: int = 64
-) -> list[Image.Image]:
-    """Sheets of the paper's Fig. 2 for one layer: per channel, its top projections beside their patches.
+class Tile(NamedTuple):
+    """One entry of a Fig. 2 panel at display size: its record, its projection and image patch as
+    ``(3, t, t')`` uint8 tiles, and whether it is active (else it is drawn blank)."""
 
-    ``chunks`` are the :class:`~deconv.scan.Projected` chunks of one layer. Each tile shows the
-    receptive-field box cut to the image (where a deep layer's box is larger than the image, only
-    the image part carries anything); tiles are enlarged by an integer factor to about ``size`` pixels.
-    An entry whose activation is not positive and whose projection is zero is left blank (its image
-    is only the first of many with nothing there), and the panel's label counts the active ones.
+    record: Record
+    projection: torch.Tensor
+    patch: torch.Tensor
+    active: bool
+
+
+def display_size(box: tuple[int, int], tile_px: int) -> tuple[int, int]:
+    """The ``(h, w)`` a ``box`` is drawn at: enlarged by the integer factor that fits ``tile_px``, or
+    downscaled so that its longer side is ``tile_px``."""
+    side = max(box)
+    if side <= tile_px:
+        return box[0] * (tile_px // side), box[1] * (tile_px // side)
+    return max(1, round(box[0] * tile_px / side)), max(1, round(box[1] * tile_px / side))
+
+
+def _resize(tiles: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(K, 3, h, w)`` uint8 -> ``(K, 3, *size)``: an integer enlargement repeats pixels, any other
+    size is Pillow's Lanczos filter (a proper low-pass for downscaling)."""
+    h, w = tiles.shape[-2:]
+    if size[0] % h == 0 and size[0] // h == size[1] / w:
+        return upscale(tiles, size[0] // h)
+    pixels = tiles.permute(0, 2, 3, 1).numpy()
+    out = [np.asarray(Image.fromarray(p).resize(size[::-1], Image.Resampling.LANCZOS)) for p in pixels]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
+def _uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def display_tiles(
+    chunk: Projected, denormalize: Callable[[torch.Tensor], torch.Tensor], tile_px: int = 80, channel_order: str = "RGB"
+) -> list[Tile]:
+    """A chunk of projected records as display tiles, all of one size per layer.
+
+    Each tile is the receptive-field box centred on its activation (no larger than the image), drawn at :func:`display_size`; the part beyond the image is hatched, on both sides.
+    An entry whose activation is not positive and whose projection is zero is inactive (its image
+    is only the first of many with nothing there).
     """
-    tiles: dict[int, list[tuple[int, torch.Tensor, torch.Tensor, bool]]] = {}
-    layer = ""
-    for chunk in chunks:
-        shown = show_projection(chunk.projections.float().cpu())
-        patches = show_patch(chunk.patches.float().cpu(), denormalize, chunk.inside.cpu())
-        silent = chunk.projections.flatten(1).abs().amax(1).cpu() == 0
-        for record, projection, patch, inside, nothing in zip(chunk.records, shown, patches, chunk.inside.cpu(), silent):
-            layer = record.layer
-            rows, cols = inside[0].any(1).nonzero()[:, 0], inside[0].any(0).nonzero()[:, 0]
-            box = (slice(None), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-            active = record.value > 0 or not bool(nothing)
-            tiles.setdefault(record.channel, []).append((record.rank, projection[box], patch[box], active))
-    h = max(t.shape[1] for ranked in tiles.values() for _, t, _, _ in ranked)
-    w = max(t.shape[2] for ranked in tiles.values() for _, t, _, _ in ranked)
-    factor = max(1, round(size / max(h, w)))
+    h, w = chunk.projections.shape[-2:]
+    th, tw = min(h, chunk.image_size[0]), min(w, chunk.image_size[1])
+    window = (slice(None), slice(None), slice((h - th) // 2, (h - th) // 2 + th), slice((w - tw) // 2, (w - tw) // 2 + tw))
+    size = display_size((th, tw), tile_px)
+    projections = _resize(_uint8(show_projection(chunk.projections[window].float().cpu(), channel_order)), size)
+    patches = _resize(_uint8(show_patch(chunk.patches[window].float().cpu(), denormalize)), size)
+    valid = torch.nn.functional.interpolate(chunk.inside[window].float().cpu(), size=size, mode="nearest") > 0.5
+    if not bool(valid.all()):
+        projections = _uint8(hatch(projections / 255.0, valid))
+        patches = _uint8(hatch(patches / 255.0, valid))
+    silent = chunk.projections.flatten(1).abs().amax(1).cpu() == 0
+    return [
+        Tile(r, p, q, r.value > 0 or not bool(n)) for r, p, q, n in zip(chunk.records, projections, patches, silent)
+    ]
 
-    def fit(tile: torch.Tensor, active: bool) -> torch.Tensor:  # edge tiles are smaller: pad them to the layer's size
-        out = torch.full((3, h, w), BACKGROUND)
-        if active:
-            out[:, : tile.shape[1], : tile.shape[2]] = tile
-        return upscale(out, factor)
 
+def save_projections(
+    chunk: Projected, denormalize: Callable[[torch.Tensor], torch.Tensor], folder: str | os.PathLike[str], kind: str,
+    channel_order: str = "RGB",
+) -> None:
+    """Writes each record's full-resolution receptive-field box as ``folder/LAYER/CHANNEL-RANK.npy``
+    (the projection, ``(C, h, w)`` float32) or ``.png`` (the projection beside the image patch, hatched
+    beyond the image)."""
+    for n, record in enumerate(chunk.records):
+        path = Path(folder) / record.layer / f"{record.channel}-{record.rank}.{kind}"
+        if kind == "npy":
+            atomic_write(path, lambda f: np.save(f, chunk.projections[n].float().cpu().numpy()))
+            continue
+        valid = chunk.inside[n : n + 1].cpu()
+        shown = hatch(show_projection(chunk.projections[n : n + 1].float().cpu(), channel_order), valid)
+        patch = show_patch(chunk.patches[n : n + 1].float().cpu(), denormalize, valid)
+        save_png(to_pil(grid(torch.cat([shown, patch]), 2)), path)
+
+
+def figure2(tiles: Iterable[Tile], title: str) -> Image.Image:
+    """One sheet of the paper's Fig. 2: per channel of ``tiles`` (all of one layer, one size), its top
+    projections beside their image patches, best first, in channel order, under ``title``.
+
+    Inactive entries are blank and the panel's label counts the active ones.
+    """
+    by_channel: dict[int, list[Tile]] = {}
+    for tile in tiles:
+        by_channel.setdefault(tile.record.channel, []).append(tile)
     panels = []
-    for channel in sorted(tiles):
-        ranked = sorted(tiles[channel], key=lambda t: t[0])
-        active = sum(a for *_, a in ranked)
+    for channel in sorted(by_channel):
+        ranked = sorted(by_channel[channel], key=lambda t: t.record.rank)
+        active = sum(t.active for t in ranked)
         note = "" if active == len(ranked) else "  never active" if not active else f"  {active} of {len(ranked)} active"
+        blank = lambda t, x: x if t.active else torch.full_like(x, 255)  # noqa: E731
         panels.append(channel_panel(
-            torch.stack([fit(p, a) for _, p, _, a in ranked]), torch.stack([fit(q, a) for _, _, q, a in ranked]),
-            f"{layer}  channel {channel}{note}",
+            torch.stack([blank(t, t.projection) for t in ranked]), torch.stack([blank(t, t.patch) for t in ranked]),
+            f"{ranked[0].record.layer}  channel {channel}{note}",
         ))
-    return sheets(panels, f"{layer}: top {max(len(t) for t in tiles.values())} activations per channel", per_sheet)
+    return sheets(panels, title, per_sheet=len(panels))[0]
 
 
 # ------------------------------------------------------------------ heat maps and figures 4 and 7

@@ -1,7 +1,7 @@
 """``index.html``: a static page over a run folder, opened from the file system (no server, no network).
 
 It shows what the commands left in the folder: per layer of ``top9.json`` every channel as a
-thumbnail cut from its Fig. 2 sheet (a click shows it full size with its records and a link to
+thumbnail cut from its Fig. 2 sheet (a click shows it enlarged with its records and a link to
 the sheet), then the figures of ``deconv occlusion``, ``deconv evolution`` and ``deconv project``.
 All links are relative; the page has no scripts.
 """
@@ -24,6 +24,8 @@ from .render import label_strip
 __all__ = ["write_report", "panel_boxes", "sheet_panels", "panels_per_sheet"]
 
 MARGIN = 10  # render.sheets' margin around and between panels
+THUMB = 240  # widest thumbnail, in pixels: a few tens of KB as JPEG
+DETAIL = 1000  # a channel's detail view is enlarged by an integer factor up to about this width
 TITLE = label_strip(Image.new("RGB", (1, 1)), "", size=18).height - 1  # a sheet's title strip
 LABEL = label_strip(Image.new("RGB", (1, 1)), "").height - 1  # a panel's label strip
 FIGURES = (  # section id, heading, the files it shows
@@ -34,7 +36,7 @@ FIGURES = (  # section id, heading, the files it shows
 INTRO = (
     "<p>Per channel, the projections of its strongest activations over the dataset (left) beside the "
     "image patches that caused them (right), best first, with the largest activation. Click a channel "
-    "for it at full size, its records and its sheet.</p>"
+    "for it enlarged, its records and its sheet.</p>"
 )
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 48px;color:#222;background:#fafafa}
@@ -42,10 +44,10 @@ h1{margin:16px 0 4px}h2{margin:28px 0 8px;border-bottom:1px solid #ccc}h2 small{
 nav a{margin-right:12px}pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
 .thumb{display:block;text-decoration:none;color:#333;background:#fff;border:1px solid #ddd;padding:4px;font-size:12px}
-.thumb:hover{border-color:#36c}.thumb img{display:block;image-rendering:pixelated}
+.thumb:hover{border-color:#36c}.thumb img{display:block}
 .detail{display:none;position:fixed;inset:0;background:rgba(0,0,0,.55);overflow:auto}
-.detail:target{display:block}.detail>div{background:#fff;margin:32px auto;padding:16px 24px;max-width:1100px}
-.detail img{image-rendering:pixelated;max-width:100%}.close{float:right}
+.detail:target{display:block}.detail>div{background:#fff;margin:32px auto;padding:16px 24px;max-width:1100px;overflow:auto}
+.detail img{image-rendering:pixelated;max-width:none}.panel{overflow:hidden;max-width:100%}.close{float:right}
 table{border-collapse:collapse;margin-top:8px}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}
 figure{margin:0 0 20px}figure img{max-width:100%;border:1px solid #ddd;background:#fff}
 """
@@ -71,10 +73,13 @@ def _href(path: Path | str) -> str:
 
 
 def _save_thumbnail(image: Image.Image, path: Path) -> None:
-    """Writes a thumbnail quickly (fast compression, no fsync), yet never half-written (temp file, rename)."""
+    """Writes a panel as a small JPEG thumbnail (at most ``THUMB`` wide; Pillow's Lanczos filter),
+    quickly (no fsync), yet never half-written (temp file, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if image.width > THUMB:
+        image = image.resize((THUMB, max(1, round(image.height * THUMB / image.width))), Image.Resampling.LANCZOS)
     temp = path.with_name(f".{path.name}.tmp")
-    image.save(temp, "PNG", compress_level=1)
+    image.save(temp, "JPEG", quality=85)
     os.replace(temp, path)
 
 
@@ -96,16 +101,19 @@ def panels_per_sheet(out: Path) -> int:
     return int(tomllib.loads(config.read_text()).get("per_sheet", 64)) if config.is_file() else 64
 
 
-def _thumbnails(out: Path, layer: str, channels: list[int], per_sheet: int) -> dict[int, tuple[Path, Path, tuple[int, int]]]:
-    """Cuts each channel's panel from the layer's sheets into ``thumbs/`` where it is missing or
-    older than its sheet: ``{channel: (thumbnail, sheet, (width, height))}``, paths relative to ``out``."""
+def _thumbnails(
+    out: Path, layer: str, channels: list[int], per_sheet: int
+) -> dict[int, tuple[Path, Path, tuple[int, int, int, int], tuple[int, int]]]:
+    """Cuts each channel's panel from the layer's sheets into a thumbnail in ``thumbs/`` where it is
+    missing or older than its sheet: ``{channel: (thumbnail, sheet, panel box, sheet size)}``, paths
+    relative to ``out``."""
     found = {}
     for sheet, image, boxes in sheet_panels(out, layer, channels, per_sheet):
         for c, box in boxes.items():
-            thumb = Path("thumbs") / layer / f"{c}.png"
+            thumb = Path("thumbs") / layer / f"{c}.jpg"
             if not (out / thumb).is_file() or (out / thumb).stat().st_mtime < (out / sheet).stat().st_mtime:
                 _save_thumbnail(image.crop(box), out / thumb)
-            found[c] = (thumb, sheet, (box[2] - box[0], box[3] - box[1]))
+            found[c] = (thumb, sheet, box, image.size)
     return found
 
 
@@ -115,22 +123,27 @@ def _layer(out: Path, layer: str, records: list[dict], per_sheet: int) -> tuple[
     for record in sorted(records, key=lambda r: (r["channel"], r["rank"])):
         by_channel.setdefault(record["channel"], []).append(record)
     thumbs = _thumbnails(out, layer, list(by_channel), per_sheet)
-    sheets = dict.fromkeys(sheet for _, sheet, _ in thumbs.values())
+    sheets = dict.fromkeys(sheet for _, sheet, _, _ in thumbs.values())
     links = " ".join(f'<a href="{_href(sheet)}">sheet {n}</a>' for n, sheet in enumerate(sheets, 1))
     cells, details = [], []
-    for channel, (thumb, sheet, (width, height)) in thumbs.items():
+    for channel, (thumb, sheet, box, size) in thumbs.items():
+        width, height = box[2] - box[0], box[3] - box[1]
+        small = (min(width, THUMB), round(height * min(width, THUMB) / width))
+        f = max(1, DETAIL // width)  # the panel cut from its sheet, enlarged f times by the browser
         rs = by_channel[channel]
         files = "<th>image file</th>" if rs[0]["path"] is not None else ""
         anchor = html.escape(f"{layer}/{channel}")
         cells.append(
             f'<a class="thumb" href="#{anchor}" title="{html.escape(layer)} channel {channel}">'
-            f'<img src="{_href(thumb)}" width="{width // 2}" height="{height // 2}" alt="channel {channel}">'
+            f'<img src="{_href(thumb)}" width="{small[0]}" height="{small[1]}" alt="channel {channel}">'
             f"<b>{channel}</b> top {rs[0]['value']:.3g}</a>"
         )
         details.append(
             f'<section class="detail" id="{anchor}"><div><a class="close" href="#layer-{html.escape(layer)}">close &times;</a>'
             f"<h3>{html.escape(layer)} channel {channel}</h3>"
-            f'<img src="{_href(thumb)}" width="{width}" height="{height}" alt="channel {channel}, full size">'
+            f'<div class="panel" style="width:{width * f}px;height:{height * f}px"><img src="{_href(sheet)}" '
+            f'width="{size[0] * f}" height="{size[1] * f}" style="margin:{-box[1] * f}px 0 0 {-box[0] * f}px" '
+            f'alt="channel {channel}, enlarged {f}x"></div>'
             f"<p>Projections of the top {len(rs)} activations beside the image patches that caused them; "
             f'<a href="{_href(sheet)}">the full sheet</a>.</p>'
             f"<table><tr><th>rank</th><th>activation</th><th>image index</th><th>y, x</th>{files}</tr>"

@@ -323,12 +323,14 @@ def _add(state: ScanState, found: dict[str, torch.Tensor], maxima: torch.Tensor,
 @dataclass
 class Projected:
     """A chunk of projected records: ``projections`` and image ``patches`` cut to each activation's
-    receptive-field box, ``(k, C, h, w)``; ``inside`` ``(k, 1, h, w)`` marks box pixels inside the image."""
+    receptive-field box, ``(k, C, h, w)``; ``inside`` ``(k, 1, h, w)`` marks box pixels inside the image
+    of size ``image_size`` ``(H, W)``."""
 
     records: list[Record]
     projections: torch.Tensor
     patches: torch.Tensor
     inside: torch.Tensor
+    image_size: tuple[int, int]
 
     def cpu(self) -> Projected:
         return replace(self, projections=self.projections.cpu(), patches=self.patches.cpu(), inside=self.inside.cpu())
@@ -367,7 +369,8 @@ def project_top(
                 with _model_runs_on(batch):
                     for where, projections in mirror.projections(images, selections, crop=True, memory_budget=memory_budget):
                         done = [chunk[i] for i in where.tolist()]
-                        yield Projected(done, projections, *_patches(mirror, images, image[where], done))
+                        patches, inside = _patches(mirror, images, image[where], done)
+                        yield Projected(done, projections, patches, inside, tuple(images.shape[-2:]))
                         bar.update(len(done))
 
 

@@ -1,11 +1,13 @@
 """Config files and flags: one table of options, errors that name the file and the key."""
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from deconv.cli import main
 from deconv.commands import COMMANDS, all_options
 from deconv.config import dump_toml, load_config, option, resolve
 from deconv.errors import ConfigError
@@ -75,9 +77,25 @@ def test_shipped_configs_are_valid() -> None:
         load_config(path, all_options())
 
 
+# top9's `channels` is a table of layers (issue 12: `--channels features.29=0-63,100`); evolution's, of one
+# layer, a list. A config file is checked with the types of the command that reads it.
+PER_COMMAND = {"channels"}
+
+
 def test_every_command_flag_is_a_config_key_of_one_type() -> None:
     seen: dict[str, type] = {}
     for command in COMMANDS.values():
         for o in command.options:
-            assert seen.setdefault(o.key, o.type) is o.type, o.key
+            assert o.key in PER_COMMAND or seen.setdefault(o.key, o.type) is o.type, o.key
             assert o.check(o.default, "defaults") == o.default
+
+
+def test_a_key_of_two_types_is_checked_with_the_type_of_the_command_that_reads_it(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('channels = { "features.11" = "0-1" }\nlimit = 50\n')
+    assert main(["top9", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert {r["channel"] for r in json.loads((tmp_path / "run" / "top9.json").read_text()) if r["layer"] == "features.11"} == {0, 1}
+    capsys.readouterr()
+    assert main(["evolution", "--config", str(config), "--out", str(tmp_path / "evo"), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "channels" in error and "must be a list of an integer" in error and "\n" not in error

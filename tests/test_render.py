@@ -4,7 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deconv.render import channel_panel, figure2, grid, sheets, show_patch, show_projection, upscale
+from deconv.render import (
+    OUTSIDE, channel_panel, display_size, display_tiles, figure2, grid, sheets, show_patch, show_projection, upscale,
+)
+from deconv.commands import top9
 from deconv.scan import Projected, Record
 
 
@@ -58,11 +61,68 @@ def test_figure2_blanks_entries_that_reach_nothing_and_counts_the_active_ones() 
     projections = torch.rand(3, 1, 8, 8, generator=g) + 0.1
     projections[1] = 0.0  # a zero activation: nothing reaches the pixels
     patches = torch.rand(3, 1, 8, 8, generator=g)
-    chunk = Projected(records, projections, patches, torch.ones(3, 1, 8, 8, dtype=torch.bool))
-    (sheet,) = figure2([chunk], lambda x: x, size=8)
+    chunk = Projected(records, projections, patches, torch.ones(3, 1, 8, 8, dtype=torch.bool), (16, 16))
+    tiles = display_tiles(chunk, lambda x: x, tile_px=8)
+    assert [t.active for t in tiles] == [True, False, True]
+    sheet = figure2(tiles, "4: top 3")
     pixels = np.asarray(sheet)
     top, left, patch_left = 24 + 10 + 19, 10, 10 + 3 * 10 - 2 + 6  # title, margin, panel label; grids 2 px apart
     tile = lambda x: pixels[top : top + 8, x : x + 8]  # noqa: E731
     assert (tile(left + 10) == 255).all() and (tile(patch_left + 10) == 255).all()  # rank 1: blank
     for rank in (0, 2):  # shown, the negative one too: its projection is not zero
         assert not (tile(left + 10 * rank) == 255).all() and not (tile(patch_left + 10 * rank) == 255).all()
+
+
+def _chunk(box: int, image: int, inside: torch.Tensor, value: float = 1.0) -> Projected:
+    records = [Record("4", 0, rank, rank, None, 3, 3, value) for rank in range(len(inside))]
+    g = torch.Generator().manual_seed(1)
+    k = len(inside)
+    return Projected(records, torch.rand(k, 3, box, box, generator=g) + 0.1, torch.rand(k, 3, box, box, generator=g), inside, (image, image))
+
+
+def test_edge_tiles_keep_the_box_centred_and_hatch_what_lies_beyond_the_image() -> None:
+    inside = torch.ones(2, 1, 10, 10, dtype=torch.bool)
+    inside[1, :, :, :4] = False  # the second activation is near the left edge: 4 columns of its box are outside
+    chunk = _chunk(10, 40, inside)
+    tiles = display_tiles(chunk, lambda x: x, tile_px=20)
+    assert [tuple(t.patch.shape) for t in tiles] == [(3, 20, 20)] * 2  # one size, enlarged twice
+    for t in tiles:
+        assert t.projection.dtype == torch.uint8 and t.patch.dtype == torch.uint8
+    outside = tiles[1].patch[:, :, :8].float() / 255
+    lines = torch.tensor(OUTSIDE).view(3, 1, 1)
+    assert ((outside / lines - 1).abs() <= 0.21).all()  # the hatch colour, striped
+    assert outside.std() > 0.01
+    expected = upscale((chunk.patches[1, :, :, 4:] * 255).round(), 2)
+    assert (tiles[1].patch[:, :, 8:].float() - expected).abs().max() <= 1  # the image part in its place: centred as before
+    assert not torch.allclose(tiles[0].patch[:, :, :8].float() / 255, outside)  # an inner tile has no hatch
+    assert ((tiles[1].projection[:, :, :8].float() / 255 / lines - 1).abs() <= 0.21).all()  # both sides hatched
+
+
+def test_a_box_larger_than_the_image_is_shown_image_sized_around_its_centre() -> None:
+    inside = torch.zeros(1, 1, 30, 30, dtype=torch.bool)
+    inside[..., 5:25, 5:25] = True  # a 30x30 box around a 20x20 image
+    chunk = _chunk(30, 20, inside)
+    (tile,) = display_tiles(chunk, lambda x: x, tile_px=40)
+    assert tile.patch.shape == (3, 40, 40)
+    expected = upscale((chunk.patches[0, :, 5:25, 5:25] * 255).round(), 2)
+    assert (tile.patch.float() - expected).abs().max() <= 1
+
+
+def test_large_boxes_are_downscaled_with_a_filter_and_small_ones_enlarged_by_an_integer_factor() -> None:
+    assert display_size((5, 5), 80) == (80, 80) and display_size((7, 7), 80) == (77, 77)
+    assert display_size((212, 212), 80) == (80, 80) and display_size((200, 100), 80) == (80, 40)
+    inside = torch.ones(1, 1, 160, 160, dtype=torch.bool)
+    chunk = _chunk(160, 224, inside)
+    chunk.patches[:] = ((torch.arange(160)[:, None] + torch.arange(160)) % 2).float()  # a fine checkerboard
+    (tile,) = display_tiles(chunk, lambda x: x, tile_px=80)
+    assert tile.patch.shape == (3, 80, 80)
+    # a low-pass filter averages the checkerboard to grey; picking pixels (nearest) would keep black and white
+    assert (tile.patch[:, 4:-4, 4:-4].float() - 127.5).abs().max() < 20
+
+
+def test_sheets_of_64_channels_fit_4096_pixels_at_the_default_tile_size() -> None:
+    side = next(o.default for o in top9.OPTIONS if o.key == "tile_px")
+    tile = torch.zeros(9, 3, side, side, dtype=torch.uint8)
+    panel = channel_panel(tile, tile, "features.29  channel 511  8 of 9 active")
+    (sheet,) = sheets([panel] * 64, "features.29: top 9 activations per channel (sheet 8 of 8)", per_sheet=64)
+    assert max(sheet.size) <= 4096

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -22,7 +24,8 @@ __all__ = [
 BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
 
 MODEL = (
-    option("model", str, "", "the model as 'package.module:function' or 'file.py:function' (empty: the embedded default)"),
+    option("model", str, "", "the model as 'package.module:function' or 'file.py:function' (a file relative to the config file's folder; empty: the embedded default)"),
+    option("model_args", dict, {}, "keyword arguments for the model function, e.g. weights=IMAGENET1K_V1 (a table in a config)"),
     option("checkpoint", str, "", "weights for the model: a state_dict (a whole saved model needs --trust-checkpoint) (empty: none)"),
     option("trust_checkpoint", bool, False, "allow checkpoints that are whole pickled models: unpickling runs code from the file, so only for files you trust"),
     option("device", str, "auto", "'cpu', 'cuda', 'cuda:1', ... or 'auto' (cuda when available)"),
@@ -32,8 +35,10 @@ DATA = (
     option("image_channels", int, 0, "1 (grey) or 3 (RGB); 0: what the model's first convolution takes"),
     option("resize", int, 0, "resize images so the shorter side has this many pixels (0: keep)"),
     option("crop", int, 0, "centre-crop images to this square size (0: keep)"),
-    option("mean", list, [], "per-channel mean to subtract (empty: the embedded model's, or 0)", item=float),
-    option("std", list, [], "per-channel standard deviation to divide by (empty: the embedded model's, or 1)", item=float),
+    option("mean", list, [], "per-channel mean to subtract, on the 0-1 scale (0-pixel_scale if set; empty: the embedded model's, or 0)", item=float),
+    option("std", list, [], "per-channel standard deviation to divide by, on the same scale (empty: the embedded model's, or 1)", item=float),
+    option("pixel_scale", float, 1.0, "pixel values run 0..pixel_scale before mean/std (255 for Caffe-style weights)"),
+    option("channel_order", str, "RGB", "channel order the model takes ('BGR' for Caffe-style weights)", choices=("RGB", "BGR")),
     option("batch_size", int, 256, "images per forward pass"),
     option("workers", int, 0, "data-loading worker processes"),
 )
@@ -82,7 +87,10 @@ def device_from(settings: dict[str, Any]) -> torch.device:
 
 def model_from(settings: dict[str, Any]) -> nn.Module:
     """The configured model, in eval mode, on the configured device."""
-    model = load_model(settings["model"] or None, settings["checkpoint"] or None, trust_checkpoint=settings["trust_checkpoint"])
+    model = load_model(
+        settings["model"] or None, settings["checkpoint"] or None, settings["model_args"],
+        trust_checkpoint=settings["trust_checkpoint"],
+    )
     return model.to(device_from(settings))
 
 
@@ -96,6 +104,11 @@ def preprocess_from(settings: dict[str, Any], model: nn.Module) -> Preprocess:
     default = not settings["model"]
     mean = settings["mean"] or (list(FASHION_MNIST_MEAN) if default else [0.0])
     std = settings["std"] or (list(FASHION_MNIST_STD) if default else [1.0])
+    if settings["pixel_scale"] == 1 and max(mean) > 1:
+        print(
+            f"warning: mean {mean} is above 1 but pixels run 0..1: a 0..255 (Caffe-style) mean needs pixel_scale = 255; "
+            "on the 0..1 scale ImageNet's mean is [0.485, 0.456, 0.406]", file=sys.stderr,
+        )
     try:
         return Preprocess(
             channels=settings["image_channels"] or _first_conv_channels(model),
@@ -103,6 +116,8 @@ def preprocess_from(settings: dict[str, Any], model: nn.Module) -> Preprocess:
             crop=settings["crop"] or None,
             mean=tuple(mean),
             std=tuple(std),
+            pixel_scale=settings["pixel_scale"],
+            channel_order=settings["channel_order"],
         )
     except ValueError as error:
         raise ConfigError(f"preprocessing: {error}") from None

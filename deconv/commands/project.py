@@ -20,7 +20,7 @@ from .common import DATA, MODEL, RUN, model_from, preprocess_from, model_runs_on
 OPTIONS = MODEL + DATA + RUN + (
     option("image", str, "", "the image file to project"),
     option("layer", str, "", "the layer to project from (see `deconv layers`)"),
-    option("channel", int, -1, "the channel of that layer"),
+    option("channel", int, -1, "the channel of that layer (-1: the image's strongest channel there)"),
     option("position", str, "", "'Y,X' for one activation, 'map' for the whole feature map (empty: the strongest)"),
     option("target_class", int, -1, "project from this class output instead of a layer (-1: no)"),
     option("top_classes", int, 0, "instead, a sheet of the projections of the image's N most probable classes (0: no)"),
@@ -46,8 +46,8 @@ def run(settings: dict[str, Any]) -> int:
     require_at_least(settings, top_classes=0)
     target = settings["target_class"] if settings["target_class"] >= 0 else None
     top = settings["top_classes"]
-    if not top and target is None and (not settings["layer"] or settings["channel"] < 0):
-        raise ConfigError("give --layer and --channel (with --position Y,X or map), --target-class K or --top-classes N")
+    if not top and target is None and not settings["layer"]:
+        raise ConfigError("give --layer [--channel C] (with --position Y,X or map), --target-class K or --top-classes N")
     if settings["position"] and (target is not None or top):
         raise ConfigError("--position goes with --layer/--channel, not with --target-class or --top-classes")
     model = model_from(settings)
@@ -55,6 +55,16 @@ def run(settings: dict[str, Any]) -> int:
     image = load_image(settings["image"], preprocess)[None]
     mirror = build_mirror(model)
     names = getattr(model, "classes", None)
+    if top or target is not None:
+        output = mirror.shapes(tuple(image.shape[1:]))[mirror.output]
+        if len(output) != 1:
+            flag = "--top-classes" if top else "--target-class"
+            raise ConfigError(
+                f"{flag} needs a model whose output is a class vector (N, K); this one outputs (N, {', '.join(map(str, output))}): "
+                "project a feature map with --layer and --channel instead"
+            )
+    if not top and target is None and settings["channel"] < 0:  # the image's strongest channel at the layer
+        settings = {**settings, "channel": _strongest_channel(mirror, image, settings["layer"])}
     file = Path(settings["image"])
     shown = show_patch(image.cpu(), preprocess.denormalize)
     if top:
@@ -73,10 +83,18 @@ def run(settings: dict[str, Any]) -> int:
             else:
                 projection = mirror.project(image, target_class=target)
                 what = f"class {target}" + (f" ({names[target]})" if names and target < len(names) else "")
-            both = upscale(torch.cat([show_projection(projection.cpu()), shown], 3), math.ceil(256 / image.shape[-2]))
+            shown_projection = show_projection(projection.cpu(), preprocess.channel_order)
+            both = upscale(torch.cat([shown_projection, shown], 3), math.ceil(256 / image.shape[-2]))
             save_png(label_strip(to_pil(both[0]), f"{file.name}: projection of {what}  |  image"), folder.partial / name)
     print(f"wrote {folder.path / name} and {folder.report}")
     return 0
+
+
+def _strongest_channel(mirror: Mirror, image: torch.Tensor, layer: str) -> int:
+    """The channel of ``layer`` with the largest activation for ``image`` ``(1, C, H, W)``."""
+    top = mirror.index(layer)
+    out = mirror.run(mirror.check_images(image), keep=[top], until=top, remember=False).outputs[top][0]
+    return int(out.flatten(1).amax(1).argmax()) if out.dim() == 3 else int(out.argmax())
 
 
 def _top_classes(

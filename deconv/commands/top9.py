@@ -18,11 +18,12 @@ from torch.utils.data import Dataset
 
 from ..config import dump_toml, option
 from ..data import Preprocess
-from ..errors import ConfigError, DatasetError
 from ..distributed import Group, process_group
+from ..errors import ConfigError, DatasetError
 from ..io import write_json, write_text
 from ..mirror import Mirror, build_mirror
-from ..render import figure2, save_png
+from ..progress import Clock, progress_bar
+from ..render import display_tiles, figure2, save_png, save_projections
 from ..run_folder import open_run
 from ..resume import Checkpoint, fingerprint
 from ..scan import Record, ScanState, project_top, scan
@@ -35,6 +36,9 @@ OPTIONS = MODEL + DATA + RUN + (
     option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
     option("memory_budget_mb", int, 2048, "memory that batched projections may use at once, in MB"),
     option("per_sheet", int, 64, "channels per PNG sheet"),
+    option("tile_px", int, 80, "display size of a tile's longer side in pixels (80: a 64-channel sheet is about 4,000 px wide)"),
+    option("channels", dict, {}, "channels to draw per layer, e.g. features.29=0-63,100 (a table in a config; empty: all)"),
+    option("save_projections", str, "", "also write each full-resolution projection: 'npy' or 'png' (empty: no)", choices=("", "npy", "png")),
     option("save_every", int, 50, "save the scan state every N batches (0: only at the end and on SIGINT/SIGTERM)"),
     option("resume", bool, False, "continue the scan whose state is saved in the output folder"),
     option("strict", bool, False, "stop at the first unreadable image instead of skipping it"),
@@ -62,8 +66,10 @@ def conv_layers(mirror: Mirror) -> list[str]:
 
 @command("top9", "top activations per channel over a dataset, projected to pixels (Fig. 2)", OPTIONS)
 def run(settings: dict[str, Any]) -> int:
-    start = time.perf_counter()
-    require_at_least(settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0)
+    clock = Clock()
+    require_at_least(
+        settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0, tile_px=8
+    )
     if settings["top"] > MAX_TOP:
         raise ConfigError(f"key 'top' must be <= {MAX_TOP} (activations kept per channel), got {settings['top']}")
     device = device_from(settings)
@@ -73,18 +79,24 @@ def run(settings: dict[str, Any]) -> int:
         dataset = dataset_from(settings, preprocess)
         mirror = build_mirror(model)
         layers = settings["layers"] or conv_layers(mirror)
+        wanted = {layer: channel_list(spec, layer) for layer, spec in settings["channels"].items()}
+        if set(wanted) - set(layers):
+            raise ConfigError(f"key 'channels': layer {sorted(set(wanted) - set(layers))[0]!r} is not scanned (layers: {', '.join(layers)})")
         total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))  # type: ignore[arg-type]
         _rehearse(mirror, dataset, layers, total)
         folder = run_folder(settings, "top9", "top9.json", STATE, outputs=("config.toml", "skipped.json"), replace_all=True)
         with open_run(folder, group.main, lambda: group.all_gather(None)):
             out = folder.partial
-            state = _scan(settings, group, out, model, preprocess, dataset, mirror, layers, total)
-            records = state.records(dataset)
+            with clock("scan"):
+                state = _scan(settings, group, out, model, preprocess, dataset, mirror, layers, total)
+            records = _chosen(state, dataset, wanted)
             if group.main:
                 write_text(out / "config.toml", dump_toml(settings, "deconv top9: the resolved settings of this run"))
                 write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
                 write_json(out / "top9.json", [r.to_json() for r in records])
-            sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records)
+            sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records, clock)
+            committing = time.perf_counter()
+        clock.add("report", time.perf_counter() - committing)  # moving the files in, the report, the manifest
         out = folder.path
     if not state.images:  # the run is kept: its skipped.json says why
         raise DatasetError(
@@ -94,9 +106,9 @@ def run(settings: dict[str, Any]) -> int:
     if group.main:
         report = folder.report
         print(
-            f"scanned {state.images} images in {time.perf_counter() - start:.1f} s"
-            + (f" on {group.size} processes" if group.size > 1 else "")
+            f"scanned {state.images} images" + (f" on {group.size} processes" if group.size > 1 else "")
             + f"; {len(records)} records in {out / 'top9.json'}, {sheets} sheets in {out / 'sheets'}; open {report}"
+            + f"\ntime: {clock.summary()}"
         )
         if state.skipped:
             shown = ", ".join(p for _, p, _ in state.skipped[:5]) + (" ..." if len(state.skipped) > 5 else "")
@@ -110,6 +122,31 @@ def _rehearse(mirror: Mirror, dataset: Dataset, layers: list[str], total: int) -
     state = scan(mirror, dataset, layers, k=1, batch_size=8, indices=range(min(total, 8)), progress=False)
     for _ in project_top(mirror, dataset, [r for r in state.records(dataset) if r.channel == 0][:len(layers)], progress=False):
         pass
+
+
+def channel_list(spec: Any, layer: str) -> list[int]:
+    """Channels from ``"0-63,100"``, ``5`` or ``[0, 1, 2]``; ``ConfigError`` naming the layer otherwise."""
+    items = spec if isinstance(spec, list) else [spec] if isinstance(spec, int) else str(spec).split(",")
+    out: list[int] = []
+    for item in items:
+        text = str(item).strip()
+        first, dash, last = text.partition("-")
+        if isinstance(item, bool) or not (first.isdigit() and (not dash or last.isdigit())) or (dash and int(last) < int(first)):
+            raise ConfigError(
+                f"key 'channels': {layer}={spec!r}: expected channel numbers and ranges like 0-63,100, got {text!r}"
+            )
+        out.extend(range(int(first), int(last if dash else first) + 1))
+    return sorted(set(out))
+
+
+def _chosen(state: ScanState, dataset: Dataset, wanted: dict[str, list[int]]) -> list[Record]:
+    """The scan's records, only the ``wanted`` channels of the layers that name some; ``ConfigError`` for a
+    channel the layer does not have."""
+    for layer, channels in wanted.items():
+        count = state.tops[layer].values.shape[0] if layer in state.tops else 0
+        if count and channels[-1] >= count:
+            raise ConfigError(f"key 'channels': layer {layer!r} has {count} channels (0-{count - 1}), got channel {channels[-1]}")
+    return [r for r in state.records(dataset) if r.layer not in wanted or r.channel in wanted[r.layer]]
 
 
 def _scan(
@@ -141,27 +178,44 @@ def _scan(
 
 def _sheets(
     settings: dict[str, Any], group: Group, out: Path, mirror: Mirror, dataset: Dataset,
-    preprocess: Preprocess, layers: list[str], records: list[Record],
+    preprocess: Preprocess, layers: list[str], records: list[Record], clock: Clock,
 ) -> int:
-    """Projects this process's share of ``records``; rank 0 draws and writes the sheets of every layer.
-
-    Returns the number of sheets.
+    """Projects and draws the sheets one at a time: each process projects its share of a sheet's
+    records and turns them into display tiles at once; rank 0 gathers that sheet's tiles, draws and
+    writes it, and frees it before the next. Returns the number of sheets. ``clock`` collects the
+    time of each phase.
     """
     written = []
+    per_sheet = settings["per_sheet"]
     for layer in layers:
         of_layer = [r for r in records if r.layer == layer]
-        if not of_layer:
-            continue
+        channels = sorted({r.channel for r in of_layer})
+        parts = [set(channels[i : i + per_sheet]) for i in range(0, len(channels), per_sheet)]
         images = set(group.shard(sorted({r.index for r in of_layer}), settings["batch_size"]))
-        chunks = project_top(
-            mirror, dataset, [r for r in of_layer if r.index in images], batch_size=settings["batch_size"],
-            num_workers=settings["workers"], memory_budget=settings["memory_budget_mb"] * 2**20,
-            progress=settings["progress"] and group.main,
-        )
-        gathered = group.gather([chunk.cpu() for chunk in chunks])
-        if gathered is not None:
-            for n, sheet in enumerate(figure2(itertools.chain(*gathered), preprocess.denormalize, settings["per_sheet"]), 1):
-                path = out / "sheets" / f"{layer}-{n}.png"
-                save_png(sheet, path)
-                written.append(path)
+        mine = [r for r in of_layer if r.index in images]
+        bar = progress_bar(total=len(mine), desc=f"project {layer}", unit="proj", enabled=settings["progress"] and group.main)
+        with bar:
+            for n, part in enumerate(parts, 1):
+                tiles = []
+                chunks = project_top(
+                    mirror, dataset, [r for r in mine if r.channel in part], batch_size=settings["batch_size"],
+                    num_workers=settings["workers"], memory_budget=settings["memory_budget_mb"] * 2**20, progress=False,
+                )
+                for chunk in clock.timed(f"projections {layer}", chunks):
+                    with clock("rendering"):
+                        tiles += display_tiles(chunk, preprocess.denormalize, settings["tile_px"], preprocess.channel_order)
+                        if settings["save_projections"]:
+                            save_projections(
+                                chunk, preprocess.denormalize, out / "projections", settings["save_projections"], preprocess.channel_order
+                            )
+                    bar.update(len(chunk.records))
+                gathered = group.gather(tiles)
+                del tiles
+                if gathered is not None:
+                    with clock("rendering"):
+                        title = f"{layer}: top {settings['top']} activations per channel" + (f" (sheet {n} of {len(parts)})" if len(parts) > 1 else "")
+                        path = out / "sheets" / f"{layer}-{n}.png"
+                        save_png(figure2(itertools.chain(*gathered), title), path)
+                        written.append(path)
+                    del gathered
     return len(written)
