@@ -64,11 +64,13 @@ def evolve(
     batch_size: int = 256,
     num_workers: int = 0,
     progress: bool = True,
+    rule: str | None = None,
 ) -> Evolution:
     """Follows ``channels`` of ``layer`` (default: all) through ``mirrors``, one per checkpoint, in order.
 
     Each mirror scans ``dataset`` (the items ``indices``, default all) once; pass a generator to
-    hold one checkpoint's model in memory at a time.
+    hold one checkpoint's model in memory at a time. ``rule`` is what the projections do at each
+    ReLU (default: each mirror's).
     """
     columns: list[tuple[list[Record], torch.Tensor, torch.Tensor]] = []
     for mirror in mirrors:
@@ -83,7 +85,7 @@ def evolve(
         records = [best[c] for c in channels]
         images = mirror.check_images(torch.stack([torch.as_tensor(dataset[r.index][0]) for r in records]))
         selections = [Selection(k, layer, r.channel, r.y, r.x) for k, r in enumerate(records)]
-        projections = mirror.project_many(images, selections).cpu()
+        projections = mirror.project_many(images, selections, rule=rule).cpu()
         origin, size = _windows(mirror, records, tuple(images.shape[-2:]))
         k = torch.arange(len(records))
         columns.append((records, cut(projections, k, origin, size), cut(images.cpu(), k, origin, size)))

@@ -10,7 +10,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -123,22 +123,32 @@ def label_strip(image: Image.Image, text: str, size: int = 13) -> Image.Image:
     return out
 
 
-def channel_panel(projections: torch.Tensor, patches: torch.Tensor, label: str, gap: int = 6, spacing: int = 2) -> Image.Image:
+def channel_panel(
+    projections: torch.Tensor | Sequence[torch.Tensor], patches: torch.Tensor, label: str, gap: int = 6, spacing: int = 2,
+    captions: Sequence[str] = (),
+) -> Image.Image:
     """The paper's Fig. 2 cell: 3x3 projections beside the 3x3 image patches that caused them.
 
     ``projections`` and ``patches`` are ``(k, 3, h, w)`` display tiles (``k <= 9``; uint8 or in [0, 1]),
-    best first, ``spacing`` pixels apart; the two grids ``gap`` pixels apart.
+    best first, ``spacing`` pixels apart; the grids ``gap`` pixels apart. Several ``projections``
+    grids (one per rule) are drawn side by side, left of the patches, each under its caption.
     """
-    k, _, h, w = projections.shape
+    grids = [projections] if isinstance(projections, torch.Tensor) else list(projections)
+    k, _, h, w = patches.shape
     columns = 3 if k > 1 else 1
     rows = math.ceil(k / columns)
     side = columns * (w + spacing) - spacing
-    out = Image.new("RGB", (2 * side + gap, rows * (h + spacing) - spacing), "white")
-    for left, tiles in ((0, projections), (side + gap, patches)):
+    top = label_strip(Image.new("RGB", (1, 1)), "", size=11).height - 1 if captions else 0
+    out = Image.new("RGB", (len(grids) * (side + gap) + side, top + rows * (h + spacing) - spacing), "white")
+    for n, tiles in enumerate([*grids, patches]):
+        left = n * (side + gap)
         pixels = (tiles if tiles.dtype == torch.uint8 else _uint8(tiles)).permute(0, 2, 3, 1).cpu().numpy()
         for i, tile in enumerate(pixels):
             r, q = divmod(i, columns)
-            out.paste(Image.fromarray(tile, "RGB"), (left + q * (w + spacing), r * (h + spacing)))
+            out.paste(Image.fromarray(tile, "RGB"), (left + q * (w + spacing), top + r * (h + spacing)))
+    draw = ImageDraw.Draw(out)
+    for n, caption in enumerate(captions):
+        draw.text((n * (side + gap) + 1, 1), caption, fill=INK, font=_font(11))
     return label_strip(out, label)
 
 
@@ -245,24 +255,31 @@ def save_projections(
         save_png(to_pil(grid(torch.cat([shown, patch]), 2)), path)
 
 
-def figure2(tiles: Iterable[Tile], title: str) -> Image.Image:
+def figure2(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: str) -> Image.Image:
     """One sheet of the paper's Fig. 2: per channel of ``tiles`` (all of one layer, one size), its top
     projections beside their image patches, best first, in channel order, under ``title``.
 
-    Inactive entries are blank and the panel's label counts the active ones.
+    ``tiles`` by rule (the same records under each) draw one projection grid per rule, captioned
+    with its name, left to right, beside the patches. Inactive entries are blank and the panel's
+    label counts the active ones (of the first rule).
     """
-    by_channel: dict[int, list[Tile]] = {}
-    for tile in tiles:
-        by_channel.setdefault(tile.record.channel, []).append(tile)
+    by_rule = dict(tiles) if isinstance(tiles, Mapping) else {"": tiles}
+    by_channel: dict[int, list[list[Tile]]] = {}
+    for n, of_rule in enumerate(by_rule.values()):
+        for tile in of_rule:
+            by_channel.setdefault(tile.record.channel, [[] for _ in by_rule])[n].append(tile)
     panels = []
     for channel in sorted(by_channel):
-        ranked = sorted(by_channel[channel], key=lambda t: t.record.rank)
-        active = sum(t.active for t in ranked)
-        note = "" if active == len(ranked) else "  never active" if not active else f"  {active} of {len(ranked)} active"
+        ranked = [sorted(of_rule, key=lambda t: t.record.rank) for of_rule in by_channel[channel]]
+        first = ranked[0]
+        active = sum(t.active for t in first)
+        note = "" if active == len(first) else "  never active" if not active else f"  {active} of {len(first)} active"
         blank = lambda t, x: x if t.active else torch.full_like(x, 255)  # noqa: E731
         panels.append(channel_panel(
-            torch.stack([blank(t, t.projection) for t in ranked]), torch.stack([blank(t, t.patch) for t in ranked]),
-            f"{ranked[0].record.layer}  channel {channel}{note}",
+            [torch.stack([blank(t, t.projection) for t in of_rule]) for of_rule in ranked],
+            torch.stack([blank(t, t.patch) for t in first]),
+            f"{first[0].record.layer}  channel {channel}{note}",
+            captions=[*by_rule, "image patches"] if isinstance(tiles, Mapping) else (),
         ))
     return sheets(panels, title, per_sheet=len(panels))[0]
 
@@ -348,12 +365,14 @@ def _over(colours: torch.Tensor, image: torch.Tensor, stride: int, factor: int) 
     return to_pil(upscale(0.8 * cells + 0.2 * image, factor))
 
 
-def figure7(image: torch.Tensor, occlusion: Occlusion, names: Sequence[str] | None = None, size: int = 224) -> Image.Image:
+def figure7(
+    image: torch.Tensor, occlusion: Occlusion, names: Sequence[str] | None = None, size: int = 224, rule: str = "deconvnet"
+) -> Image.Image:
     """The paper's Fig. 7 for one image ``(3, H, W)`` in [0, 1], maps drawn over the image.
 
     (a) the image, with the square where the true class loses most; per square position: (b) the
     total activation of the chosen feature map, (d) the true class's probability, (e) the most
-    probable class; (c) that feature map projected to pixels for the unoccluded image.
+    probable class; (c) that feature map projected to pixels for the unoccluded image, by ``rule``.
     """
     o = occlusion
     h, w = image.shape[-2:]
@@ -379,7 +398,7 @@ def figure7(image: torch.Tensor, occlusion: Occlusion, names: Sequence[str] | No
         label_strip(shown, f"(a) {true}: worst square"),
         row([label_strip(activation, f"(b) {o.layer} map {o.channel}, total"),
              label_strip(colour_bar(activation.height, low, high, o.clean_activation), "")], 4),
-        label_strip(to_pil(upscale(show_projection(o.projection[None])[0], factor)), f"(c) map {o.channel} projected"),
+        label_strip(to_pil(upscale(show_projection(o.projection[None])[0], factor)), f"(c) map {o.channel} projected ({rule})"),
         row([label_strip(probability, f"(d) p({true})"),
              label_strip(colour_bar(probability.height, 0.0, 1.0, float(o.clean_probabilities[o.label])), "")], 4),
         row([label_strip(predicted, "(e) most probable class"),
@@ -394,10 +413,12 @@ def figure7(image: torch.Tensor, occlusion: Occlusion, names: Sequence[str] | No
 
 
 def figure4(
-    evolution: Evolution, checkpoints: Sequence[str], denormalize: Callable[[torch.Tensor], torch.Tensor], size: int = 72
+    evolution: Evolution, checkpoints: Sequence[str], denormalize: Callable[[torch.Tensor], torch.Tensor], size: int = 72,
+    rule: str = "deconvnet",
 ) -> Image.Image:
     """The paper's Fig. 4: one strip per channel, its strongest activation's projection beside the
-    image patch at each checkpoint, left to right in checkpoint order, captioned with its value."""
+    image patch at each checkpoint, left to right in checkpoint order, captioned with its value; the
+    title names the projections' ``rule``."""
     e = evolution
     k, t = e.projections.shape[:2]
     factor = max(1, round(size / e.projections.shape[-2]))
@@ -409,4 +430,4 @@ def figure4(
         for p, q, r, name in zip(shown, patches, records, list(checkpoints) * k)
     ]
     strips = [label_strip(row(cells[n * t : (n + 1) * t]), f"{e.layer} channel {c}") for n, c in enumerate(e.channels)]
-    return label_strip(column(strips, 16), f"{e.layer}: each channel's strongest activation, by checkpoint", size=15)
+    return label_strip(column(strips, 16), f"{e.layer}: each channel's strongest activation, by checkpoint (rule: {rule})", size=15)

@@ -345,6 +345,7 @@ def project_top(
     num_workers: int = 0,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool = True,
+    rule: str | None = None,
 ) -> Iterator[Projected]:
     """Projects records layer by layer, yielding :class:`Projected` chunks.
 
@@ -352,6 +353,7 @@ def project_top(
     the box leaves the image; the whole image past a global layer). All chunks of one layer come
     before the next layer's. Each layer's distinct images are loaded ``batch_size`` at a time in
     dataset order, so records split by whole batches of those images project exactly as together.
+    ``rule`` is what the projections do at each ReLU (default: the mirror's; see ``docs/rules.md``).
     """
     bar = progress_bar(total=len(records), desc="project", unit="proj", enabled=progress)
     with bar:
@@ -367,7 +369,7 @@ def project_top(
                 selections = [Selection(local[r.index], r.layer, r.channel, r.y, r.x) for r in chunk]
                 image = torch.tensor([s.image for s in selections], device=images.device)
                 with _model_runs_on(batch):
-                    for where, projections in mirror.projections(images, selections, crop=True, memory_budget=memory_budget):
+                    for where, projections in mirror.projections(images, selections, crop=True, memory_budget=memory_budget, rule=rule):
                         done = [chunk[i] for i in where.tolist()]
                         patches, inside = _patches(mirror, images, image[where], done)
                         yield Projected(done, projections, patches, inside, tuple(images.shape[-2:]))

@@ -13,12 +13,13 @@ from torch.utils.data import Dataset
 from ..config import option
 from ..data import Preprocess, open_dataset
 from ..distributed import local_device
+from ..builders import rules as registered_rules
 from ..errors import ConfigError, InputError
 from ..models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
 from ..run_folder import RunFolder
 
 __all__ = [
-    "MODEL", "DATA", "RUN", "model_from", "preprocess_from", "dataset_from", "device_from", "model_runs_on", "run_folder", "require_at_least",
+    "MODEL", "DATA", "RUN", "RULE", "RULES", "rules_from", "model_from", "preprocess_from", "dataset_from", "device_from", "model_runs_on", "run_folder", "require_at_least",
 ]
 
 BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
@@ -47,6 +48,23 @@ RUN = (
     option("overwrite", bool, False, "replace the outputs of another run in the output folder"),
     option("progress", bool, True, "show progress bars"),
 )
+
+RULE = option(
+    "rule", str, "deconvnet",
+    f"what the projection does at each ReLU: {', '.join(registered_rules())} or a rule registered by the model's module (docs/rules.md)",
+)
+RULES = option("rules", list, [], "several rules drawn side by side, one column or row each (overrides 'rule'; empty: only 'rule')", item=str)
+
+
+def rules_from(settings: dict[str, Any]) -> list[str]:
+    """The rules to draw: ``rules`` if given, else ``[rule]``; ``ConfigError`` naming an unknown one and the
+    registered ones (read after the model is loaded, so that its module may register its own)."""
+    key = "rules" if settings.get("rules") else "rule"
+    chosen = list(dict.fromkeys(settings.get("rules") or [settings["rule"]]))
+    for rule in chosen:
+        if rule not in registered_rules():
+            raise ConfigError(f"key {key!r}: unknown rule {rule!r}; valid rules: {', '.join(registered_rules())}")
+    return chosen
 
 
 def require_at_least(settings: dict[str, Any], **minimums: int) -> None:

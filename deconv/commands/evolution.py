@@ -13,7 +13,7 @@ from ..models import ASSETS, WEIGHTS
 from ..render import figure4, save_png
 from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RUN, dataset_from, model_from, preprocess_from, require_at_least, run_folder
+from .common import DATA, MODEL, RULE, RUN, dataset_from, rules_from, model_from, preprocess_from, require_at_least, run_folder
 from .top9 import conv_layers
 
 SHIPPED = ASSETS / "checkpoints"
@@ -24,6 +24,7 @@ OPTIONS = MODEL + DATA + RUN + (
     option("layer", str, "", "the layer to follow (empty: the last convolution's rectified output)"),
     option("channels", list, [], f"channels to follow (empty: the {STRONGEST} strongest at the last checkpoint)", item=int),
     option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
+    RULE,
 )
 
 
@@ -47,6 +48,7 @@ def run(settings: dict[str, Any]) -> int:
     model = model_from(settings)
     preprocess = preprocess_from(settings, model)
     dataset = dataset_from(settings, preprocess)
+    rule = rules_from(settings)[0]
     layer = settings["layer"] or conv_layers(build_mirror(model))[-1]
     figure = f"evolution/{layer}.png"
     mirrors = (build_mirror(model_from({**settings, "checkpoint": path})) for _, path in checkpoints)
@@ -54,11 +56,11 @@ def run(settings: dict[str, Any]) -> int:
     with open_run(run_folder(settings, "evolution", figure)) as folder:
         result = evolve(
             mirrors, dataset, layer, settings["channels"] or None, indices=range(total),
-            batch_size=settings["batch_size"], num_workers=settings["workers"], progress=settings["progress"],
+            batch_size=settings["batch_size"], num_workers=settings["workers"], progress=settings["progress"], rule=rule,
         )
         if not settings["channels"]:
             result = result.strongest(STRONGEST)
-        save_png(figure4(result, [label for label, _ in checkpoints], preprocess.denormalize), folder.partial / figure)
+        save_png(figure4(result, [label for label, _ in checkpoints], preprocess.denormalize, rule=rule), folder.partial / figure)
     path, report = folder.path / figure, folder.report
     print(
         f"followed {len(result.channels)} channels of {layer} through {len(checkpoints)} checkpoints over {total} images "

@@ -16,7 +16,7 @@ from ..occlusion import occlude
 from ..render import class_name, figure7, save_png, show_patch
 from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RUN, model_from, preprocess_from, model_runs_on, require_at_least, run_folder
+from .common import DATA, MODEL, RULE, RUN, model_from, rules_from, preprocess_from, model_runs_on, require_at_least, run_folder
 from .top9 import conv_layers
 
 OPTIONS = MODEL + DATA + RUN + (
@@ -26,6 +26,7 @@ OPTIONS = MODEL + DATA + RUN + (
     option("label", int, -1, "the image's true class (-1: the class the model predicts for it)"),
     option("square", int, 7, "side of the grey square in pixels (grey: the configured mean, 0 after normalisation)"),
     option("stride", int, 1, "pixels between square positions"),
+    RULE,
 )
 
 
@@ -41,7 +42,7 @@ def run(settings: dict[str, Any]) -> int:
     image = load_image(settings["image"], preprocess)
     if settings["stride"] > min(image.shape[-2:]):
         raise ConfigError(f"key 'stride' must be at most the image's side, {min(image.shape[-2:])} pixels, got {settings['stride']}")
-    mirror = build_mirror(model)
+    mirror = build_mirror(model, rule=rules_from(settings)[0])  # the rule of the projected panel (c)
     layer = settings["layer"] or conv_layers(mirror)[-1]
     maps = ("activation", "probability", "predicted", "projection")
     with open_run(run_folder(settings, "occlusion", figure, outputs=tuple(f"occlusion/{stem}/{m}.npy" for m in maps))) as folder:
@@ -54,7 +55,7 @@ def run(settings: dict[str, Any]) -> int:
             )
         seconds = time.perf_counter() - start
         names = getattr(model, "classes", None)
-        save_png(figure7(show_patch(image[None], preprocess.denormalize)[0], result, names), folder.partial / figure)
+        save_png(figure7(show_patch(image[None], preprocess.denormalize)[0], result, names, rule=mirror.rule), folder.partial / figure)
         for name in maps:
             atomic_write(folder.partial / "occlusion" / stem / f"{name}.npy", lambda f, v=getattr(result, name): np.save(f, v.numpy()))
     path, report = folder.path / figure, folder.report

@@ -28,7 +28,7 @@ from ..run_folder import open_run
 from ..resume import Checkpoint, fingerprint
 from ..scan import Record, ScanState, project_top, scan
 from . import command
-from .common import DATA, MODEL, RUN, dataset_from, device_from, model_from, preprocess_from, require_at_least, run_folder
+from .common import DATA, MODEL, RULE, RULES, RUN, dataset_from, rules_from, device_from, model_from, preprocess_from, require_at_least, run_folder
 
 OPTIONS = MODEL + DATA + RUN + (
     option("layers", list, [], "layers to visualise (empty: the rectified output of every convolution)", item=str),
@@ -42,6 +42,8 @@ OPTIONS = MODEL + DATA + RUN + (
     option("save_every", int, 50, "save the scan state every N batches (0: only at the end and on SIGINT/SIGTERM)"),
     option("resume", bool, False, "continue the scan whose state is saved in the output folder"),
     option("strict", bool, False, "stop at the first unreadable image instead of skipping it"),
+    RULE,
+    RULES,
 )
 
 MAX_TOP = 1000  # a channel's sheet shows its top images side by side
@@ -77,6 +79,7 @@ def run(settings: dict[str, Any]) -> int:
         model = model_from(settings)
         preprocess = preprocess_from(settings, model)
         dataset = dataset_from(settings, preprocess)
+        rules = rules_from(settings)
         mirror = build_mirror(model)
         layers = settings["layers"] or conv_layers(mirror)
         wanted = {layer: channel_list(spec, layer) for layer, spec in settings["channels"].items()}
@@ -93,8 +96,9 @@ def run(settings: dict[str, Any]) -> int:
             if group.main:
                 write_text(out / "config.toml", dump_toml(settings, "deconv top9: the resolved settings of this run"))
                 write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
-                write_json(out / "top9.json", [r.to_json() for r in records])
-            sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records, clock)
+                rule = rules[0] if len(rules) == 1 else rules  # the records are those of every rule: one scan
+                write_json(out / "top9.json", [{**r.to_json(), "rule": rule} for r in records])
+            sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records, rules, clock)
             committing = time.perf_counter()
         clock.add("report", time.perf_counter() - committing)  # moving the files in, the report, the manifest
         out = folder.path
@@ -178,44 +182,48 @@ def _scan(
 
 def _sheets(
     settings: dict[str, Any], group: Group, out: Path, mirror: Mirror, dataset: Dataset,
-    preprocess: Preprocess, layers: list[str], records: list[Record], clock: Clock,
+    preprocess: Preprocess, layers: list[str], records: list[Record], rules: list[str], clock: Clock,
 ) -> int:
     """Projects and draws the sheets one at a time: each process projects its share of a sheet's
-    records and turns them into display tiles at once; rank 0 gathers that sheet's tiles, draws and
-    writes it, and frees it before the next. Returns the number of sheets. ``clock`` collects the
-    time of each phase.
+    records under each of ``rules`` and turns them into display tiles at once; rank 0 gathers that
+    sheet's tiles, draws and writes it (one projection grid per rule), and frees it before the next.
+    Returns the number of sheets. ``clock`` collects the time of each phase.
     """
     written = []
     per_sheet = settings["per_sheet"]
+    named = f"rule {rules[0]}" if len(rules) == 1 else f"rules {', '.join(rules)}"
     for layer in layers:
         of_layer = [r for r in records if r.layer == layer]
         channels = sorted({r.channel for r in of_layer})
         parts = [set(channels[i : i + per_sheet]) for i in range(0, len(channels), per_sheet)]
         images = set(group.shard(sorted({r.index for r in of_layer}), settings["batch_size"]))
         mine = [r for r in of_layer if r.index in images]
-        bar = progress_bar(total=len(mine), desc=f"project {layer}", unit="proj", enabled=settings["progress"] and group.main)
+        bar = progress_bar(total=len(mine) * len(rules), desc=f"project {layer}", unit="proj", enabled=settings["progress"] and group.main)
         with bar:
             for n, part in enumerate(parts, 1):
-                tiles = []
-                chunks = project_top(
-                    mirror, dataset, [r for r in mine if r.channel in part], batch_size=settings["batch_size"],
-                    num_workers=settings["workers"], memory_budget=settings["memory_budget_mb"] * 2**20, progress=False,
-                )
-                for chunk in clock.timed(f"projections {layer}", chunks):
-                    with clock("rendering"):
-                        tiles += display_tiles(chunk, preprocess.denormalize, settings["tile_px"], preprocess.channel_order)
-                        if settings["save_projections"]:
-                            save_projections(
-                                chunk, preprocess.denormalize, out / "projections", settings["save_projections"], preprocess.channel_order
-                            )
-                    bar.update(len(chunk.records))
+                tiles: dict[str, list] = {rule: [] for rule in rules}
+                for rule in rules:
+                    chunks = project_top(
+                        mirror, dataset, [r for r in mine if r.channel in part], batch_size=settings["batch_size"],
+                        num_workers=settings["workers"], memory_budget=settings["memory_budget_mb"] * 2**20, progress=False, rule=rule,
+                    )
+                    for chunk in clock.timed(f"projections {layer}", chunks):
+                        with clock("rendering"):
+                            tiles[rule] += display_tiles(chunk, preprocess.denormalize, settings["tile_px"], preprocess.channel_order)
+                            if settings["save_projections"]:
+                                save_projections(
+                                    chunk, preprocess.denormalize, out / "projections" / (rule if len(rules) > 1 else ""),
+                                    settings["save_projections"], preprocess.channel_order,
+                                )
+                        bar.update(len(chunk.records))
                 gathered = group.gather(tiles)
                 del tiles
                 if gathered is not None:
                     with clock("rendering"):
-                        title = f"{layer}: top {settings['top']} activations per channel" + (f" (sheet {n} of {len(parts)})" if len(parts) > 1 else "")
+                        title = f"{layer}: top {settings['top']} activations per channel, {named}" + (f" (sheet {n} of {len(parts)})" if len(parts) > 1 else "")
                         path = out / "sheets" / f"{layer}-{n}.png"
-                        save_png(figure2(itertools.chain(*gathered), title), path)
+                        merged = {rule: itertools.chain(*(part[rule] for part in gathered)) for rule in rules}
+                        save_png(figure2(merged if len(rules) > 1 else merged[rules[0]], title), path)
                         written.append(path)
                     del gathered
     return len(written)
