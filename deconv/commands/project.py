@@ -12,10 +12,10 @@ from ..config import option
 from ..data import load_image
 from ..errors import ConfigError
 from ..mirror import Mirror, Selection, build_mirror
-from ..render import class_name, label_strip, row, save_png, show_patch, show_projection, to_pil, upscale
+from ..render import class_name, column, label_strip, row, save_png, show_patch, show_projection, to_pil, upscale
 from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RUN, model_from, preprocess_from, model_runs_on, require_at_least, run_folder
+from .common import DATA, MODEL, RULE, RULES, RUN, model_from, rules_from, preprocess_from, model_runs_on, require_at_least, run_folder
 
 OPTIONS = MODEL + DATA + RUN + (
     option("image", str, "", "the image file to project"),
@@ -24,6 +24,8 @@ OPTIONS = MODEL + DATA + RUN + (
     option("position", str, "", "'Y,X' for one activation, 'map' for the whole feature map (empty: the strongest)"),
     option("target_class", int, -1, "project from this class output instead of a layer (-1: no)"),
     option("top_classes", int, 0, "instead, a sheet of the projections of the image's N most probable classes (0: no)"),
+    RULE,
+    RULES,
 )
 
 
@@ -51,9 +53,12 @@ def run(settings: dict[str, Any]) -> int:
     if settings["position"] and (target is not None or top):
         raise ConfigError("--position goes with --layer/--channel, not with --target-class or --top-classes")
     model = model_from(settings)
+    rules = rules_from(settings)
+    if top and len(rules) > 1:
+        raise ConfigError("--rules goes with --layer or --target-class; --top-classes draws one rule (--rule)")
     preprocess = preprocess_from(settings, model)
     image = load_image(settings["image"], preprocess)[None]
-    mirror = build_mirror(model)
+    mirror = build_mirror(model, rule=rules[0])
     names = getattr(model, "classes", None)
     if top or target is not None:
         output = mirror.shapes(tuple(image.shape[1:]))[mirror.output]
@@ -68,24 +73,28 @@ def run(settings: dict[str, Any]) -> int:
     file = Path(settings["image"])
     shown = show_patch(image.cpu(), preprocess.denormalize)
     if top:
-        name = f"project-{file.stem}-top{top}.png"
+        name = f"project-{file.stem}-top{top}"
     elif target is None:
-        name = f"project-{file.stem}-{settings['layer']}-c{settings['channel']}.png"
+        name = f"project-{file.stem}-{settings['layer']}-c{settings['channel']}"
     else:
-        name = f"project-{file.stem}-class{target}.png"
+        name = f"project-{file.stem}-class{target}"
+    name += ("" if rules == ["deconvnet"] else "-" + "-".join(rules)) + ".png"  # the paper's rule keeps the plain name
     with open_run(run_folder(settings, "project", outputs=(name,))) as folder, model_runs_on(file.name, tuple(image.shape[1:])):
         if top:
             save_png(_top_classes(mirror, image, shown, top, names, file.name), folder.partial / name)
         else:
             if target is None:
-                projection = mirror.project(image, settings["layer"], settings["channel"], _position(settings["position"]))
                 what = f"{settings['layer']} channel {settings['channel']}" + (f" at {settings['position']}" if settings["position"] else "")
+                source = {"layer": settings["layer"], "channel": settings["channel"], "position": _position(settings["position"])}
             else:
-                projection = mirror.project(image, target_class=target)
                 what = f"class {target}" + (f" ({names[target]})" if names and target < len(names) else "")
-            shown_projection = show_projection(projection.cpu(), preprocess.channel_order)
-            both = upscale(torch.cat([shown_projection, shown], 3), math.ceil(256 / image.shape[-2]))
-            save_png(label_strip(to_pil(both[0]), f"{file.name}: projection of {what}  |  image"), folder.partial / name)
+                source = {"target_class": target}
+            strips = []
+            for rule in rules:  # one row per rule
+                shown_projection = show_projection(mirror.project(image, **source, rule=rule).cpu(), preprocess.channel_order)
+                both = upscale(torch.cat([shown_projection, shown], 3), math.ceil(256 / image.shape[-2]))
+                strips.append(label_strip(to_pil(both[0]), f"{file.name}: projection of {what} ({rule})  |  image"))
+            save_png(column(strips), folder.partial / name)
     print(f"wrote {folder.path / name} and {folder.report}")
     return 0
 
@@ -110,4 +119,4 @@ def _top_classes(
     print("\n".join(captions))
     tiles = upscale(torch.cat([shown, show_projection(projections.cpu())]), math.ceil(160 / image.shape[-2]))
     sheet = row([label_strip(to_pil(t), c) for t, c in zip(tiles, [title, *captions])])
-    return label_strip(sheet, f"projections of the {len(classes)} most probable classes, from the class output down", size=15)
+    return label_strip(sheet, f"projections of the {len(classes)} most probable classes, from the class output down (rule: {mirror.rule})", size=15)
