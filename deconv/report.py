@@ -2,7 +2,8 @@
 
 It shows what the commands left in the folder: per layer of ``top9.json`` every channel as a
 thumbnail cut from its Fig. 2 sheet (a click shows it enlarged with its records and a link to
-the sheet), then the figures of ``deconv occlusion``, ``deconv evolution`` and ``deconv project``.
+the sheet; a run of several rules shows each rule's projections beside the patches on its own,
+one link per rule), then the figures of ``deconv occlusion``, ``deconv evolution`` and ``deconv project``.
 All links are relative; the page has no scripts.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .render import label_strip
 __all__ = ["write_report", "panel_boxes", "sheet_panels", "panels_per_sheet"]
 
 MARGIN = 10  # render.sheets' margin around and between panels
+GAP = 6  # render.channel_panel's gap between the grids of a panel
 THUMB = 240  # widest thumbnail, in pixels: a few tens of KB as JPEG
 DETAIL = 1000  # a channel's detail view is enlarged by an integer factor up to about this width
 TITLE = label_strip(Image.new("RGB", (1, 1)), "", size=18).height - 1  # a sheet's title strip
@@ -34,7 +36,7 @@ FIGURES = (  # section id, heading, the files it shows
     ("projections", "Projections", "project-*.png"),
 )
 INTRO = (
-    "<p>Per channel, the projections of its strongest activations over the dataset (left) beside the "
+    "<p>Per channel, the projections of its strongest activations over the dataset (left; {rules}) beside the "
     "image patches that caused them (right), best first, with the largest activation. Click a channel "
     "for it enlarged, its records and its sheet.</p>"
 )
@@ -117,8 +119,8 @@ def _thumbnails(
     return found
 
 
-def _layer(out: Path, layer: str, records: list[dict], per_sheet: int) -> tuple[str, str]:
-    """The gallery section of one layer and its channels' detail overlays."""
+def _layer(out: Path, layer: str, records: list[dict], per_sheet: int, rules: list[str]) -> tuple[str, str]:
+    """The gallery section of one layer and its channels' detail overlays (one more per rule when the run drew several)."""
     by_channel: dict[int, list[dict]] = {}
     for record in sorted(records, key=lambda r: (r["channel"], r["rank"])):
         by_channel.setdefault(record["channel"], []).append(record)
@@ -141,19 +143,59 @@ def _layer(out: Path, layer: str, records: list[dict], per_sheet: int) -> tuple[
         details.append(
             f'<section class="detail" id="{anchor}"><div><a class="close" href="#layer-{html.escape(layer)}">close &times;</a>'
             f"<h3>{html.escape(layer)} channel {channel}</h3>"
-            f'<div class="panel" style="width:{width * f}px;height:{height * f}px"><img src="{_href(sheet)}" '
-            f'width="{size[0] * f}" height="{size[1] * f}" style="margin:{-box[1] * f}px 0 0 {-box[0] * f}px" '
-            f'alt="channel {channel}, enlarged {f}x"></div>'
-            f"<p>Projections of the top {len(rs)} activations beside the image patches that caused them; "
+            f"{_switch(layer, channel, rules, '')}{_crop(sheet, size, box, f, f'channel {channel}, enlarged {f}x')}"
+            f"<p>Projections of the top {len(rs)} activations ({_named(rules)}) beside the image patches that caused them; "
             f'<a href="{_href(sheet)}">the full sheet</a>.</p>'
             f"<table><tr><th>rank</th><th>activation</th><th>image index</th><th>y, x</th>{files}</tr>"
             f"{''.join(_row(out, r) for r in rs)}</table></div></section>"
         )
+        side = (width - GAP * len(rules)) // (len(rules) + 1)  # the panel's grids: one per rule, then the patches
+        for n, rule in enumerate(rules if len(rules) > 1 else ()):
+            columns = [(box[0] + k * (side + GAP), box[1], box[0] + k * (side + GAP) + side, box[3]) for k in (n, len(rules))]
+            g = max(1, DETAIL // (2 * side))
+            details.append(
+                f'<section class="detail" id="{anchor}/{html.escape(rule)}"><div><a class="close" href="#layer-{html.escape(layer)}">close &times;</a>'
+                f"<h3>{html.escape(layer)} channel {channel}: {html.escape(rule)}</h3>{_switch(layer, channel, rules, rule)}"
+                f'<div class="grid">{"".join(_crop(sheet, size, c, g, f"channel {channel}, {rule}, enlarged {g}x") for c in columns)}</div>'
+                f"<p>Projections of the top {len(rs)} activations by the {html.escape(rule)} rule beside the image patches that caused them.</p>"
+                "</div></section>"
+            )
     section = (
         f'<section id="layer-{html.escape(layer)}"><h2>{html.escape(layer)} <small>{len(by_channel)} channels &middot; '
         f'{links}</small></h2><div class="grid">{"".join(cells)}</div></section>'
     )
     return section, "".join(details)
+
+
+def _crop(sheet: Path, size: tuple[int, int], box: tuple[int, int, int, int], f: int, alt: str) -> str:
+    """The ``box`` of a ``sheet`` of ``size`` enlarged ``f`` times by the browser."""
+    return (
+        f'<div class="panel" style="width:{(box[2] - box[0]) * f}px;height:{(box[3] - box[1]) * f}px"><img src="{_href(sheet)}" '
+        f'width="{size[0] * f}" height="{size[1] * f}" style="margin:{-box[1] * f}px 0 0 {-box[0] * f}px" alt="{html.escape(alt)}"></div>'
+    )
+
+
+def _switch(layer: str, channel: int, rules: list[str], current: str) -> str:
+    """Links between a channel's views when the run drew several rules: all side by side, or one rule."""
+    if len(rules) < 2:
+        return ""
+    views = [("", "all rules"), *((r, r) for r in rules)]
+    links = (
+        f"<b>{html.escape(name)}</b>" if view == current
+        else f'<a href="#{html.escape(f"{layer}/{channel}" + (f"/{view}" if view else ""))}">{html.escape(name)}</a>'
+        for view, name in views
+    )
+    return f"<nav>rule: {' '.join(links)}</nav>"
+
+
+def _named(rules: list[str]) -> str:
+    return f"rule {rules[0]}" if len(rules) == 1 else f"rules {', '.join(rules)}, left to right"
+
+
+def _rules(records: list[dict]) -> list[str]:
+    """The rules a top9 run drew, from its records (runs from before rules were named: the deconvnet)."""
+    rule = records[0].get("rule", "deconvnet") if records else "deconvnet"
+    return [rule] if isinstance(rule, str) else list(rule)
 
 
 def _row(out: Path, record: dict) -> str:
@@ -196,7 +238,7 @@ def write_report(out_dir: Path) -> Path:
         layers.setdefault(record["layer"], []).append(record)
     sections, details, nav = [], [], []
     for layer, rs in layers.items():
-        section, detail = _layer(out, layer, rs, panels_per_sheet(out))
+        section, detail = _layer(out, layer, rs, panels_per_sheet(out), _rules(records))
         sections.append(section)
         details.append(detail)
         nav.append(f'<a href="#layer-{html.escape(layer)}">{html.escape(layer)}</a>')
@@ -209,6 +251,6 @@ def write_report(out_dir: Path) -> Path:
     page = (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>deconv: {html.escape(out.resolve().name)}</title>'
         f"<style>{STYLE}</style></head><body><h1>deconv: {html.escape(out.resolve().name)}</h1>"
-        f"<nav>{''.join(nav)}</nav>{settings}{INTRO if layers else ''}{''.join(sections)}{''.join(details)}</body></html>\n"
+        f"<nav>{''.join(nav)}</nav>{settings}{INTRO.format(rules=html.escape(_named(_rules(records)))) if layers else ''}{''.join(sections)}{''.join(details)}</body></html>\n"
     )
     return write_text(out / "index.html", page.encode("utf-8", "replace").decode())  # shows such a name's bytes as "?"

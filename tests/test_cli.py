@@ -45,7 +45,8 @@ def test_top9_small_run_writes_sheets_and_records(tmp_path: Path) -> None:
     assert main(args) == 0
     records = json.loads((out / "top9.json").read_text())
     assert len(records) == (32 + 64) * 9
-    assert set(records[0]) == {"layer", "channel", "rank", "index", "path", "y", "x", "value"}
+    assert set(records[0]) == {"layer", "channel", "rank", "index", "path", "y", "x", "value", "rule"}
+    assert {r["rule"] for r in records} == {"deconvnet"}
     assert sorted({r["rank"] for r in records}) == list(range(9))
     assert all(0 <= r["index"] < 300 for r in records)
     for layer in ("features.1", "features.11"):
