@@ -60,7 +60,7 @@ class Links(HTMLParser):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder where top9, occlusion, evolution and project (top classes) all wrote, with its report."""
+    """A folder where top9 (two rules), occlusion, evolution and project (top classes) all wrote, with its report."""
     root = tmp_path_factory.mktemp("report")
     (root / "net.py").write_text(NET)
     g = torch.Generator().manual_seed(0)
@@ -78,7 +78,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "run"
     model = ["--model", f"{root / 'net.py'}:make", "--data", str(root / "data"), "--out", str(out), "--no-progress"]
     image = str(root / "data" / "kind0" / "im 0.png")
-    assert main(["top9", *model, "--layers", "1", "4", "--per-sheet", "4"]) == 0
+    assert main(["top9", *model, "--layers", "1", "4", "--per-sheet", "4", "--rules", "deconvnet", "guided"]) == 0
     write_report(out)  # what top9 does at its end
     assert main(["occlusion", *model, "--image", image, "--square", "6", "--stride", "3"]) == 0
     assert main(["evolution", *model, "--checkpoints", *checkpoints, "--layer", "4", "--channels", "0", "3"]) == 0
@@ -94,6 +94,8 @@ def test_report_shows_every_output_and_its_links_resolve(run: Path) -> None:
     channels = {(r["layer"], r["channel"]) for r in records}
     assert len(channels) == 6 + 10
     assert {f"{layer}/{channel}" for layer, channel in channels} <= parser.ids  # one detail per channel
+    assert {f"{layer}/{channel}/{rule}" for layer, channel in channels for rule in ("deconvnet", "guided")} <= parser.ids  # and per rule
+    assert {f"#{layer}/{channel}/guided" for layer, channel in channels} <= set(map(unquote, parser.links))
     for name in ("occlusion/im 0.png", "evolution/4.png", "project-im 0-top3.png", "sheets/4-3.png"):
         assert any(unquote(link) == name for link in parser.links), name
     assert any(unquote(link).endswith("data/kind0/im 0.png") for link in parser.links)  # a record's image file
