@@ -181,3 +181,27 @@ def test_the_report_lets_a_reader_switch_rules(several: Path) -> None:
     assert "rules deconvnet, guided, gradient" in page
     for rule in RULES:
         assert f'id="features.11/5/{rule}"' in page and f'href="#features.11/5/{rule}"' in page
+
+
+def test_occlusion_projects_its_map_by_the_rule(image_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["occlusion", "--config", CONFIG, "--image", str(image_file), "--layer", "features.11", "--channel", "3", "--stride", "7"]
+    assert main([*args, "--rule", "guided", "--out", str(out), "--no-progress"]) == 0
+    saved = torch.from_numpy(np.load(out / "occlusion" / "boot" / "projection.npy"))
+    image = deconv.default_dataset()[0][0][None]
+    mirror = deconv.build_mirror(deconv.default_model())
+    torch.testing.assert_close(saved, mirror.project(image, "features.11", 3, "map", rule="guided")[0])
+    assert not torch.allclose(saved, mirror.project(image, "features.11", 3, "map")[0])
+
+
+def test_evolve_projects_by_the_rule() -> None:
+    from deconv.evolution import evolve
+
+    model, dataset = deconv.default_model(), deconv.default_dataset()
+
+    def run(mirror: deconv.Mirror, **kw):
+        return evolve([mirror], dataset, "features.11", [0, 1], indices=range(60), progress=False, **kw)
+
+    guided = run(deconv.build_mirror(model), rule="guided")
+    torch.testing.assert_close(guided.projections, run(deconv.build_mirror(model, rule="guided")).projections)
+    assert not torch.allclose(guided.projections, run(deconv.build_mirror(model)).projections)
