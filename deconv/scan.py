@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .cone import cut, inside
+from .cone import crop
 from .data import Batch, UnreadableImage, batches
 from .errors import InputError, NonFiniteError, SelectionError
 from .mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
@@ -383,8 +383,4 @@ def _patches(
         return patches, torch.ones_like(patches[:, :1], dtype=torch.bool)
     positions = torch.tensor([[r.y, r.x] for r in records], device=images.device)
     origin, size = mirror.receptive_fields(records[0].layer, positions, tuple(images.shape[1:]))
-    patches = cut(images, image, origin, size)
-    mask = inside(origin, size, tuple(images.shape[-2:]))
-    if mask is None:
-        return patches, torch.ones_like(patches[:, :1], dtype=torch.bool)
-    return patches * mask, mask
+    return crop(images.index_select(0, image), origin, size)
