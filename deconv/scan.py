@@ -6,7 +6,6 @@ then projects each of them and cuts the receptive-field box from the projection 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
@@ -15,7 +14,8 @@ from torch.utils.data import Dataset
 
 from .cone import crop
 from .data import Batch, UnreadableImage, batches
-from .errors import InputError, NonFiniteError, SelectionError
+from .errors import NonFiniteError, SelectionError
+from .graph import model_runs_on
 from .mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
 from .progress import progress_bar
 
@@ -212,21 +212,8 @@ def scan(
     return state
 
 
-@contextlib.contextmanager
-def _model_runs_on(batch: Batch) -> Iterator[None]:
-    """Turns torch's errors from running the model on ``batch`` (e.g. images smaller than a kernel)
-    into an :class:`InputError` naming the dataset images."""
-    try:
-        yield
-    except NonFiniteError:
-        raise
-    except (RuntimeError, InputError) as error:  # torch's own, or the walk's naming the layer
-        first, last = int(batch.indices[0]), int(batch.indices[-1])
-        reason = " ".join(str(error).split())[:200]
-        raise InputError(
-            f"the model fails on dataset images {first}..{last} of shape {tuple(batch.images.shape[1:])}: "
-            f"{type(error).__name__}: {reason}"
-        ) from None
+def _described(batch: Batch) -> str:
+    return f"dataset images {int(batch.indices[0])}..{int(batch.indices[-1])} of shape {tuple(batch.images.shape[1:])}"
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
@@ -249,7 +236,7 @@ def _forward(
     (a -inf where it is a map's maximum; ReLU outputs hold none).
     """
     try:
-        with _model_runs_on(batch):
+        with model_runs_on(_described(batch)):
             images = mirror.check_images(batch.images)
             outputs = mirror.run(
                 channels_last(images) if any_layout else images,
@@ -366,7 +353,7 @@ def project_top(
                 chunk = [r for r in mine if r.index in local]
                 selections = [Selection(local[r.index], r.layer, r.channel, r.y, r.x) for r in chunk]
                 image = torch.tensor([s.image for s in selections], device=images.device)
-                with _model_runs_on(batch):
+                with model_runs_on(_described(batch)):
                     for where, projections in mirror.projections(images, selections, crop=True, memory_budget=memory_budget):
                         done = [chunk[i] for i in where.tolist()]
                         patches, inside = _patches(mirror, images, image[where], done)
