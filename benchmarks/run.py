@@ -445,7 +445,7 @@ def measure_fig2(reps: int, quick: bool) -> list[str]:
     import itertools
 
     from deconv.data import batches
-    from deconv.render import figure2
+    from deconv.render import display_tiles, figure2
     from deconv.scan import channels_last, project_top, scan
 
     model, dataset = deconv.default_model(), deconv.default_dataset()
@@ -471,8 +471,9 @@ def measure_fig2(reps: int, quick: bool) -> list[str]:
         found["chunks"] = list(project_top(mirror, dataset, records, batch_size=500, progress=False))
 
     def rendering() -> None:
-        for _, group in itertools.groupby(found["chunks"], key=lambda c: c.records[0].layer):
-            figure2(group, dataset.preprocess.denormalize)
+        for layer, group in itertools.groupby(found["chunks"], key=lambda c: c.records[0].layer):
+            tiles = [t for chunk in group for t in display_tiles(chunk, dataset.preprocess.denormalize)]
+            figure2(tiles, layer)
 
     steps = {
         "forward, whole model": forward(model),

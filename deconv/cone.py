@@ -1,7 +1,7 @@
 """Windows of feature maps: the cone of positions one activation reaches on the way down.
 
 A window is a top-left ``origin`` ``(K, 2)`` per selection and a ``size`` ``(h, w)`` shared by all K
-selections. :func:`cut` and :func:`paste` take windows that may lie partly outside the map; the
+selections. :func:`crop` and :func:`paste` take windows that may lie partly outside the map; the
 reverse pass keeps its windows inside their maps and uses :func:`window`, :func:`shift` and
 :func:`clip`, which need no masks.
 """
@@ -11,7 +11,7 @@ import torch
 
 from .layers.base import Geometry
 
-__all__ = ["descend", "cut", "inside", "paste", "window", "shift", "clip", "place"]
+__all__ = ["descend", "crop", "inside", "paste", "window", "shift", "clip", "place"]
 
 
 def descend(geometry: Geometry, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -28,17 +28,6 @@ def _grid(origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, to
     rows = origin[:, :1] + torch.arange(size[0], device=origin.device)
     cols = origin[:, 1:] + torch.arange(size[1], device=origin.device)
     return rows, cols  # (K, h), (K, w)
-
-
-def cut(maps: torch.Tensor, image: torch.Tensor, origin: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Windows of per-image maps: ``(N, C, H, W) -> (K, C, h, w)``, for image ``image[k]`` at ``origin[k]``.
-
-    Positions outside the map repeat its edge; mask them with :func:`inside` where that matters.
-    """
-    rows, cols = _grid(origin, size)
-    rows = rows.clamp(0, maps.shape[-2] - 1)[:, :, None]
-    cols = cols.clamp(0, maps.shape[-1] - 1)[:, None, :]
-    return maps.permute(0, 2, 3, 1)[image[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
 
 def inside(origin: torch.Tensor, size: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor | None:
@@ -71,6 +60,18 @@ def _gather(view: torch.Tensor, image: torch.Tensor, origin: torch.Tensor, chann
     if channels_last:  # gather as (K, h, w, C) so that the result is channels-last
         return view.permute(0, 2, 3, 4, 5, 1)[image, origin[:, 0], origin[:, 1]].permute(0, 3, 1, 2)
     return view[image, :, origin[:, 0], origin[:, 1]]
+
+
+def crop(maps: torch.Tensor, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Receptive-field boxes: box ``k`` of ``size`` at ``origin[k]`` in ``maps[k]`` ``(K, C, H, W)``, zero
+    where it leaves the map, ``(K, C, h, w)``; and the mask of its pixels inside the map ``(K, 1, h, w)``.
+
+    The one way every projection, image patch and tile is cut to its box.
+    """
+    mask = inside(origin, size, tuple(maps.shape[-2:]))
+    if mask is None:
+        mask = torch.ones(maps.shape[0], 1, *size, dtype=torch.bool, device=maps.device)
+    return shift(maps, origin, size).contiguous(), mask
 
 
 def window(

@@ -1,9 +1,8 @@
 """The paper's Fig. 4: how the features of one layer evolve during training, checkpoint by checkpoint.
 
 At each checkpoint, the scan of :mod:`deconv.scan` finds every channel's strongest activation over
-the scan set; it is projected to pixels and cut, with its image, to its receptive field, as in
-Fig. 2, but moved inside the image: deep layers see more than a small image, and then the tile
-is the whole image.
+the scan set; it is projected to pixels and cut, with its image, to its receptive field exactly as
+in Fig. 2 (:func:`deconv.scan.project_top`), and drawn as Fig. 2's tiles are.
 """
 from __future__ import annotations
 
@@ -13,10 +12,9 @@ from typing import Iterable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .cone import cut
 from .errors import SelectionError
-from .mirror import Box, Mirror, Selection
-from .scan import Record, scan
+from .mirror import Mirror
+from .scan import Projected, Record, project_top, scan
 
 __all__ = ["Evolution", "evolve"]
 
@@ -26,8 +24,8 @@ class Evolution:
     """``K`` channels of ``layer`` over ``T`` checkpoints, in checkpoint order.
 
     ``records[k][t]`` is channel ``channels[k]``'s strongest activation at checkpoint ``t``; its
-    ``projections`` and the image ``patches`` ``(K, T, C, h, w)`` are cut to its receptive field,
-    moved inside the image (the whole image where the field is larger).
+    ``projections`` and the image ``patches`` ``(K, T, C, h, w)`` are cut to its receptive-field box
+    (zero where the box leaves the image, which ``inside`` ``(K, T, 1, h, w)`` marks), images of ``image_size``.
     """
 
     layer: str
@@ -35,22 +33,21 @@ class Evolution:
     records: list[list[Record]]
     projections: torch.Tensor
     patches: torch.Tensor
+    inside: torch.Tensor
+    image_size: tuple[int, int]
+
+    def column(self, t: int) -> Projected:
+        """Checkpoint ``t``'s projected records, as :func:`deconv.scan.project_top` gives them."""
+        records = [strip[t] for strip in self.records]
+        return Projected(records, self.projections[:, t], self.patches[:, t], self.inside[:, t], self.image_size)
 
     def strongest(self, n: int) -> Evolution:
         """The ``n`` channels with the largest activation at the last checkpoint, in channel order."""
         best = sorted(sorted(range(len(self.channels)), key=lambda k: -self.records[k][-1].value)[:n])
         return Evolution(
             self.layer, [self.channels[k] for k in best], [self.records[k] for k in best],
-            self.projections[best], self.patches[best],
+            self.projections[best], self.patches[best], self.inside[best], self.image_size,
         )
-
-
-def _windows(mirror: Mirror, records: Sequence[Record], shape: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Top-left corners ``(K, 2)`` and the size of the records' receptive fields, each moved inside the image."""
-    boxes = [mirror.receptive_field(r.layer, r.y, r.x) if r.y is not None else Box(0, 0, *shape) for r in records]
-    size = (min(boxes[0].bottom - boxes[0].top, shape[0]), min(boxes[0].right - boxes[0].left, shape[1]))
-    origin = [(min(max(b.top, 0), shape[0] - size[0]), min(max(b.left, 0), shape[1] - size[1])) for b in boxes]
-    return torch.tensor(origin), size
 
 
 @torch.no_grad()
@@ -72,7 +69,7 @@ def evolve(
     hold one checkpoint's model in memory at a time. ``rule`` is what the projections do at each
     ReLU (default: each mirror's).
     """
-    columns: list[tuple[list[Record], torch.Tensor, torch.Tensor]] = []
+    columns: list[Projected] = []
     for mirror in mirrors:
         state = scan(mirror, dataset, [layer], k=1, batch_size=batch_size, num_workers=num_workers,
                      indices=indices, progress=progress)
@@ -83,18 +80,20 @@ def evolve(
             raise SelectionError(f"channels {bad} are out of range for layer {layer!r} with {count} channels")
         best = {r.channel: r for r in state.records(dataset)}
         records = [best[c] for c in channels]
-        images = mirror.check_images(torch.stack([torch.as_tensor(dataset[r.index][0]) for r in records]))
-        selections = [Selection(k, layer, r.channel, r.y, r.x) for k, r in enumerate(records)]
-        projections = mirror.project_many(images, selections, rule=rule).cpu()
-        origin, size = _windows(mirror, records, tuple(images.shape[-2:]))
-        k = torch.arange(len(records))
-        columns.append((records, cut(projections, k, origin, size), cut(images.cpu(), k, origin, size)))
+        chunks = project_top(mirror, dataset, records, batch_size=batch_size, num_workers=num_workers, progress=False, rule=rule)
+        chunks = [c.cpu() for c in chunks]
+        done = [r for c in chunks for r in c.records]
+        order = [done.index(r) for r in records]  # back to channel order
+        stacked = {f: torch.cat([getattr(c, f) for c in chunks])[order] for f in ("projections", "patches", "inside")}
+        columns.append(Projected(records, **stacked, image_size=chunks[0].image_size))
     if not columns:
         raise SelectionError("no checkpoints to follow")
     return Evolution(
         layer,
         list(channels or ()),
-        [list(strip) for strip in zip(*(records for records, _, _ in columns))],
-        torch.stack([projections for _, projections, _ in columns], 1),
-        torch.stack([patches for _, _, patches in columns], 1),
+        [list(strip) for strip in zip(*(c.records for c in columns))],
+        torch.stack([c.projections for c in columns], 1),
+        torch.stack([c.patches for c in columns], 1),
+        torch.stack([c.inside for c in columns], 1),
+        columns[0].image_size,
     )

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from .errors import InputError, NonFiniteError
 
-__all__ = ["IMAGES", "Node", "Graph", "Trace", "evaluating", "first_non_finite"]
+__all__ = ["IMAGES", "Node", "Graph", "Trace", "evaluating", "first_non_finite", "model_runs_on"]
 
 IMAGES = -1
 """The index that stands for the images in :attr:`Node.inputs`."""
@@ -76,6 +76,19 @@ def evaluating(model: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextlib.contextmanager
+def model_runs_on(what: str) -> Iterator[None]:
+    """Turns errors from running the model on ``what`` (``"dataset images 0..7 of shape (1, 3, 3)"``;
+    torch's own, or a layer's failure the walk named) into one :class:`InputError` naming it."""
+    try:
+        yield
+    except NonFiniteError:
+        raise
+    except (RuntimeError, InputError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise InputError(f"the model fails on {what}: {type(error).__name__}: {reason}") from None
 
 
 def first_non_finite(x: torch.Tensor) -> int | None:

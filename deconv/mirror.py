@@ -16,7 +16,8 @@ from torch import nn
 from .builders import rules as registered_rules
 from .builders import walk
 from .builders.registry import DEFAULT_RULE
-from .cone import place, shift
+from .cone import crop as _crop
+from .cone import place
 from .errors import InputError, NonFiniteError, SelectionError
 from .graph import IMAGES, Graph, Node, Trace, evaluating, first_non_finite
 from .plan import Footprint, chunks, selection_bytes
@@ -468,12 +469,12 @@ class Mirror(nn.Module):
         result = reverse(self.graph, trace, rule, top, image, signal, origin, image_shape)
         if result.origin is not None:
             if crop:  # the receptive-field box: the whole cone, zero where it leaves the image
-                return shift(result.signal, result.cone - result.origin, result.cone_size).contiguous()
+                return _crop(result.signal, result.cone - result.origin, result.cone_size)[0]
             return place(result.signal, result.origin, tuple(image_shape[-2:]))
         if crop and origin is not None:
             field = cones(self.graph, top, origin, (1, 1))[IMAGES]
             if field is not None:
-                return shift(result.signal, field[0], field[1]).contiguous()
+                return _crop(result.signal, field[0], field[1])[0]
         return result.signal
 
     def _check(self, s: Selection, shape: tuple[int, ...], n: int, need_position: bool = True) -> None:

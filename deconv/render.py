@@ -413,21 +413,19 @@ def figure7(
 
 
 def figure4(
-    evolution: Evolution, checkpoints: Sequence[str], denormalize: Callable[[torch.Tensor], torch.Tensor], size: int = 72,
+    evolution: Evolution, checkpoints: Sequence[str], denormalize: Callable[[torch.Tensor], torch.Tensor], tile_px: int = 72,
     rule: str = "deconvnet",
 ) -> Image.Image:
     """The paper's Fig. 4: one strip per channel, its strongest activation's projection beside the
-    image patch at each checkpoint, left to right in checkpoint order, captioned with its value; the
-    title names the projections' ``rule``."""
+    image patch at each checkpoint, left to right in checkpoint order, captioned with its value.
+    Tiles are Fig. 2's (:func:`display_tiles`); the title names the projections' ``rule``."""
     e = evolution
-    k, t = e.projections.shape[:2]
-    factor = max(1, round(size / e.projections.shape[-2]))
-    shown = upscale(show_projection(e.projections.flatten(0, 1).float()), factor)
-    patches = upscale(show_patch(e.patches.flatten(0, 1).float(), denormalize), factor)
-    records = [r for strip in e.records for r in strip]
-    cells = [
-        label_strip(to_pil(grid(torch.stack([p, q]), 2)), f"{name}: {r.value:.3g}")
-        for p, q, r, name in zip(shown, patches, records, list(checkpoints) * k)
-    ]
-    strips = [label_strip(row(cells[n * t : (n + 1) * t]), f"{e.layer} channel {c}") for n, c in enumerate(e.channels)]
+    columns = [display_tiles(e.column(t), denormalize, tile_px) for t in range(len(checkpoints))]
+    strips = []
+    for k, channel in enumerate(e.channels):
+        cells = [
+            label_strip(to_pil(grid(torch.stack([tiles[k].projection, tiles[k].patch]), 2)), f"{name}: {tiles[k].record.value:.3g}")
+            for tiles, name in zip(columns, checkpoints)
+        ]
+        strips.append(label_strip(row(cells), f"{e.layer} channel {channel}"))
     return label_strip(column(strips, 16), f"{e.layer}: each channel's strongest activation, by checkpoint (rule: {rule})", size=15)

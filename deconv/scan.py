@@ -6,16 +6,16 @@ then projects each of them and cuts the receptive-field box from the projection 
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from .cone import cut, inside
+from .cone import crop
 from .data import Batch, UnreadableImage, batches
-from .errors import InputError, NonFiniteError, SelectionError
+from .errors import NonFiniteError, SelectionError
+from .graph import model_runs_on
 from .mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
 from .progress import progress_bar
 
@@ -212,21 +212,8 @@ def scan(
     return state
 
 
-@contextlib.contextmanager
-def _model_runs_on(batch: Batch) -> Iterator[None]:
-    """Turns torch's errors from running the model on ``batch`` (e.g. images smaller than a kernel)
-    into an :class:`InputError` naming the dataset images."""
-    try:
-        yield
-    except NonFiniteError:
-        raise
-    except (RuntimeError, InputError) as error:  # torch's own, or the walk's naming the layer
-        first, last = int(batch.indices[0]), int(batch.indices[-1])
-        reason = " ".join(str(error).split())[:200]
-        raise InputError(
-            f"the model fails on dataset images {first}..{last} of shape {tuple(batch.images.shape[1:])}: "
-            f"{type(error).__name__}: {reason}"
-        ) from None
+def _described(batch: Batch) -> str:
+    return f"dataset images {int(batch.indices[0])}..{int(batch.indices[-1])} of shape {tuple(batch.images.shape[1:])}"
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
@@ -249,7 +236,7 @@ def _forward(
     (a -inf where it is a map's maximum; ReLU outputs hold none).
     """
     try:
-        with _model_runs_on(batch):
+        with model_runs_on(_described(batch)):
             images = mirror.check_images(batch.images)
             outputs = mirror.run(
                 channels_last(images) if any_layout else images,
@@ -368,7 +355,7 @@ def project_top(
                 chunk = [r for r in mine if r.index in local]
                 selections = [Selection(local[r.index], r.layer, r.channel, r.y, r.x) for r in chunk]
                 image = torch.tensor([s.image for s in selections], device=images.device)
-                with _model_runs_on(batch):
+                with model_runs_on(_described(batch)):
                     for where, projections in mirror.projections(images, selections, crop=True, memory_budget=memory_budget, rule=rule):
                         done = [chunk[i] for i in where.tolist()]
                         patches, inside = _patches(mirror, images, image[where], done)
@@ -385,8 +372,4 @@ def _patches(
         return patches, torch.ones_like(patches[:, :1], dtype=torch.bool)
     positions = torch.tensor([[r.y, r.x] for r in records], device=images.device)
     origin, size = mirror.receptive_fields(records[0].layer, positions, tuple(images.shape[1:]))
-    patches = cut(images, image, origin, size)
-    mask = inside(origin, size, tuple(images.shape[-2:]))
-    if mask is None:
-        return patches, torch.ones_like(patches[:, :1], dtype=torch.bool)
-    return patches * mask, mask
+    return crop(images.index_select(0, image), origin, size)

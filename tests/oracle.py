@@ -51,33 +51,25 @@ class RectifiedGrad(torch.autograd.Function):
         return grad.clamp(min=0)
 
 
-class GuidedGrad(torch.autograd.Function):
-    """ReLU going up; going down, ReLU of the gradient where the input was positive (guided backpropagation)."""
+def _gated(rectify: bool) -> type[torch.autograd.Function]:
+    """ReLU going up; going down, the gradient (rectified with ``rectify``) where the input was positive."""
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
+    class Gated(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+            ctx.save_for_backward(x)
+            return x.clamp(min=0)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad.clamp(min=0) * (x > 0)
+        @staticmethod
+        def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+            (x,) = ctx.saved_tensors
+            return (grad.clamp(min=0) if rectify else grad) * (x > 0)
+
+    return Gated
 
 
-class PlainGrad(torch.autograd.Function):
-    """ReLU with its own gradient, ``grad * (x > 0)``: plain autograd, written out (the gradient rule)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * (x > 0)
-
+GuidedGrad = _gated(True)  # guided backpropagation: relu(g) * (x > 0)
+PlainGrad = _gated(False)  # plain autograd, written out: g * (x > 0)
 
 RULES = {"deconvnet": RectifiedGrad, "guided": GuidedGrad, "gradient": PlainGrad}
 

@@ -1,8 +1,8 @@
-"""Windows of feature maps, by hand: descend, cut, inside, paste, window, shift, clip."""
+"""Windows of feature maps, by hand: descend, crop, inside, paste, window, shift, clip."""
 import torch
 from hypothesis import given, strategies as st
 
-from deconv.cone import clip, cut, descend, inside, paste, shift, window
+from deconv.cone import clip, crop, descend, inside, paste, shift, window
 from deconv.layers.base import Geometry
 
 
@@ -15,12 +15,13 @@ def test_descend_gives_the_input_window_an_output_window_reads() -> None:
     assert descend(Geometry(), torch.tensor([[4, 5]]), (2, 1))[0].tolist() == [[4, 5]]
 
 
-def test_cut_takes_per_image_windows_repeating_the_edge() -> None:
+def test_crop_cuts_boxes_zero_outside_with_their_mask() -> None:
     maps = torch.arange(24.0).view(2, 1, 3, 4)
-    windows = cut(maps, torch.tensor([1, 0]), torch.tensor([[0, 1], [-1, 2]]), (2, 2))
-    assert windows.shape == (2, 1, 2, 2)
-    assert windows[0, 0].tolist() == [[13.0, 14.0], [17.0, 18.0]]   # image 1, rows 0-1, cols 1-2
-    assert windows[1, 0].tolist() == [[2.0, 3.0], [2.0, 3.0]]       # image 0, row -1 repeats row 0
+    boxes, mask = crop(maps, torch.tensor([[0, 1], [-1, 3]]), (2, 2))
+    assert boxes.shape == (2, 1, 2, 2) and mask.shape == (2, 1, 2, 2) and mask.dtype == torch.bool
+    assert boxes[0, 0].tolist() == [[1.0, 2.0], [5.0, 6.0]]        # map 0, rows 0-1, cols 1-2
+    assert boxes[1, 0].tolist() == [[0.0, 0.0], [15.0, 0.0]]       # map 1, row -1 and col 4 lie outside
+    assert mask[0].all() and mask[1, 0].tolist() == [[False, False], [True, False]]
 
 
 def test_inside_masks_positions_outside_the_map() -> None:

@@ -51,21 +51,28 @@ def test_strips_follow_the_checkpoints_in_the_order_given(gen: torch.Generator) 
             assert record.value == pytest.approx(float(best.max()))
             assert out[record.index, channel, record.y, record.x] == best.max()
             box = mirror.receptive_field("4", record.y, record.x, (1, 12, 12))
-            assert box.bottom - box.top == 8  # smaller than the image: the tile is the box, moved inside
-            top, left = min(max(box.top, 0), 4), min(max(box.left, 0), 4)
+            assert box.bottom - box.top == 8  # as in Fig. 2: the box, zero (and marked) where it leaves the image
             full = mirror.project(images[record.index][None], "4", channel, (record.y, record.x))[0]
-            torch.testing.assert_close(result.projections[k, t], full[:, top : top + 8, left : left + 8])
-            torch.testing.assert_close(result.patches[k, t], images[record.index, :, top : top + 8, left : left + 8])
+            pad = torch.nn.functional.pad  # the image with 8 zero pixels around: every box lies inside
+            window = (slice(None), slice(box.top + 8, box.bottom + 8), slice(box.left + 8, box.right + 8))
+            torch.testing.assert_close(result.projections[k, t], pad(full, (8, 8, 8, 8))[window])
+            torch.testing.assert_close(result.patches[k, t], pad(images[record.index], (8, 8, 8, 8))[window])
+            assert torch.equal(result.inside[k, t, 0], pad(torch.ones(12, 12, dtype=torch.bool), (8, 8, 8, 8))[window[1:]])
 
 
-def test_fields_larger_than_the_image_show_the_whole_image(gen: torch.Generator) -> None:
+def test_fields_larger_than_the_image_hold_the_whole_image(gen: torch.Generator) -> None:
     images = torch.randn(5, 1, 6, 6, generator=gen, dtype=torch.float64)
     mirror = deconv.build_mirror(_model())
     result = evolve([mirror], Tensors(images), "4", [1], progress=False)
     record = result.records[0][0]
-    full = mirror.project(images[record.index][None], "4", 1, (record.y, record.x))
-    torch.testing.assert_close(result.projections[0], full)
-    torch.testing.assert_close(result.patches[0], images[record.index][None])
+    full = mirror.project(images[record.index][None], "4", 1, (record.y, record.x))[0]
+    box = mirror.receptive_field("4", record.y, record.x, (1, 6, 6))
+    assert result.projections.shape[-2:] == (8, 8) and box.bottom - box.top == 8  # the box, not cut to the image
+    pad = torch.nn.functional.pad
+    window = (slice(None), slice(box.top + 8, box.bottom + 8), slice(box.left + 8, box.right + 8))
+    torch.testing.assert_close(result.projections[0, 0], pad(full, (8, 8, 8, 8))[window])
+    torch.testing.assert_close(result.patches[0, 0], pad(images[record.index], (8, 8, 8, 8))[window])
+    assert int(result.inside[0, 0].sum()) == int(pad(torch.ones(6, 6), (8, 8, 8, 8))[window[1:]].sum())
 
 
 def test_strongest_keeps_the_channels_largest_at_the_last_checkpoint(gen: torch.Generator) -> None:

@@ -230,7 +230,7 @@ def test_a_failure_that_can_be_foreseen_comes_before_the_scan(tmp_path: Path, mo
     monkeypatch.setattr(top9_command, "_scan", lambda *args, **kwargs: pytest.fail("the scan ran"))
     # images too small for the projection of features.1 (its mirror runs the classifier on 5x5 images)
     assert main(["top9", *SMALL, "--crop", "5", "--layers", "features.1", "--out", str(tmp_path / "a")]) == 2
-    assert "the model fails on dataset images" in one_line_error(capsys, "top9")
+    assert "the model fails on dataset image" in one_line_error(capsys, "top9")
     # an output folder on a read-only file system
     real_open = os.open
 

@@ -261,7 +261,11 @@ def test_a_top9_run_links_each_channel_to_its_panel(run: Path) -> None:
                      key=lambda r: r["rank"])
     assert records == [{k: r[k] for k in ("layer", "channel", "rank", "index", "y", "x", "value")} for r in written]
     panel = pixels(client.get("/api/top9.png?layer=features.4&channel=37", headers=AUTH).content)
-    assert (panel == pixels((run / "thumbs" / "features.4" / "37.png").read_bytes())).all()  # the report's own cut
+    from deconv.report import sheet_panels
+
+    sheet, image, boxes = next(p for p in sheet_panels(run, "features.4", list(range(64)), 16) if 37 in p[2])
+    with Image.open(run / sheet) as whole:
+        assert (panel == np.asarray(whole.convert("RGB").crop(boxes[37]))).all()  # the report's own cut of the sheet
     missing = client.get("/api/top9?layer=features.1&channel=0", headers=AUTH)
     assert missing.status_code == 400 and "no records" in missing.json()["error"]
 

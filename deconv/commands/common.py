@@ -1,10 +1,9 @@
 """What the commands share: the model, data and output settings and how they become objects."""
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,12 +13,12 @@ from ..config import option
 from ..data import Preprocess, open_dataset
 from ..distributed import local_device
 from ..builders import rules as registered_rules
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
 from ..run_folder import RunFolder
 
 __all__ = [
-    "MODEL", "DATA", "RUN", "RULE", "RULES", "rules_from", "model_from", "preprocess_from", "dataset_from", "device_from", "model_runs_on", "run_folder", "require_at_least",
+    "MODEL", "DATA", "RUN", "RULE", "RULES", "rules_from", "model_from", "preprocess_from", "dataset_from", "device_from", "run_folder", "require_at_least",
 ]
 
 BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
@@ -72,17 +71,6 @@ def require_at_least(settings: dict[str, Any], **minimums: int) -> None:
     for key, minimum in minimums.items():
         if settings[key] < minimum:
             raise ConfigError(f"key {key!r} must be >= {minimum}, got {settings[key]!r}")
-
-
-@contextlib.contextmanager
-def model_runs_on(image: str, shape: tuple[int, ...]) -> Iterator[None]:
-    """Turns torch's errors from running the model on one image (e.g. too small for it) into an
-    :class:`~deconv.errors.InputError` naming the image and its shape."""
-    try:
-        yield
-    except RuntimeError as error:
-        reason = " ".join(str(error).split())[:200]
-        raise InputError(f"the model fails on {image} of shape {shape}: {type(error).__name__}: {reason}") from None
 
 
 def device_from(settings: dict[str, Any]) -> torch.device:

@@ -16,7 +16,8 @@ from ..occlusion import occlude
 from ..render import class_name, figure7, save_png, show_patch
 from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RULE, RUN, model_from, rules_from, preprocess_from, model_runs_on, require_at_least, run_folder
+from ..graph import model_runs_on
+from .common import DATA, MODEL, RULE, RUN, model_from, rules_from, preprocess_from, require_at_least, run_folder
 from .top9 import conv_layers
 
 OPTIONS = MODEL + DATA + RUN + (
@@ -47,7 +48,7 @@ def run(settings: dict[str, Any]) -> int:
     maps = ("activation", "probability", "predicted", "projection")
     with open_run(run_folder(settings, "occlusion", figure, outputs=tuple(f"occlusion/{stem}/{m}.npy" for m in maps))) as folder:
         start = time.perf_counter()
-        with model_runs_on(Path(settings["image"]).name, tuple(image.shape)):
+        with model_runs_on(f"{Path(settings['image']).name} of shape {tuple(image.shape)}"):
             result = occlude(
                 mirror, image, layer, square=settings["square"], stride=settings["stride"],
                 channel=settings["channel"] if settings["channel"] >= 0 else None,

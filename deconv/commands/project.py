@@ -15,7 +15,8 @@ from ..mirror import Mirror, Selection, build_mirror
 from ..render import class_name, column, label_strip, row, save_png, show_patch, show_projection, to_pil, upscale
 from ..run_folder import open_run
 from . import command
-from .common import DATA, MODEL, RULE, RULES, RUN, model_from, rules_from, preprocess_from, model_runs_on, require_at_least, run_folder
+from ..graph import model_runs_on
+from .common import DATA, MODEL, RULE, RULES, RUN, model_from, rules_from, preprocess_from, require_at_least, run_folder
 
 OPTIONS = MODEL + DATA + RUN + (
     option("image", str, "", "the image file to project"),
@@ -60,8 +61,11 @@ def run(settings: dict[str, Any]) -> int:
     image = load_image(settings["image"], preprocess)[None]
     mirror = build_mirror(model, rule=rules[0])
     names = getattr(model, "classes", None)
+    file = Path(settings["image"])
+    runs_on = f"{file.name} of shape {tuple(image.shape[1:])}"
     if top or target is not None:
-        output = mirror.shapes(tuple(image.shape[1:]))[mirror.output]
+        with model_runs_on(runs_on):
+            output = mirror.shapes(tuple(image.shape[1:]))[mirror.output]
         if len(output) != 1:
             flag = "--top-classes" if top else "--target-class"
             raise ConfigError(
@@ -69,8 +73,8 @@ def run(settings: dict[str, Any]) -> int:
                 "project a feature map with --layer and --channel instead"
             )
     if not top and target is None and settings["channel"] < 0:  # the image's strongest channel at the layer
-        settings = {**settings, "channel": _strongest_channel(mirror, image, settings["layer"])}
-    file = Path(settings["image"])
+        with model_runs_on(runs_on):
+            settings = {**settings, "channel": _strongest_channel(mirror, image, settings["layer"])}
     shown = show_patch(image.cpu(), preprocess.denormalize)
     if top:
         name = f"project-{file.stem}-top{top}"
@@ -79,7 +83,7 @@ def run(settings: dict[str, Any]) -> int:
     else:
         name = f"project-{file.stem}-class{target}"
     name += ("" if rules == ["deconvnet"] else "-" + "-".join(rules)) + ".png"  # the paper's rule keeps the plain name
-    with open_run(run_folder(settings, "project", outputs=(name,))) as folder, model_runs_on(file.name, tuple(image.shape[1:])):
+    with open_run(run_folder(settings, "project", outputs=(name,))) as folder, model_runs_on(runs_on):
         if top:
             save_png(_top_classes(mirror, image, shown, top, names, file.name), folder.partial / name)
         else:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -20,6 +21,7 @@ from ..config import dump_toml, option
 from ..data import Preprocess
 from ..distributed import Group, process_group
 from ..errors import ConfigError, DatasetError
+from ..graph import model_runs_on
 from ..io import write_json, write_text
 from ..mirror import Mirror, build_mirror
 from ..progress import Clock, progress_bar
@@ -124,8 +126,11 @@ def _rehearse(mirror: Mirror, dataset: Dataset, layers: list[str], total: int) -
     """Scans and projects channel 0 of every layer for the first readable of the first few images, so
     that unknown layers and images the model cannot run on are refused before the scan, not after it."""
     state = scan(mirror, dataset, layers, k=1, batch_size=8, indices=range(min(total, 8)), progress=False)
-    for _ in project_top(mirror, dataset, [r for r in state.records(dataset) if r.channel == 0][:len(layers)], progress=False):
-        pass
+    for r in [r for r in state.records(dataset) if r.channel == 0][: len(layers)]:
+        image = torch.as_tensor(dataset[r.index][0])[None]
+        with model_runs_on(f"dataset image {r.index} of shape {tuple(image.shape[1:])}"):
+            for _ in mirror.projections(mirror.check_images(image), [(0, r.layer, 0, r.y, r.x)], crop=True):
+                pass
 
 
 def channel_list(spec: Any, layer: str) -> list[int]:

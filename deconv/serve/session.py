@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..cone import cut, inside
+from ..cone import crop
 from ..data import Preprocess, UnreadableImage, load_image
 from ..errors import InputError, SelectionError
 from ..graph import Trace
@@ -249,9 +249,8 @@ class Session:
         box = self.mirror.receptive_field(layer, y, x, shape)
         origin = torch.tensor([[box.top, box.left]])
         size = (box.bottom - box.top, box.right - box.left)
-        mask = inside(origin, size, shape[1:])
-        pixels = cut(image.cpu(), torch.zeros(1, dtype=torch.long), origin, size)
-        return Patch(box, pixels, torch.ones_like(pixels[:, :1], dtype=torch.bool) if mask is None else mask)
+        pixels, mask = crop(image.cpu(), origin, size)
+        return Patch(box, pixels, mask)
 
     def layers(self) -> list[dict]:
         """Every probe-able layer: ``[{"name", "kind", "shape", "receptive_field"}]`` (field size in pixels or null)."""

@@ -14,6 +14,7 @@ from torch import nn
 
 import deconv
 import oracle
+from builders.test_torchvision import materialized
 
 
 def real(name: str) -> nn.Module:
@@ -22,19 +23,7 @@ def real(name: str) -> nn.Module:
     kw = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
     with torch.device("meta"):
         model = getattr(torchvision.models, name)(weights=None, **kw)
-    model = model.to(torch.float64).to_empty(device="cpu")
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                module.reset_parameters()
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5, generator=gen)
-                module.bias.normal_(0.0, 0.5, generator=gen)
-                module.running_mean.normal_(0.0, 0.5, generator=gen)
-                module.running_var.uniform_(0.5, 2.0, generator=gen)
-    return model.eval()
+    return materialized(model)
 
 
 # name: (image size, a leaf inside a block, blocks to probe)

@@ -31,6 +31,12 @@ def real(builder, num_classes: int = 10, hidden: int | None = 32) -> nn.Module:
                     out = num_classes if module is linears[-1] else hidden
                     model.classifier[i] = nn.Linear(width, out)
                     width = out
+    return materialized(model)
+
+
+def materialized(model: nn.Module) -> nn.Module:
+    """A model made on the meta device, in float64 on the CPU with random weights and, for batch
+    norms, random statistics; in eval mode."""
     model = model.to(torch.float64).to_empty(device="cpu")
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
