@@ -81,9 +81,9 @@ def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: b
             continue
         node = graph.nodes[i]
         reading = held(i, trace.shapes[i])
-        writing = sum(held(j, s) for j, s in zip(node.inputs, trace.inputs[i]))
-        worst = max(worst, reading + 4 * writing)
-        largest = max(largest, writing)
+        written = [held(j, s) for j, s in zip(node.inputs, trace.inputs[i])]
+        worst = max(worst, reading + 4 * sum(written))
+        largest = max([largest, *written])  # each input's signal is a tensor of its own
     if not crop:  # the projection in a whole image, and the window it is placed from
         images = next(s for i, node in enumerate(graph.nodes) for j, s in zip(node.inputs, trace.inputs[i]) if j == IMAGES)
         worst, largest = max(worst, 2 * _numel(images) + held(IMAGES, images)), max(largest, _numel(images))
