@@ -166,7 +166,8 @@ class Graph:
                         outputs[i] = y
                     if i >= until:
                         break
-                for used in fx_node.all_input_nodes:  # free what nothing later reads
+                read = fx_node.all_input_nodes + (list(self.nodes[i].sources) if i is not None else [])
+                for used in read:  # free what nothing later reads (a chunk's pieces read the chunked tensor)
                     if self._last_use[used] <= position and used not in kept_nodes:
                         env.pop(used, None)
         return Trace(inputs, shapes, memory, outputs, images.shape[0])
