@@ -11,7 +11,7 @@ import torch
 
 from .layers.base import Geometry
 
-__all__ = ["descend", "crop", "inside", "paste", "window", "shift", "clip", "place"]
+__all__ = ["descend", "crop", "inside", "paste", "window", "shift", "clip", "add_at", "place"]
 
 
 def descend(geometry: Geometry, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -128,19 +128,29 @@ def clip(
     return origin, (int(size[0]), int(size[1]))
 
 
-def place(windows: torch.Tensor, origin: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Windows that lie inside a map into zero maps: ``(K, C, h, w) -> (K, C, H, W)`` (contiguous).
+def add_at(maps: torch.Tensor, windows: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """Adds windows that lie inside the maps, in place: ``maps[k, :, origin[k] + (h, w)] += windows[k]``.
 
-    Writes only the windows (one scatter) over one fill of zeros.
+    ``maps`` ``(K, C, H, W)``, ``windows`` ``(K, C, h, w)``; one slice when all origins agree, else one
+    accumulating scatter over the windows' positions only. Returns ``maps``.
     """
-    k, c, h, w = windows.shape
-    out = windows.new_zeros(k, c, shape[0], shape[1])
+    k, _, h, w = windows.shape
     first = origin[0]
     if bool((origin == first).all()):
         y, x = first.tolist()
-        out[:, :, y : y + h, x : x + w] = windows
-        return out
-    rows, cols = _grid(origin, (h, w))
-    flat = (rows[:, :, None] * shape[1] + cols[:, None, :]).view(k, 1, h * w).expand(k, c, h * w)
-    out.view(k, c, -1).scatter_(2, flat, windows.reshape(k, c, h * w))
-    return out
+        maps[:, :, y : y + h, x : x + w] += windows
+        return maps
+    view = maps.unfold(2, h, 1).unfold(3, w, 1)  # (K, C, Y, X, h, w): every window of the maps
+    batch = torch.arange(k, device=maps.device)
+    where = (batch, origin[:, 0], origin[:, 1])
+    if maps.is_contiguous(memory_format=torch.channels_last) and not maps.is_contiguous():  # as (K, h, w, C)
+        view.permute(0, 2, 3, 4, 5, 1).index_put_(where, windows.permute(0, 2, 3, 1), accumulate=True)
+    else:
+        view.permute(0, 2, 3, 1, 4, 5).index_put_(where, windows, accumulate=True)
+    return maps
+
+
+def place(windows: torch.Tensor, origin: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Windows that lie inside a map into zero maps: ``(K, C, h, w) -> (K, C, H, W)`` (contiguous)."""
+    k, c = windows.shape[:2]
+    return add_at(windows.new_zeros(k, c, shape[0], shape[1]), windows, origin)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .cone import clip, descend, place, shift, window
+from .cone import add_at, clip, descend, place, shift, window
 from .graph import IMAGES, Graph, Trace
 from .layers.base import POINTWISE
 
@@ -76,15 +76,31 @@ def _whole(w: Window, shape: tuple[int, ...]) -> Window:
 
 
 def _merge(a: Window, b: Window, shape: tuple[int, ...]) -> Window:
-    """Two signals at one node's output, added: windows into the box that holds both."""
+    """Two signals at one node's output, added: windows into the box that holds both, in place
+    in one that is our own and already that box."""
     if a.origin is None or b.origin is None:
         a, b = _whole(a, shape), _whole(b, shape)
-        return Window(a.signal + b.signal, None, a.size, a.cone, a.cone_size)
+        if b.owned and not a.owned:
+            a, b = b, a
+        return Window(a.signal.add_(b.signal) if a.owned else a.signal + b.signal, None, a.size, a.cone, a.cone_size)
     lo, size = union((a.origin, a.size), (b.origin, b.size))  # type: ignore[misc]
     lo = torch.minimum(lo, lo.new_tensor([shape[-2] - size[0], shape[-1] - size[1]]))  # stay in the map
     cone, cone_size = union((a.cone, a.cone_size), (b.cone, b.cone_size))  # type: ignore[arg-type,misc]
-    signal = shift(a.signal, lo - a.origin, size) + shift(b.signal, lo - b.origin, size)
-    return Window(signal.contiguous(memory_format=torch.channels_last), lo, size, cone, cone_size)
+
+    def fills(w: Window) -> bool:
+        return w.owned and w.size == size and bool((w.origin == lo).all())
+
+    if fills(b) and not fills(a):
+        a, b = b, a
+    if fills(a):
+        signal = a.signal
+    else:
+        k, c = a.signal.shape[:2]
+        signal = torch.empty(
+            k, c, *size, dtype=a.signal.dtype, device=a.signal.device, memory_format=torch.channels_last
+        ).zero_()
+        add_at(signal, a.signal, a.origin - lo)
+    return Window(add_at(signal, b.signal, b.origin - lo), lo, size, cone, cone_size)
 
 
 @torch.no_grad()  # a projection is not differentiated: keep no graph (and no saved windows)
@@ -158,12 +174,18 @@ def reverse(
                 for t, shape in zip(outs, ins):
                     o, s = clip(cone, cone_size, read, read_size, tuple(shape[-2:]))
                     sent.append(Window(shift(t, o - read, s), o, s, cone, cone_size))
+        storage = [_storage(p.signal) for p in sent]
         for k, (j, piece) in enumerate(zip(node.inputs, sent)):
-            shared = piece.signal is w.signal or any(p.signal is piece.signal for n, p in enumerate(sent) if n != k)
-            piece.owned = not shared or (piece.signal is w.signal and w.owned and len(sent) == 1)
+            # a signal may change in place if no other holds its memory: not the pending one (unless
+            # that was ours), nor a sibling (fan-out sends one tensor twice, a split sends views)
+            piece.owned = (w.owned or storage[k] != _storage(w.signal)) and storage.count(storage[k]) == 1
             piece.rectified = rectified
             _send(pending, j, piece, ins[k])
     return pending[IMAGES]
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
 
 
 def _send(pending: dict[int, Window], j: int, w: Window, shape: tuple[int, ...]) -> None:

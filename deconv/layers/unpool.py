@@ -126,17 +126,20 @@ class Unpool2d(MirrorModule):
                     for t in range(k_y * k_x):
                         torch.mul(signal, taps == t, out=blocks[:, :, :, t // k_x, :, t % k_x])
                 out = blocks.reshape(k, c, h * k_y, w * k_x)
-        else:
+        else:  # overlapping windows: max pooling's own backward, which sums where windows share an input
             full = ((h - 1) * s_y + g.span(0), (w - 1) * s_x + g.span(1))
-            out = torch.empty(
+            t_y = torch.div(taps, k_x, rounding_mode="floor").long()
+            starts = (torch.arange(h, device=signal.device).view(-1, 1) * (s_y * full[1])
+                      + torch.arange(w, device=signal.device).view(1, -1) * s_x)
+            # tap t = t_y * k_x + t_x reads full[t_y * d_y + i * s_y, t_x * d_x + j * s_x]
+            index = t_y.mul_(d_y * full[1] - d_x * k_x).add_(taps.long().mul_(d_x)).add_(starts)
+            like = torch.empty(
                 k, c, *full, dtype=signal.dtype, device=signal.device,
                 memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-            ).zero_()
-            for t in range(k_y * k_x):
-                t_y, t_x = divmod(t, k_x)
-                rows = slice(t_y * d_y, t_y * d_y + (h - 1) * s_y + 1, s_y)
-                cols = slice(t_x * d_x, t_x * d_x + (w - 1) * s_x + 1, s_x)
-                out[:, :, rows, cols] += signal * (taps == t)
+            )
+            out = torch.ops.aten.max_pool2d_with_indices_backward(
+                signal, like, [k_y, k_x], [s_y, s_x], [0, 0], [d_y, d_x], False, index
+            )
         top, left = padding
         if (top, left) == (0, 0) and tuple(out.shape[-2:]) == tuple(input_size):
             return out
