@@ -132,21 +132,16 @@ def add_at(maps: torch.Tensor, windows: torch.Tensor, origin: torch.Tensor) -> t
     """Adds windows that lie inside the maps, in place: ``maps[k, :, origin[k] + (h, w)] += windows[k]``.
 
     ``maps`` ``(K, C, H, W)``, ``windows`` ``(K, C, h, w)``; one slice when all origins agree, else one
-    accumulating scatter over the windows' positions only. Returns ``maps``.
+    per window (on CPU, faster than any scatter into windows of a map). Returns ``maps``.
     """
-    k, _, h, w = windows.shape
+    h, w = windows.shape[-2:]
     first = origin[0]
     if bool((origin == first).all()):
         y, x = first.tolist()
         maps[:, :, y : y + h, x : x + w] += windows
         return maps
-    view = maps.unfold(2, h, 1).unfold(3, w, 1)  # (K, C, Y, X, h, w): every window of the maps
-    batch = torch.arange(k, device=maps.device)
-    where = (batch, origin[:, 0], origin[:, 1])
-    if maps.is_contiguous(memory_format=torch.channels_last) and not maps.is_contiguous():  # as (K, h, w, C)
-        view.permute(0, 2, 3, 4, 5, 1).index_put_(where, windows.permute(0, 2, 3, 1), accumulate=True)
-    else:
-        view.permute(0, 2, 3, 1, 4, 5).index_put_(where, windows, accumulate=True)
+    for k, (y, x) in enumerate(origin.tolist()):
+        maps[k, :, y : y + h, x : x + w] += windows[k]
     return maps
 
 

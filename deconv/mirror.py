@@ -20,7 +20,7 @@ from .cone import crop as _crop
 from .cone import place
 from .errors import InputError, NonFiniteError, SelectionError
 from .graph import IMAGES, Graph, Node, Trace, evaluating, first_non_finite
-from .plan import Footprint, chunks, selection_bytes
+from .plan import WORK_TENSOR_BYTES, Footprint, chunks, selection_bytes
 from .reverse import cones, reverse
 
 __all__ = [
@@ -334,7 +334,8 @@ class Mirror(nn.Module):
             trace = trace or self.run(images, keep=[top], until=top, rules=(rule,))
             signal = torch.zeros_like(trace.outputs[top])
             signal[:, channel] = trace.outputs[top][:, channel]
-            return reverse(self.graph, trace, rule, top, torch.arange(n, device=images.device), signal, None, images.shape[1:]).signal
+            parts = reverse(self.graph, trace, rule, top, torch.arange(n, device=images.device), signal, None, WORK_TENSOR_BYTES)
+            return torch.cat([part.signal for part in parts])
         if position is not None:
             if len(shape) != 3:
                 raise SelectionError(f"layer {layer!r} outputs vectors {shape}; it has no positions (leave position=None)")
@@ -466,16 +467,21 @@ class Mirror(nn.Module):
             signal = out.new_zeros(len(part), *out.shape[1:])
             signal[batch, channel] = out[image, channel]
             origin = None
-        result = reverse(self.graph, trace, rule, top, image, signal, origin, image_shape)
-        if result.origin is not None:
-            if crop:  # the receptive-field box: the whole cone, zero where it leaves the image
-                return _crop(result.signal, result.cone - result.origin, result.cone_size)[0]
-            return place(result.signal, result.origin, tuple(image_shape[-2:]))
-        if crop and origin is not None:
-            field = cones(self.graph, top, origin, (1, 1))[IMAGES]
-            if field is not None:
-                return _crop(result.signal, field[0], field[1])[0]
-        return result.signal
+        field = cones(self.graph, top, origin, (1, 1))[IMAGES] if crop and origin is not None else None
+        done, start = [], 0
+        for result in reverse(self.graph, trace, rule, top, image, signal, origin, WORK_TENSOR_BYTES):
+            end = start + result.signal.shape[0]
+            if result.origin is not None:
+                if crop:  # the receptive-field box: the whole cone, zero where it leaves the image
+                    done.append(_crop(result.signal, result.cone - result.origin, result.cone_size)[0])
+                else:
+                    done.append(place(result.signal, result.origin, tuple(image_shape[-2:])))
+            elif field is not None:
+                done.append(_crop(result.signal, field[0][start:end], field[1])[0])
+            else:
+                done.append(result.signal)
+            start = end
+        return done[0] if len(done) == 1 else torch.cat(done)
 
     def _check(self, s: Selection, shape: tuple[int, ...], n: int, need_position: bool = True) -> None:
         """Raises ``SelectionError`` for an image, channel or position out of range."""

@@ -17,8 +17,10 @@ from .reverse import cones
 __all__ = ["WORK_TENSOR_BYTES", "Chunk", "Footprint", "selection_bytes", "chunks"]
 
 WORK_TENSOR_BYTES = 16 * 1024**2
-"""Batched work is also cut into chunks whose largest tensor is about this big (if one image or one
-selection allows): glibc's malloc serves blocks under 32 MB from its heap and reuses them once freed,
+"""Batched work is also cut so that its largest tensor is about this big (if one image or one selection
+allows): forward walks into chunks of images, reverse passes into halves where a step would write more
+(:func:`deconv.reverse.reverse`), so that the small steps near the top run on all selections at once.
+glibc's malloc serves blocks under 32 MB from its heap and reuses them once freed,
 while bigger ones are mapped fresh from the OS and page-faulted in on every use, which on CPU costs
 more than the arithmetic. Small chunks also stay in cache and lose nothing in the convolutions."""
 
@@ -62,9 +64,9 @@ class Footprint:
         return memory + kept + 3 * 2 * largest * item, largest * item
 
 
-def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: bool) -> tuple[int, int]:
-    """Rough peak bytes one selection's reverse pass from node ``top`` costs (its largest step with
-    the window it reads, the windows it writes and copies), and the bytes of the largest tensor it writes."""
+def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: bool) -> int:
+    """Rough peak bytes one selection's reverse pass from node ``top`` costs: its largest step with
+    the window it reads, the windows it writes and copies."""
     shape = trace.shapes[top]
     origin = torch.tensor([[shape[-2] // 2, shape[-1] // 2]]) if len(shape) == 3 else None
     boxes = cones(graph, top, origin, (1, 1))
@@ -75,7 +77,7 @@ def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: b
             return _numel(shape)
         return shape[0] * min(box[1][0], shape[1]) * min(box[1][1], shape[2])
 
-    worst = largest = 0
+    worst = 0
     for i in range(top, -1, -1):
         if i not in boxes:
             continue
@@ -83,25 +85,24 @@ def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: b
         reading = held(i, trace.shapes[i])
         written = [held(j, s) for j, s in zip(node.inputs, trace.inputs[i])]
         worst = max(worst, reading + 4 * sum(written))
-        largest = max([largest, *written])  # each input's signal is a tensor of its own
     if not crop:  # the projection in a whole image, and the window it is placed from
         images = next(s for i, node in enumerate(graph.nodes) for j, s in zip(node.inputs, trace.inputs[i]) if j == IMAGES)
-        worst, largest = max(worst, 2 * _numel(images) + held(IMAGES, images)), max(largest, _numel(images))
-    return max(1, worst * item), max(1, largest * item)
+        worst = max(worst, 2 * _numel(images) + held(IMAGES, images))
+    return max(1, worst * item)
 
 
 def chunks(
     images: Sequence[int],
     tops: Sequence[int],
     per_image: tuple[int, int],
-    per_selection: dict[int, tuple[int, int]],
+    per_selection: dict[int, int],
     budget: int,
     positions: Sequence[tuple[int, int]],
 ) -> Iterator[Chunk]:
     """Groups selections (given by their ``images`` and ``tops``; ``positions`` to sort neighbours,
     whose windows overlap, together) into chunks: a forward walk over at most as many images as half
-    the ``budget`` holds, and reverse passes over as many selections as the rest holds, each also
-    kept to :data:`WORK_TENSOR_BYTES` per tensor."""
+    the ``budget`` holds (each of its tensors kept to :data:`WORK_TENSOR_BYTES`), and reverse passes
+    over as many selections as the rest holds."""
     order = sorted(range(len(images)), key=lambda k: (images[k], tops[k]))  # chunks share forward passes
     image_bytes, image_largest = per_image
     per_chunk = max(1, min(budget // 2 // image_bytes, WORK_TENSOR_BYTES // image_largest))
@@ -119,7 +120,6 @@ def chunks(
         parts = []
         for top in sorted({tops[k] for k in chosen}):
             here = sorted((k for k in chosen if tops[k] == top), key=lambda k: positions[k])
-            size, largest = per_selection[top]
-            step = max(1, min(spare // size, WORK_TENSOR_BYTES // largest))
+            step = max(1, spare // per_selection[top])
             parts += [(top, here[i : i + step]) for i in range(0, len(here), step)]
         yield Chunk(mine, parts)

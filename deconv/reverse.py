@@ -28,7 +28,8 @@ Box = tuple[torch.Tensor, tuple[int, int]] | None
 class Window:
     """The signal at a node's output: ``signal`` ``(K, C, h, w)`` at ``origin`` ``(K, 2)`` in maps of
     ``(H, W)`` (whole maps where ``origin`` is ``None``), and the geometric cone it lies in. ``owned``:
-    nothing else holds ``signal``, so it may change in place; ``rectified``: already through a ReLU."""
+    nothing else holds ``signal``, so it may change in place; ``rectified``: already through a ReLU;
+    ``factors`` ``(C,)``: per-channel factors still to multiply ``signal`` by (left for a mirror to take)."""
 
     signal: torch.Tensor
     origin: torch.Tensor | None
@@ -37,6 +38,7 @@ class Window:
     cone_size: tuple[int, int]
     owned: bool = True
     rectified: bool = False
+    factors: torch.Tensor | None = None
 
 
 def union(a: Box, b: Box) -> Box:
@@ -72,12 +74,22 @@ def _select(memory: Any, image: torch.Tensor) -> Any:
 def _whole(w: Window, shape: tuple[int, ...]) -> Window:
     if w.origin is None:
         return w
-    return Window(place(w.signal, w.origin, tuple(shape[-2:])), None, w.size, w.cone, w.cone_size)
+    return Window(place(w.signal, w.origin, tuple(shape[-2:])), None, w.size, w.cone, w.cone_size, factors=w.factors)
+
+
+def _settle(w: Window) -> Window:
+    """Multiplies in pending channel factors (in place on a signal of our own)."""
+    if w.factors is not None:
+        factors = w.factors.view(-1, *([1] * (w.signal.dim() - 2)))
+        w.signal = w.signal.mul_(factors) if w.owned else w.signal * factors
+        w.owned, w.rectified, w.factors = True, False, None
+    return w
 
 
 def _merge(a: Window, b: Window, shape: tuple[int, ...]) -> Window:
     """Two signals at one node's output, added: windows into the box that holds both, in place
     in one that is our own and already that box."""
+    a, b = _settle(a), _settle(b)
     if a.origin is None or b.origin is None:
         a, b = _whole(a, shape), _whole(b, shape)
         if b.owned and not a.owned:
@@ -112,47 +124,93 @@ def reverse(
     image: torch.Tensor,
     signal: torch.Tensor,
     origin: torch.Tensor | None,
-    image_shape: Sequence[int],
-) -> Window:
+    work_bytes: int | None = None,
+) -> list[Window]:
     """Runs the mirrors from the output of node ``top`` down to pixels under ``rule``.
 
     ``signal`` is ``(K, C, h, w)`` windows at ``origin`` ``(K, 2)``, or whole outputs with
     ``origin=None``; ``image`` ``(K,)`` says which traced image each belongs to. Returns the signal
-    at the images: a window in the receptive field, or whole images.
+    at the images, a window in the receptive field or whole images, in parts of consecutive
+    selections: where a step would write a tensor over ``work_bytes``, the selections go on in halves.
     """
-    nodes = graph.nodes
     if origin is not None:
         signal = signal.contiguous(memory_format=torch.channels_last)
     size = (signal.shape[-2], signal.shape[-1])
     pending = {top: Window(signal, origin, size, origin, size)}
-    for i in range(top, -1, -1):
-        w = pending.pop(i, None)
+    return _run(graph, trace, rule, pending, top, image, work_bytes)
+
+
+def _written(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]]) -> int:
+    """Elements per selection of the largest tensor a step writes from window ``w``: each input's
+    window (what the geometry reads, cut to the map), or its whole map."""
+    largest = 0
+    for s in ins:
+        n = int(torch.Size(s).numel())
+        if w.origin is not None and geometry is not None and len(s) == 3:
+            n = s[0] * min((w.size[0] - 1) * geometry.stride[0] + geometry.span(0), s[1]) * min(
+                (w.size[1] - 1) * geometry.stride[1] + geometry.span(1), s[2]
+            )
+        largest = max(largest, n)
+    return largest
+
+
+def _part(w: Window, start: int, end: int) -> Window:
+    """Selections ``start:end`` of a window (views: the parts hold disjoint memory)."""
+    def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[start:end]
+
+    return Window(w.signal[start:end], cut(w.origin), w.size, cut(w.cone), w.cone_size, w.owned, w.rectified, w.factors)
+
+
+def _run(
+    graph: Graph, trace: Trace, rule: str, pending: dict[int, Window], start: int, image: torch.Tensor, work_bytes: int | None
+) -> list[Window]:
+    nodes = graph.nodes
+    for i in range(start, -1, -1):
+        w = pending.get(i)
         if w is None:
             continue
         node = nodes[i]
         mirror = node.mirrors[rule]
-        memory = trace.memory[i][rule]
         ins, out_shape = trace.inputs[i], trace.shapes[i]
         geometry = mirror.geometry
+        k = len(image)
+        if work_bytes is not None and k > 1 and k * _written(geometry, w, ins) * w.signal.element_size() > work_bytes:
+            half = k // 2
+            return [
+                *_run(graph, trace, rule, {j: _part(v, 0, half) for j, v in pending.items()}, i, image[:half], work_bytes),
+                *_run(graph, trace, rule, {j: _part(v, half, k) for j, v in pending.items()}, i, image[half:], work_bytes),
+            ]
+        del pending[i]
+        memory = trace.memory[i][rule]
         if w.origin is not None and (
             geometry is None
             or any(len(s) != 3 for s in ins)
             or (geometry == POINTWISE and any(s[-2:] != out_shape[-2:] for s in ins))
         ):
             w = _whole(w, out_shape)
+        factors = mirror.channel_factors()
+        if factors is not None and len(node.inputs) == 1:  # left pending for the mirror below to take
+            if w.factors is not None:
+                factors = factors * w.factors
+            _send(pending, node.inputs[0], Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned, factors=factors), ins[0])
+            continue
+        takes = {"factors": w.factors} if w.factors is not None and mirror.takes_factors else {}
+        if not takes:
+            _settle(w)
         if mirror.rectifies:  # pointwise: windows stay; in place on a signal of our own
             if not w.rectified:
                 w.signal = w.signal.relu_() if w.owned else torch.relu(w.signal)
             _send(pending, node.inputs[0], Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned), ins[0])
             continue
         rectified = False
-        if mirror.disjoint and len(node.inputs) == 1 and node.inputs[0] != IMAGES:
+        if mirror.disjoint and not takes and len(node.inputs) == 1 and node.inputs[0] != IMAGES:
             below = nodes[node.inputs[0]]
             if below.mirrors[rule].rectifies and len(below.fx_node.users) == 1:
                 w.signal = w.signal.relu_() if w.owned else torch.relu(w.signal)  # relu commutes with placing apart
                 w.owned, rectified = True, True
         if w.origin is None:
-            out = mirror(w.signal, *(_select(m, image) for m in memory))
+            out = mirror(w.signal, *(_select(m, image) for m in memory), **takes)
             outs = out if isinstance(out, tuple) else (out,)
             sent = [Window(t, None, w.size, w.cone, w.cone_size) for t in outs]
         else:
@@ -162,13 +220,13 @@ def reverse(
                 for m in memory
             )
             if geometry == POINTWISE:  # windows stay where they are
-                out = mirror(w.signal, *mirror.restrict(cut, w.origin, w.size))
+                out = mirror(w.signal, *mirror.restrict(cut, w.origin, w.size), **takes)
                 outs = out if isinstance(out, tuple) else (out,)
                 sent = [Window(t, w.origin, w.size, w.cone, w.cone_size) for t in outs]
             else:
                 read, read_size = descend(geometry, w.origin, w.size)
                 cone, cone_size = descend(geometry, w.cone, w.cone_size)
-                out = mirror(w.signal, *mirror.restrict(cut, read, read_size))
+                out = mirror(w.signal, *mirror.restrict(cut, read, read_size), **takes)
                 outs = out if isinstance(out, tuple) else (out,)
                 sent = []
                 for t, shape in zip(outs, ins):
@@ -181,7 +239,7 @@ def reverse(
             piece.owned = (w.owned or storage[k] != _storage(w.signal)) and storage.count(storage[k]) == 1
             piece.rectified = rectified
             _send(pending, j, piece, ins[k])
-    return pending[IMAGES]
+    return [_settle(pending[IMAGES])]
 
 
 def _storage(t: torch.Tensor) -> int:

@@ -56,7 +56,11 @@ class MirrorModule(nn.Module):
     - ``in_channels``: the channels its layer takes, where known (checked against the images);
     - ``rectifies``: ``forward`` is ``relu(signal)``, nothing else;
     - ``disjoint``: it places values apart, never adding two, so ``relu`` commutes with it;
-    - ``computes_forward``: ``remember_forward(x)`` gives the layer's output with the memory.
+    - ``computes_forward``: ``remember_forward(x)`` gives the layer's output with the memory;
+    - ``channel_factors()``: ``(C,)`` factors where ``forward`` multiplies channels by them, nothing
+      else (the engine leaves them pending and hands them to the next mirror that takes them);
+    - ``takes_factors``: ``forward(signal, *memory, factors=f)`` computes ``forward(signal * f)``
+      (channels on axis 1), folding ``f`` into its own work.
     """
 
     geometry: Geometry | None = POINTWISE
@@ -64,6 +68,11 @@ class MirrorModule(nn.Module):
     rectifies: bool = False
     disjoint: bool = False
     computes_forward: bool = False
+    takes_factors: bool = False
+
+    def channel_factors(self) -> torch.Tensor | None:
+        """``(C,)`` factors if ``forward`` is ``signal`` times them per channel (axis 1); else ``None``."""
+        return None
 
     def remember(self, *tensors: torch.Tensor) -> tuple[Any, ...]:
         """Memory of one forward step: ``remember(*inputs, output)``; nothing by default."""

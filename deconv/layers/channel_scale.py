@@ -23,11 +23,11 @@ class ChannelScale(MirrorModule):
     def extra_repr(self) -> str:
         return f"{self.batch_norm.num_features}"
 
-    def scale(self) -> torch.Tensor:
+    def channel_factors(self) -> torch.Tensor:
         """``(C,)`` factors."""
         bn = self.batch_norm
         scale = torch.rsqrt(bn.running_var + bn.eps)
         return scale if bn.weight is None else scale * bn.weight
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
-        return signal * self.scale().view(-1, *([1] * (signal.dim() - 2)))
+        return signal * self.channel_factors().view(-1, *([1] * (signal.dim() - 2)))

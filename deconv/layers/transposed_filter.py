@@ -40,8 +40,10 @@ class TransposedFilter(MirrorModule):
 
     ``weight`` *is* ``conv.weight`` (shared, never copied). Any stride, padding, dilation, groups
     and kernel shape; the output has exactly the size of the conv's input in the forward pass.
-    ``(N, C_out, H_out, W_out) -> (N, C_in, H_in, W_in)``.
+    Takes per-channel ``factors`` of its signal into its filters. ``(N, C_out, H_out, W_out) -> (N, C_in, H_in, W_in)``.
     """
+
+    takes_factors = True
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -63,22 +65,25 @@ class TransposedFilter(MirrorModule):
         return size, (0, 0)
 
     def forward(
-        self, signal: torch.Tensor, input_size: tuple[int, int], padding: tuple[int, int]
+        self, signal: torch.Tensor, input_size: tuple[int, int], padding: tuple[int, int],
+        factors: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``padding``: rows and columns of the full transposed output that lie before the input's first."""
+        """``padding``: rows and columns of the full transposed output that lie before the input's first;
+        ``factors`` ``(C_out,)``: what the signal's channels are multiplied by first."""
         g = self.geometry
+        weight = self.weight if factors is None else self.weight * factors.view(-1, 1, 1, 1)
         extra = [
             input_size[a] - ((signal.shape[2 + a] - 1) * g.stride[a] - 2 * padding[a] + g.span(a))
             for a in (0, 1)
         ]
         cut = [min(e, 0) for e in extra]  # conv padding "same" can ask for a smaller output than full
-        if self.weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
-            out = _sub_pixel(signal, self.weight, g.stride)
+        if weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
+            out = _sub_pixel(signal, weight, g.stride)
             out = out[..., padding[0] : padding[0] + input_size[0], padding[1] : padding[1] + input_size[1]]
             short = (input_size[0] - out.shape[-2], input_size[1] - out.shape[-1])
             return F.pad(out, (0, short[1], 0, short[0])) if short != (0, 0) else out
         out = F.conv_transpose2d(
-            signal, self.weight, None, g.stride, padding,
+            signal, weight, None, g.stride, padding,
             [max(e, 0) for e in extra], self.groups, g.dilation,
         )
         if cut != [0, 0]:

@@ -10,16 +10,18 @@ __all__ = ["TransposedLinear"]
 
 
 class TransposedLinear(MirrorModule):
-    """``signal @ W`` with ``W`` *the* ``linear.weight`` ``(out, in)``; no bias. ``(N, out) -> (N, in)``."""
+    """``signal @ W`` with ``W`` *the* ``linear.weight`` ``(out, in)``; no bias. Takes per-channel
+    ``factors`` ``(out,)`` of its signal into ``W``. ``(N, out) -> (N, in)``."""
 
     geometry = None
+    takes_factors = True
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.weight = linear.weight
 
-    def forward(self, signal: torch.Tensor) -> torch.Tensor:
-        return signal @ self.weight
+    def forward(self, signal: torch.Tensor, factors: torch.Tensor | None = None) -> torch.Tensor:
+        return signal @ (self.weight if factors is None else self.weight * factors.view(-1, 1))
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}->{self.weight.shape[1]}"

@@ -127,3 +127,30 @@ def test_cropped_cone_projections_equal_the_dense_result(gen: torch.Generator) -
             padded = torch.nn.functional.pad(whole[k], (max(0, -box.left), max(0, box.right - 48), max(0, -box.top), max(0, box.bottom - 48)))
             top, left = box.top + max(0, -box.top), box.left + max(0, -box.left)
             assert torch.allclose(crop, padded[:, top : top + crop.shape[1], left : left + crop.shape[2]], atol=1e-12)
+
+
+def test_reverse_passes_split_into_halves_give_the_same_projections(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a step would write a tensor over the work size, the selections go on in halves: same result."""
+    model = real("resnet18")
+    mirror = deconv.build_mirror(model)
+    images = torch.randn(2, 3, 48, 48, generator=gen, dtype=torch.float64)
+    selections = oracle.selections_at(model, images, ["layer1.1", "layer3.1", "fc"], 4, gen)
+
+    def everything() -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
+        crops = {k: c for where, cs in mirror.projections(images, selections, crop=True) for k, c in zip(where.tolist(), cs)}
+        maps = mirror.project(images, layer="layer2.0", channel=3, position="map")
+        return mirror.project_many(images, selections), crops, maps
+
+    halves = []
+    part = deconv.reverse._part
+    monkeypatch.setattr(deconv.reverse, "_part", lambda w, start, end: halves.append(end - start) or part(w, start, end))
+    whole, crops, maps = everything()
+    assert not halves  # small images: no step comes near the work size
+    monkeypatch.setattr(deconv.mirror, "WORK_TENSOR_BYTES", 1)
+    split_whole, split_crops, split_maps = everything()
+    assert halves and min(halves) == 1  # down to one selection per part
+    torch.testing.assert_close(split_whole, whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(split_maps, maps, rtol=0, atol=1e-12)
+    assert split_crops.keys() == crops.keys()
+    for k in crops:
+        torch.testing.assert_close(split_crops[k], crops[k], rtol=0, atol=1e-12)
