@@ -137,6 +137,7 @@ def main() -> int:
         "",
         "| phase | time | projections | per projection | batched rate (`projections(..., crop=True)`, 64 of one image) | phase / its reference |",
         "|---|---|---|---|---|---|",
+        f"| setup (model, data, rehearsal) | {job['phases'].get('setup', 0.0):.1f} s | | | | |",
         f"| scan | {scan:.1f} s | | | | |",
     ]
     for layer in layers:

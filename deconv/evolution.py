@@ -70,9 +70,9 @@ def evolve(
     ReLU (default: each mirror's).
     """
     columns: list[Projected] = []
-    for mirror in mirrors:
+    for t, mirror in enumerate(mirrors, 1):
         state = scan(mirror, dataset, [layer], k=1, batch_size=batch_size, num_workers=num_workers,
-                     indices=indices, progress=progress)
+                     indices=indices, progress=progress, desc=f"scan at checkpoint {t}")
         count = state.tops[layer].values.shape[0]
         channels = range(count) if channels is None else channels
         bad = [c for c in channels if not 0 <= c < count]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
 
@@ -41,18 +41,24 @@ class Line:
 
 
 class Clock:
-    """Wall time per named phase, summed over every time it is entered."""
+    """Wall time per named phase, summed over every time it is entered, from ``timer`` (seconds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timer: Callable[[], float] = time.perf_counter) -> None:
+        self.now = timer
+        self.start = timer()
         self.phases: dict[str, float] = {}
+
+    def expect(self, *phases: str) -> None:
+        """Lists ``phases`` in the summary in this order, before any not listed (0 s until entered)."""
+        self.phases = {**dict.fromkeys(phases, 0.0), **self.phases}
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start = self.now()
         try:
             yield
         finally:
-            self.add(phase, time.perf_counter() - start)
+            self.add(phase, self.now() - start)
 
     def add(self, phase: str, seconds: float) -> None:
         """Counts ``seconds`` to ``phase``."""
@@ -69,8 +75,9 @@ class Clock:
             yield item  # type: ignore[misc]
 
     def summary(self) -> str:
-        """``"scan 7.1 s, projections 402.3 s, ..."`` in the order the phases were first entered."""
-        return ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.phases.items())
+        """``"scan 7.1 s, projections 402.3 s, ... (total 415.0 s)"``: each phase, and the time since the clock started."""
+        phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.phases.items())
+        return f"{phases} (total {self.now() - self.start:.1f} s)"
 
 
 _END = object()

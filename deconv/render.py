@@ -366,13 +366,15 @@ def _over(colours: torch.Tensor, image: torch.Tensor, stride: int, factor: int) 
 
 
 def figure7(
-    image: torch.Tensor, occlusion: Occlusion, names: Sequence[str] | None = None, size: int = 224, rule: str = "deconvnet"
+    image: torch.Tensor, occlusion: Occlusion, names: Sequence[str] | None = None, size: int = 224, rule: str = "deconvnet",
+    channel_order: str = "RGB",
 ) -> Image.Image:
     """The paper's Fig. 7 for one image ``(3, H, W)`` in [0, 1], maps drawn over the image.
 
     (a) the image, with the square where the true class loses most; per square position: (b) the
     total activation of the chosen feature map, (d) the true class's probability, (e) the most
-    probable class; (c) that feature map projected to pixels for the unoccluded image, by ``rule``.
+    probable class; (c) that feature map projected to pixels for the unoccluded image, by ``rule``
+    (shown as RGB for a model that takes ``channel_order`` "BGR").
     """
     o = occlusion
     h, w = image.shape[-2:]
@@ -398,7 +400,7 @@ def figure7(
         label_strip(shown, f"(a) {true}: worst square"),
         row([label_strip(activation, f"(b) {o.layer} map {o.channel}, total"),
              label_strip(colour_bar(activation.height, low, high, o.clean_activation), "")], 4),
-        label_strip(to_pil(upscale(show_projection(o.projection[None])[0], factor)), f"(c) map {o.channel} projected ({rule})"),
+        label_strip(to_pil(upscale(show_projection(o.projection[None], channel_order)[0], factor)), f"(c) map {o.channel} projected ({rule})"),
         row([label_strip(probability, f"(d) p({true})"),
              label_strip(colour_bar(probability.height, 0.0, 1.0, float(o.clean_probabilities[o.label])), "")], 4),
         row([label_strip(predicted, "(e) most probable class"),
@@ -414,13 +416,14 @@ def figure7(
 
 def figure4(
     evolution: Evolution, checkpoints: Sequence[str], denormalize: Callable[[torch.Tensor], torch.Tensor], tile_px: int = 72,
-    rule: str = "deconvnet",
+    rule: str = "deconvnet", channel_order: str = "RGB",
 ) -> Image.Image:
     """The paper's Fig. 4: one strip per channel, its strongest activation's projection beside the
     image patch at each checkpoint, left to right in checkpoint order, captioned with its value.
-    Tiles are Fig. 2's (:func:`display_tiles`); the title names the projections' ``rule``."""
+    Tiles are Fig. 2's (:func:`display_tiles`, of a model that takes ``channel_order``); the title
+    names the projections' ``rule``."""
     e = evolution
-    columns = [display_tiles(e.column(t), denormalize, tile_px) for t in range(len(checkpoints))]
+    columns = [display_tiles(e.column(t), denormalize, tile_px, channel_order) for t in range(len(checkpoints))]
     strips = []
     for k, channel in enumerate(e.channels):
         cells = [

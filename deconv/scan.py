@@ -175,6 +175,7 @@ def scan(
     checkpoint: Callable[[ScanState], None] | None = None,
     strict: bool = False,
     progress: bool = True,
+    desc: str = "scan",
 ) -> ScanState:
     """Finds the top ``k`` images of every channel of ``layers`` over ``dataset`` in one streaming pass.
 
@@ -183,7 +184,8 @@ def scan(
     Memory grows with channels x ``k``, not with the dataset. ``indices`` orders (or shards) the
     items; a ``state`` resumes after its ``position``; ``checkpoint(state)`` runs after every batch.
     Unreadable images are skipped and listed in the state, or raise with ``strict``. NaN or inf
-    activations raise :class:`NonFiniteError` naming the layer and the dataset image.
+    activations raise :class:`NonFiniteError` naming the layer and the dataset image. ``desc`` labels
+    the progress bar.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -196,7 +198,7 @@ def scan(
     remaining = order[state.position :]
     # torch's own layers take any memory layout; a user's layer may not (a .view of its input)
     any_layout = all(node.builtin for node in mirror.steps[: max(tops) + 1])
-    bar = progress_bar(total=len(order), initial=state.position, desc="scan", unit="img", enabled=progress)
+    bar = progress_bar(total=len(order), initial=state.position, desc=desc, unit="img", enabled=progress)
     with bar:
         for batch in batches(dataset, batch_size, num_workers, remaining):
             if strict and batch.skipped:

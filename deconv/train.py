@@ -90,7 +90,8 @@ def _train_epoch(
     model.train()
     order = torch.randperm(len(x), generator=generator)
     loss_sum, correct = 0.0, 0
-    for start in tqdm(range(0, len(x), batch_size), desc=desc, disable=not progress, leave=False):
+    batches = range(0, len(x), batch_size)  # a bar only on a terminal: in a log, the epoch's record line is its report
+    for start in tqdm(batches, desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False):
         index = order[start : start + batch_size]
         logits = model(_normalize(_augment(x[index], generator)))
         loss = F.cross_entropy(logits, y[index])

@@ -126,3 +126,12 @@ def test_command_with_user_checkpoints(tmp_path: Path) -> None:
     figure = Image.open(out / "evolution" / "4.png")
     assert figure.width > 3 * 100 and figure.height > 2 * 60
     assert "evolution/4.png" in (out / "index.html").read_text()
+
+
+def test_each_checkpoints_scan_is_its_own_progress_line(gen: torch.Generator, capsys) -> None:
+    """In a log each checkpoint's scan prints one line, named by its checkpoint: no line looks printed twice."""
+    images = torch.randn(12, 1, 12, 12, generator=gen, dtype=torch.float64)
+    models = [_checkpoint(_model(), seed) for seed in (3, 1)]
+    evolve((deconv.build_mirror(m) for m in models), Tensors(images), "4", [0], batch_size=5)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["scan at checkpoint 1", "scan at checkpoint 2"], lines

@@ -104,3 +104,10 @@ def test_main_command_line(tmp_path: Path, data_dir: Path, capsys: pytest.Captur
     assert "train-images-idx3-ubyte.gz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--checkpoint-epochs", "one"])
+
+
+def test_a_log_gets_one_line_per_epoch(tmp_path: Path, data_dir: Path, capsys) -> None:
+    """With progress on and standard error a log (not a terminal), each epoch reports once: its record."""
+    train(tmp_path / "run", epochs=2, batch_size=64, data_dir=data_dir, limit=128, threads=1, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2], lines

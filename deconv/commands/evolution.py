@@ -60,7 +60,10 @@ def run(settings: dict[str, Any]) -> int:
         )
         if not settings["channels"]:
             result = result.strongest(STRONGEST)
-        save_png(figure4(result, [label for label, _ in checkpoints], preprocess.denormalize, rule=rule), folder.partial / figure)
+        save_png(
+            figure4(result, [label for label, _ in checkpoints], preprocess.denormalize, rule=rule, channel_order=preprocess.channel_order),
+            folder.partial / figure,
+        )
     path, report = folder.path / figure, folder.report
     print(
         f"followed {len(result.channels)} channels of {layer} through {len(checkpoints)} checkpoints over {total} images "

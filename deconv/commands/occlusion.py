@@ -56,7 +56,8 @@ def run(settings: dict[str, Any]) -> int:
             )
         seconds = time.perf_counter() - start
         names = getattr(model, "classes", None)
-        save_png(figure7(show_patch(image[None], preprocess.denormalize)[0], result, names, rule=mirror.rule), folder.partial / figure)
+        shown = show_patch(image[None], preprocess.denormalize)[0]
+        save_png(figure7(shown, result, names, rule=mirror.rule, channel_order=preprocess.channel_order), folder.partial / figure)
         for name in maps:
             atomic_write(folder.partial / "occlusion" / stem / f"{name}.npy", lambda f, v=getattr(result, name): np.save(f, v.numpy()))
     path, report = folder.path / figure, folder.report

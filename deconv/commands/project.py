@@ -85,7 +85,7 @@ def run(settings: dict[str, Any]) -> int:
     name += ("" if rules == ["deconvnet"] else "-" + "-".join(rules)) + ".png"  # the paper's rule keeps the plain name
     with open_run(run_folder(settings, "project", outputs=(name,))) as folder, model_runs_on(runs_on):
         if top:
-            save_png(_top_classes(mirror, image, shown, top, names, file.name), folder.partial / name)
+            save_png(_top_classes(mirror, image, shown, top, names, file.name, preprocess.channel_order), folder.partial / name)
         else:
             if target is None:
                 what = f"{settings['layer']} channel {settings['channel']}" + (f" at {settings['position']}" if settings["position"] else "")
@@ -111,16 +111,18 @@ def _strongest_channel(mirror: Mirror, image: torch.Tensor, layer: str) -> int:
 
 
 def _top_classes(
-    mirror: Mirror, image: torch.Tensor, shown: torch.Tensor, top: int, names: Sequence[str] | None, title: str
+    mirror: Mirror, image: torch.Tensor, shown: torch.Tensor, top: int, names: Sequence[str] | None, title: str,
+    channel_order: str = "RGB",
 ) -> Image.Image:
-    """The image ``shown`` ``(1, 3, H, W)`` beside the projections of its ``top`` most probable classes,
-    best first, each captioned with its probability (the captions are printed too)."""
+    """The image ``shown`` ``(1, 3, H, W)`` beside the projections of its ``top`` most probable classes
+    (shown as RGB for a model that takes ``channel_order`` "BGR"), best first, each captioned with its
+    probability (the captions are printed too)."""
     last = mirror.output
     scores = mirror.run(mirror.check_images(image), keep=[last], remember=False).outputs[last]
     probabilities, classes = scores.float().softmax(1)[0].topk(min(top, scores.shape[1]))
     projections = mirror.project_many(image, [Selection(0, mirror.steps[last].name, int(k)) for k in classes])
     captions = [f"{n}. {class_name(int(k), names)}  {float(p):.1%}" for n, (k, p) in enumerate(zip(classes, probabilities), 1)]
     print("\n".join(captions))
-    tiles = upscale(torch.cat([shown, show_projection(projections.cpu())]), math.ceil(160 / image.shape[-2]))
+    tiles = upscale(torch.cat([shown, show_projection(projections.cpu(), channel_order)]), math.ceil(160 / image.shape[-2]))
     sheet = row([label_strip(to_pil(t), c) for t, c in zip(tiles, [title, *captions])])
     return label_strip(sheet, f"projections of the {len(classes)} most probable classes, from the class output down (rule: {mirror.rule})", size=15)

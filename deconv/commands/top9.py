@@ -9,7 +9,6 @@ succeeded); ``--resume`` continues from it.
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +87,11 @@ def run(settings: dict[str, Any]) -> int:
         if set(wanted) - set(layers):
             raise ConfigError(f"key 'channels': layer {sorted(set(wanted) - set(layers))[0]!r} is not scanned (layers: {', '.join(layers)})")
         total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))  # type: ignore[arg-type]
+        clock.expect("setup", "scan", *(f"projections {layer}" for layer in layers), "rendering", "report")
         _rehearse(mirror, dataset, layers, total)
         folder = run_folder(settings, "top9", "top9.json", STATE, outputs=("config.toml", "skipped.json"), replace_all=True)
         with open_run(folder, group.main, lambda: group.all_gather(None)):
+            clock.add("setup", clock.now() - clock.start)  # the model, data, mirror, rehearsal and output folder
             out = folder.partial
             with clock("scan"):
                 state = _scan(settings, group, out, model, preprocess, dataset, mirror, layers, total)
@@ -101,8 +102,8 @@ def run(settings: dict[str, Any]) -> int:
                 rule = rules[0] if len(rules) == 1 else rules  # the records are those of every rule: one scan
                 write_json(out / "top9.json", [{**r.to_json(), "rule": rule} for r in records])
             sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records, rules, clock)
-            committing = time.perf_counter()
-        clock.add("report", time.perf_counter() - committing)  # moving the files in, the report, the manifest
+            committing = clock.now()
+        clock.add("report", clock.now() - committing)  # moving the files in, the report, the manifest
         out = folder.path
     if not state.images:  # the run is kept: its skipped.json says why
         raise DatasetError(
@@ -212,7 +213,8 @@ def _sheets(
                         mirror, dataset, [r for r in mine if r.channel in part], batch_size=settings["batch_size"],
                         num_workers=settings["workers"], memory_budget=settings["memory_budget_mb"] * 2**20, progress=False, rule=rule,
                     )
-                    for chunk in clock.timed(f"projections {layer}", chunks):
+                    # on the host inside the phase: a device's queued work is waited for here, not while rendering
+                    for chunk in clock.timed(f"projections {layer}", (c.cpu() for c in chunks)):
                         with clock("rendering"):
                             tiles[rule] += display_tiles(chunk, preprocess.denormalize, settings["tile_px"], preprocess.channel_order)
                             if settings["save_projections"]:
@@ -221,7 +223,8 @@ def _sheets(
                                     settings["save_projections"], preprocess.channel_order,
                                 )
                         bar.update(len(chunk.records))
-                gathered = group.gather(tiles)
+                with clock(f"projections {layer}"):  # rank 0 waits for the other processes' projections
+                    gathered = group.gather(tiles)
                 del tiles
                 if gathered is not None:
                     with clock("rendering"):

@@ -184,9 +184,10 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
     async def project_png(request: Request) -> Response:
         ref = _text(request, "image")
         rule = request.query_params.get("rule")
+        order = session.preprocess.channel_order
         target = _optional_int(request, "target_class")
         if target is not None:
-            return _png(await work(lambda: pictures.projection(session.project(ref, target_class=target, rule=rule))))
+            return _png(await work(lambda: pictures.projection(session.project(ref, target_class=target, rule=rule), order)))
         layer, channel = _text(request, "layer"), _int(request, "channel")
         y, x = _optional_int(request, "y"), _optional_int(request, "x")
         if request.query_params.get("map") is not None:
@@ -195,7 +196,7 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
             raise HTTPException(400, "give both y and x (or neither, for the strongest activation)")
         else:
             position = None if y is None else (y, x)
-        return _png(await work(lambda: pictures.projection(session.project(ref, layer, channel, position, rule=rule))))
+        return _png(await work(lambda: pictures.projection(session.project(ref, layer, channel, position, rule=rule), order)))
 
     async def classes(request: Request) -> Response:
         ref = _text(request, "image")

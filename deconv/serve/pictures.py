@@ -31,9 +31,10 @@ def factor(size: int, target: int) -> int:
     return max(1, round(target / size))
 
 
-def projection(p: torch.Tensor) -> bytes:
-    """A projection ``(1, C, H, W)`` as deconv shows it (:func:`~deconv.render.show_projection`), pixel for pixel."""
-    return png(to_pil(show_projection(p.float().cpu())[0]))
+def projection(p: torch.Tensor, channel_order: str = "RGB") -> bytes:
+    """A projection ``(1, C, H, W)`` of a model that takes ``channel_order`` as deconv shows it
+    (:func:`~deconv.render.show_projection`), pixel for pixel."""
+    return png(to_pil(show_projection(p.float().cpu(), channel_order)[0]))
 
 
 def picture(image: torch.Tensor, denormalize: Callable[[torch.Tensor], torch.Tensor], scale: int, box: Box | None) -> bytes:
