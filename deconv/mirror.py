@@ -434,7 +434,7 @@ class Mirror(nn.Module):
             per_image = dry.image_bytes(rule, max(tops), tops, item)
         plan = chunks(
             [s.image for s in parsed], tops, per_image, per_selection, budget if trace is None else 2**62,
-            [(s.y or 0, s.x or 0) for s in parsed],
+            self._order(parsed, tops, tuple(images.shape[-2:])),
         )
         for chunk in plan:
             if trace is None:
@@ -446,6 +446,19 @@ class Mirror(nn.Module):
             for top, part in chunk.parts:
                 selected = [parsed[k] for k in part]
                 yield torch.tensor(part, device=device), self._reverse(walked, rule, top, selected, local, crop, images.shape[1:])
+
+    def _order(self, parsed: list[Selection], tops: list[int], size: tuple[int, int]) -> list[tuple[int, ...]]:
+        """Sort keys that put selections with the same receptive field in the image (cut by the same
+        borders) together: one part's windows share a size, the largest of its selections'."""
+        keys = [(0, 0, s.y or 0, s.x or 0) for s in parsed]
+        for top in set(tops):
+            mine = [k for k, t in enumerate(tops) if t == top and parsed[k].y is not None]
+            field = cones(self.graph, top, torch.tensor([[parsed[k].y, parsed[k].x] for k in mine]), (1, 1))[IMAGES] if mine else None
+            if field is not None:
+                lo, hi = field[0].clamp(min=0), (field[0] + field[0].new_tensor(field[1])).minimum(field[0].new_tensor(size))
+                for k, (h, w) in zip(mine, (hi - lo).tolist()):
+                    keys[k] = (h, w, parsed[k].y, parsed[k].x)
+        return keys
 
     def _reverse(
         self, trace: Trace, rule: str, top: int, part: list[Selection], local: dict[int, int], crop: bool,

@@ -97,10 +97,10 @@ def chunks(
     per_image: tuple[int, int],
     per_selection: dict[int, int],
     budget: int,
-    positions: Sequence[tuple[int, int]],
+    keys: Sequence[tuple[int, ...]],
 ) -> Iterator[Chunk]:
-    """Groups selections (given by their ``images`` and ``tops``; ``positions`` to sort neighbours,
-    whose windows overlap, together) into chunks: a forward walk over at most as many images as half
+    """Groups selections (given by their ``images`` and ``tops``; sorted by ``keys`` within a node,
+    so that selections whose windows have the same size go together) into chunks: a forward walk over at most as many images as half
     the ``budget`` holds (each of its tensors kept to :data:`WORK_TENSOR_BYTES`), and reverse passes
     over as many selections as the rest holds."""
     order = sorted(range(len(images)), key=lambda k: (images[k], tops[k]))  # chunks share forward passes
@@ -119,7 +119,7 @@ def chunks(
         spare = max(budget // 2, budget - image_bytes * len(mine))
         parts = []
         for top in sorted({tops[k] for k in chosen}):
-            here = sorted((k for k in chosen if tops[k] == top), key=lambda k: positions[k])
+            here = sorted((k for k in chosen if tops[k] == top), key=lambda k: keys[k])
             step = max(1, spare // per_selection[top])
             parts += [(top, here[i : i + step]) for i in range(0, len(here), step)]
         yield Chunk(mine, parts)

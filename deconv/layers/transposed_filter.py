@@ -35,6 +35,23 @@ def _sub_pixel(signal: torch.Tensor, weight: torch.Tensor, stride: tuple[int, in
     return out[..., : (h - 1) * s_y + k_y, : (w - 1) * s_x + k_x]
 
 
+def _spread(signal: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """Values ``stride`` apart in zeros: ``(N, C, h, w) -> (N, C, (h - 1) * s_y + 1, (w - 1) * s_x + 1)``, same layout."""
+    n, c, h, w = signal.shape
+    layout = torch.channels_last if signal.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty(n, c, (h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1, dtype=signal.dtype, device=signal.device, memory_format=layout)
+    out.zero_()[..., :: stride[0], :: stride[1]] = signal
+    return out
+
+
+def _fit(full: torch.Tensor, padding: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """The input's rows and columns of a full transposed output: ``padding`` cut before, zeros after
+    where no tap reaches (``ceil_mode``, ``output_padding``)."""
+    out = full[..., padding[0] : padding[0] + size[0], padding[1] : padding[1] + size[1]]
+    short = (size[0] - out.shape[-2], size[1] - out.shape[-1])
+    return F.pad(out, (0, short[1], 0, short[0])) if short != (0, 0) else out
+
+
 class TransposedFilter(MirrorModule):
     """Convolves the signal with the transposed filters of ``conv``; no bias.
 
@@ -77,11 +94,10 @@ class TransposedFilter(MirrorModule):
             for a in (0, 1)
         ]
         cut = [min(e, 0) for e in extra]  # conv padding "same" can ask for a smaller output than full
+        if g.stride != (1, 1) and g.kernel == (1, 1):  # taps apart: filter at stride 1, then spread out
+            return _fit(_spread(F.conv_transpose2d(signal, weight, groups=self.groups), g.stride), padding, input_size)
         if weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
-            out = _sub_pixel(signal, weight, g.stride)
-            out = out[..., padding[0] : padding[0] + input_size[0], padding[1] : padding[1] + input_size[1]]
-            short = (input_size[0] - out.shape[-2], input_size[1] - out.shape[-1])
-            return F.pad(out, (0, short[1], 0, short[0])) if short != (0, 0) else out
+            return _fit(_sub_pixel(signal, weight, g.stride), padding, input_size)
         out = F.conv_transpose2d(
             signal, weight, None, g.stride, padding,
             [max(e, 0) for e in extra], self.groups, g.dilation,
