@@ -481,6 +481,24 @@ def test_memory_budget_and_shuffled_order(zfnet: Arch, gen: torch.Generator) -> 
     assert any(1 < n < len(selections) and most > 1 for n, most in chunkings), chunkings  # several images per chunk
 
 
+def test_parts_put_selections_with_the_same_receptive_field_extent_together(zfnet: Arch) -> None:
+    """Parts are sorted by how much of each receptive field lies in the image, not by position, so that
+    selections cut by the image's borders do not share a part (and its window size) with whole ones."""
+    mirror = deconv.build_mirror(zfnet.model)
+    positions = [(0, 0), (5, 5), (10, 10), (0, 5), (5, 0), (10, 5), (5, 10), (3, 3)]  # layer "0": 22x22 maps
+
+    def extent(y: int, x: int) -> tuple[int, int]:
+        box = mirror.receptive_field("0", y, x, image_shape=(3, 48, 48))
+        return min(box.bottom, 48) - max(box.top, 0), min(box.right, 48) - max(box.left, 0)
+
+    assert len({extent(y, x) for y, x in positions}) > 2  # the corners' boxes are cut, the centre's are not
+    selections = [(0, "0", c, y, x) for c, (y, x) in enumerate(positions)]
+    done = torch.cat([where for where, _ in mirror.projections(zfnet.images, selections)]).tolist()
+    assert sorted(done) == list(range(len(positions)))
+    extents = [extent(*positions[k]) for k in done]
+    assert extents == sorted(extents), extents
+
+
 def test_empty_selections_give_an_empty_batch(zfnet: Arch) -> None:
     out = deconv.build_mirror(zfnet.model).project_many(zfnet.images, [])
     assert out.shape == (0, 3, 48, 48) and out.dtype == torch.float64
