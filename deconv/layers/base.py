@@ -5,9 +5,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Geometry", "POINTWISE", "MirrorModule", "pair"]
+__all__ = ["Geometry", "POINTWISE", "MirrorModule", "fit", "pair"]
 
 
 def pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -38,6 +39,14 @@ class Geometry:
 
 
 POINTWISE = Geometry()
+
+
+def fit(full: torch.Tensor, padding: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """The input's rows and columns of a full transposed output: ``padding`` cut before, zeros after
+    where no tap reaches (``ceil_mode``, ``output_padding``)."""
+    out = full[..., padding[0] : padding[0] + size[0], padding[1] : padding[1] + size[1]]
+    short = (size[0] - out.shape[-2], size[1] - out.shape[-1])
+    return F.pad(out, (0, short[1], 0, short[0])) if short != (0, 0) else out
 
 
 class MirrorModule(nn.Module):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Geometry, MirrorModule, pair
+from .base import Geometry, MirrorModule, fit, pair
 
 __all__ = ["TransposedFilter"]
 
@@ -42,14 +42,6 @@ def _spread(signal: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     out = torch.empty(n, c, (h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1, dtype=signal.dtype, device=signal.device, memory_format=layout)
     out.zero_()[..., :: stride[0], :: stride[1]] = signal
     return out
-
-
-def _fit(full: torch.Tensor, padding: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """The input's rows and columns of a full transposed output: ``padding`` cut before, zeros after
-    where no tap reaches (``ceil_mode``, ``output_padding``)."""
-    out = full[..., padding[0] : padding[0] + size[0], padding[1] : padding[1] + size[1]]
-    short = (size[0] - out.shape[-2], size[1] - out.shape[-1])
-    return F.pad(out, (0, short[1], 0, short[0])) if short != (0, 0) else out
 
 
 class TransposedFilter(MirrorModule):
@@ -95,9 +87,9 @@ class TransposedFilter(MirrorModule):
         ]
         cut = [min(e, 0) for e in extra]  # conv padding "same" can ask for a smaller output than full
         if g.stride != (1, 1) and g.kernel == (1, 1):  # taps apart: filter at stride 1, then spread out
-            return _fit(_spread(F.conv_transpose2d(signal, weight, groups=self.groups), g.stride), padding, input_size)
+            return fit(_spread(F.conv_transpose2d(signal, weight, groups=self.groups), g.stride), padding, input_size)
         if weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
-            return _fit(_sub_pixel(signal, weight, g.stride), padding, input_size)
+            return fit(_sub_pixel(signal, weight, g.stride), padding, input_size)
         out = F.conv_transpose2d(
             signal, weight, None, g.stride, padding,
             [max(e, 0) for e in extra], self.groups, g.dilation,

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Geometry, MirrorModule, pair
+from .base import Geometry, MirrorModule, fit, pair
 
 __all__ = ["Unpool2d"]
 
@@ -100,54 +100,23 @@ class Unpool2d(MirrorModule):
     def _unpool_taps(
         self, signal: torch.Tensor, taps: torch.Tensor, input_size: tuple[int, int], padding: tuple[int, int]
     ) -> torch.Tensor:
+        """Max pooling's own backward on the window the taps span (it sums where pool windows share an input)."""
         g = self.geometry
         k, c, h, w = signal.shape
         (s_y, s_x), (k_y, k_x), (d_y, d_x) = g.stride, g.kernel, g.dilation
+        full = ((h - 1) * s_y + g.span(0), (w - 1) * s_x + g.span(1))
+        t_y = torch.div(taps, k_x, rounding_mode="floor").long()
+        starts = (torch.arange(h, device=signal.device).view(-1, 1) * (s_y * full[1])
+                  + torch.arange(w, device=signal.device).view(1, -1) * s_x)
+        # tap t = t_y * k_x + t_x of output (i, j) reads full[t_y * d_y + i * s_y, t_x * d_x + j * s_x]
+        index = t_y.mul_(d_y * full[1] - d_x * k_x).add_(taps.long().mul_(d_x)).add_(starts)
         channels_last = signal.is_contiguous(memory_format=torch.channels_last) and not signal.is_contiguous()
-        if (s_y, s_x) == (k_y, k_x) and (d_y, d_x) == (1, 1):
-            # disjoint windows: value (i, j) lands in block (i, j) at its tap, zeros elsewhere in the block
-            differentiable = signal.requires_grad and torch.is_grad_enabled()
-            if channels_last:
-                values, where = signal.permute(0, 2, 3, 1), taps.permute(0, 2, 3, 1)
-                if differentiable:
-                    stacked = torch.stack([values * (where == t) for t in range(k_y * k_x)], 3)
-                    blocks = stacked.view(k, h, w, k_y, k_x, c).transpose(2, 3)
-                else:
-                    blocks = signal.new_empty(k, h, k_y, w, k_x, c)
-                    for t in range(k_y * k_x):
-                        torch.mul(values, where == t, out=blocks[:, :, t // k_x, :, t % k_x])
-                out = blocks.reshape(k, h * k_y, w * k_x, c).permute(0, 3, 1, 2)
-            else:
-                if differentiable:
-                    stacked = torch.stack([signal * (taps == t) for t in range(k_y * k_x)], -1)
-                    blocks = stacked.view(k, c, h, w, k_y, k_x).transpose(3, 4)
-                else:
-                    blocks = signal.new_empty(k, c, h, k_y, w, k_x)
-                    for t in range(k_y * k_x):
-                        torch.mul(signal, taps == t, out=blocks[:, :, :, t // k_x, :, t % k_x])
-                out = blocks.reshape(k, c, h * k_y, w * k_x)
-        else:  # overlapping windows: max pooling's own backward, which sums where windows share an input
-            full = ((h - 1) * s_y + g.span(0), (w - 1) * s_x + g.span(1))
-            t_y = torch.div(taps, k_x, rounding_mode="floor").long()
-            starts = (torch.arange(h, device=signal.device).view(-1, 1) * (s_y * full[1])
-                      + torch.arange(w, device=signal.device).view(1, -1) * s_x)
-            # tap t = t_y * k_x + t_x reads full[t_y * d_y + i * s_y, t_x * d_x + j * s_x]
-            index = t_y.mul_(d_y * full[1] - d_x * k_x).add_(taps.long().mul_(d_x)).add_(starts)
-            like = torch.empty(
-                k, c, *full, dtype=signal.dtype, device=signal.device,
-                memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-            )
-            out = torch.ops.aten.max_pool2d_with_indices_backward(
-                signal, like, [k_y, k_x], [s_y, s_x], [0, 0], [d_y, d_x], False, index
-            )
-        top, left = padding
-        if (top, left) == (0, 0) and tuple(out.shape[-2:]) == tuple(input_size):
-            return out
-        out = out[:, :, top : top + input_size[0], left : left + input_size[1]]
-        short = (input_size[0] - out.shape[-2], input_size[1] - out.shape[-1])
-        if short != (0, 0):  # ceil_mode and padding can leave input rows or columns that no window reads
-            out = F.pad(out, (0, short[1], 0, short[0]))
-        return out
+        like = torch.empty(
+            k, c, *full, dtype=signal.dtype, device=signal.device,
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        )
+        out = torch.ops.aten.max_pool2d_with_indices_backward(signal, like, [k_y, k_x], [s_y, s_x], [0, 0], [d_y, d_x], False, index)
+        return fit(out, padding, input_size)
 
     @property
     def disjoint(self) -> bool:  # type: ignore[override]
