@@ -11,7 +11,7 @@ import torch
 
 from .layers.base import Geometry
 
-__all__ = ["descend", "crop", "inside", "paste", "window", "shift", "clip", "add_at", "place"]
+__all__ = ["descend", "crop", "inside", "paste", "window", "shift", "reach", "clip", "add_at", "place"]
 
 
 def descend(geometry: Geometry, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -107,6 +107,16 @@ def shift(signal: torch.Tensor, offset: torch.Tensor, size: tuple[int, int]) -> 
     return _gather(view, torch.arange(k, device=signal.device), offset, channels_last)
 
 
+def reach(
+    cone: torch.Tensor, cone_size: tuple[int, int], bound: torch.Tensor, bound_size: tuple[int, int], shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per k, the part of window ``cone[k]`` that lies inside window ``bound[k]`` and a map of ``shape``:
+    its first and one-past-last positions ``(K, 2)`` each."""
+    lo = torch.maximum(torch.maximum(cone, bound), torch.zeros_like(cone))
+    hi = torch.minimum(torch.minimum(cone + cone.new_tensor(cone_size), bound + bound.new_tensor(bound_size)), cone.new_tensor(shape))
+    return lo, hi
+
+
 def clip(
     cone: torch.Tensor, cone_size: tuple[int, int], bound: torch.Tensor, bound_size: tuple[int, int], shape: tuple[int, int]
 ) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -116,8 +126,7 @@ def clip(
     Where it can, window k also stays inside ``bound[k]`` (so that cutting it from there needs no zeros).
     """
     limit = cone.new_tensor(shape)
-    lo = torch.maximum(torch.maximum(cone, bound), torch.zeros_like(cone))
-    hi = torch.minimum(torch.minimum(cone + cone.new_tensor(cone_size), bound + bound.new_tensor(bound_size)), limit)
+    lo, hi = reach(cone, cone_size, bound, bound_size, shape)
     size = (hi - lo).clamp(min=1).amax(0)
     # any origin in [hi - size, lo] holds [lo, hi); keep it in the map, then, if possible, in the bound
     low = torch.maximum(hi - size, torch.zeros_like(hi))

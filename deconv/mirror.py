@@ -21,7 +21,7 @@ from .cone import place
 from .errors import InputError, NonFiniteError, SelectionError
 from .graph import IMAGES, Graph, Node, Trace, evaluating, first_non_finite
 from .plan import WORK_TENSOR_BYTES, Footprint, chunks, selection_bytes
-from .reverse import cones, reverse
+from .reverse import Window, cones, reverse
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -100,6 +100,19 @@ def build_mirror(model: nn.Module, rule: str = DEFAULT_RULE) -> Mirror:
     """
     _check_rule(rule)
     return Mirror(walk(model, rule), rule)
+
+
+def _assemble(k: int, parts: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """One ``(k, ...)`` batch from parts ``(which (k_p,), values (k_p, ...))`` that cover it."""
+    out: torch.Tensor | None = None
+    for which, values in parts:
+        if out is None:
+            if len(which) == k:
+                return values if bool((which == torch.arange(k, device=which.device)).all()) else values[which.argsort()]
+            out = values.new_empty(k, *values.shape[1:])
+        out[which] = values
+    assert out is not None
+    return out
 
 
 def _check_rule(rule: Any) -> str:
@@ -335,7 +348,7 @@ class Mirror(nn.Module):
             signal = torch.zeros_like(trace.outputs[top])
             signal[:, channel] = trace.outputs[top][:, channel]
             parts = reverse(self.graph, trace, rule, top, torch.arange(n, device=images.device), signal, None, WORK_TENSOR_BYTES)
-            return torch.cat([part.signal for part in parts])
+            return _assemble(n, ((which, w.signal) for which, w in parts))
         if position is not None:
             if len(shape) != 3:
                 raise SelectionError(f"layer {layer!r} outputs vectors {shape}; it has no positions (leave position=None)")
@@ -481,20 +494,18 @@ class Mirror(nn.Module):
             signal[batch, channel] = out[image, channel]
             origin = None
         field = cones(self.graph, top, origin, (1, 1))[IMAGES] if crop and origin is not None else None
-        done, start = [], 0
-        for result in reverse(self.graph, trace, rule, top, image, signal, origin, WORK_TENSOR_BYTES):
-            end = start + result.signal.shape[0]
+
+        def finished(which: torch.Tensor, result: Window) -> torch.Tensor:
             if result.origin is not None:
                 if crop:  # the receptive-field box: the whole cone, zero where it leaves the image
-                    done.append(_crop(result.signal, result.cone - result.origin, result.cone_size)[0])
-                else:
-                    done.append(place(result.signal, result.origin, tuple(image_shape[-2:])))
-            elif field is not None:
-                done.append(_crop(result.signal, field[0][start:end], field[1])[0])
-            else:
-                done.append(result.signal)
-            start = end
-        return done[0] if len(done) == 1 else torch.cat(done)
+                    return _crop(result.signal, result.cone - result.origin, result.cone_size)[0]
+                return place(result.signal, result.origin, tuple(image_shape[-2:]))
+            if field is not None:
+                return _crop(result.signal, field[0][which], field[1])[0]
+            return result.signal
+
+        parts = reverse(self.graph, trace, rule, top, image, signal, origin, WORK_TENSOR_BYTES)
+        return _assemble(len(part), ((which, finished(which, result)) for which, result in parts))
 
     def _check(self, s: Selection, shape: tuple[int, ...], n: int, need_position: bool = True) -> None:
         """Raises ``SelectionError`` for an image, channel or position out of range."""

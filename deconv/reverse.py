@@ -14,11 +14,14 @@ from typing import Any, Sequence
 
 import torch
 
-from .cone import add_at, clip, descend, place, shift, window
+from .cone import add_at, clip, descend, place, reach, shift, window
 from .graph import IMAGES, Graph, Trace
 from .layers.base import POINTWISE
 
 __all__ = ["Window", "cones", "reverse"]
+
+WASTE = 2.0
+"""Selections go on in groups where one shared window would be this much bigger than their own."""
 
 Box = tuple[torch.Tensor, tuple[int, int]] | None
 """Windows at one node: top-left corners ``(K, 2)`` and a shared size; ``None`` for whole maps."""
@@ -125,19 +128,20 @@ def reverse(
     signal: torch.Tensor,
     origin: torch.Tensor | None,
     work_bytes: int | None = None,
-) -> list[Window]:
+) -> list[tuple[torch.Tensor, Window]]:
     """Runs the mirrors from the output of node ``top`` down to pixels under ``rule``.
 
     ``signal`` is ``(K, C, h, w)`` windows at ``origin`` ``(K, 2)``, or whole outputs with
     ``origin=None``; ``image`` ``(K,)`` says which traced image each belongs to. Returns the signal
-    at the images, a window in the receptive field or whole images, in parts of consecutive
-    selections: where a step would write a tensor over ``work_bytes``, the selections go on in halves.
+    at the images, a window in the receptive field or whole images, in parts: which selections
+    ``(k,)`` and their window. The selections go on in halves where a step would write a tensor over
+    ``work_bytes``, and in groups of like windows where one shared window would waste work (:data:`WASTE`).
     """
     if origin is not None:
         signal = signal.contiguous(memory_format=torch.channels_last)
     size = (signal.shape[-2], signal.shape[-1])
     pending = {top: Window(signal, origin, size, origin, size)}
-    return _run(graph, trace, rule, pending, top, image, work_bytes)
+    return _run(graph, trace, rule, pending, top, image, torch.arange(len(image), device=image.device), work_bytes)
 
 
 def _written(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]]) -> int:
@@ -154,17 +158,38 @@ def _written(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]]) -> int:
     return largest
 
 
-def _part(w: Window, start: int, end: int) -> Window:
-    """Selections ``start:end`` of a window (views: the parts hold disjoint memory)."""
+def _part(w: Window, which: slice | torch.Tensor) -> Window:
+    """Some of a window's selections (a slice: views, the parts hold disjoint memory)."""
     def cut(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t[start:end]
+        return None if t is None else t[which]
 
-    return Window(w.signal[start:end], cut(w.origin), w.size, cut(w.cone), w.cone_size, w.owned, w.rectified, w.factors)
+    return Window(w.signal[which], cut(w.origin), w.size, cut(w.cone), w.cone_size, w.owned, w.rectified, w.factors)
+
+
+def _groups(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]], k: int, work_bytes: int | None) -> list[Any]:
+    """How a step's selections go on: together (``[]``), in halves where it would write a tensor over
+    ``work_bytes``, or in two groups by window area where their shared input window wastes work."""
+    if k < 2:
+        return []
+    if work_bytes is not None and k * _written(geometry, w, ins) * w.signal.element_size() > work_bytes:
+        return [slice(0, k // 2), slice(k // 2, k)]
+    if w.origin is None or geometry is None or geometry == POINTWISE or any(len(s) != 3 for s in ins):
+        return []
+    read, read_size = descend(geometry, w.origin, w.size)
+    cone, cone_size = descend(geometry, w.cone, w.cone_size)
+    reached = (reach(cone, cone_size, read, read_size, s[-2:]) for s in ins)
+    extent = torch.stack([hi - lo for lo, hi in reached]).clamp(min=1).amax(0)  # (K, 2)
+    area = extent.prod(1)  # (K,) what each selection needs, against k times the shared window
+    if k * int(extent.amax(0).prod()) <= WASTE * int(area.sum()):
+        return []
+    order = area.argsort(stable=True)
+    return [order[: k // 2], order[k // 2 :]]
 
 
 def _run(
-    graph: Graph, trace: Trace, rule: str, pending: dict[int, Window], start: int, image: torch.Tensor, work_bytes: int | None
-) -> list[Window]:
+    graph: Graph, trace: Trace, rule: str, pending: dict[int, Window], start: int, image: torch.Tensor,
+    which: torch.Tensor, work_bytes: int | None,
+) -> list[tuple[torch.Tensor, Window]]:
     nodes = graph.nodes
     for i in range(start, -1, -1):
         w = pending.get(i)
@@ -174,12 +199,11 @@ def _run(
         mirror = node.mirrors[rule]
         ins, out_shape = trace.inputs[i], trace.shapes[i]
         geometry = mirror.geometry
-        k = len(image)
-        if work_bytes is not None and k > 1 and k * _written(geometry, w, ins) * w.signal.element_size() > work_bytes:
-            half = k // 2
+        groups = _groups(geometry, w, ins, len(image), work_bytes)
+        if groups:
             return [
-                *_run(graph, trace, rule, {j: _part(v, 0, half) for j, v in pending.items()}, i, image[:half], work_bytes),
-                *_run(graph, trace, rule, {j: _part(v, half, k) for j, v in pending.items()}, i, image[half:], work_bytes),
+                part for g in groups
+                for part in _run(graph, trace, rule, {j: _part(v, g) for j, v in pending.items()}, i, image[g], which[g], work_bytes)
             ]
         del pending[i]
         memory = trace.memory[i][rule]
@@ -239,7 +263,7 @@ def _run(
             piece.owned = (w.owned or storage[k] != _storage(w.signal)) and storage.count(storage[k]) == 1
             piece.rectified = rectified
             _send(pending, j, piece, ins[k])
-    return [_settle(pending[IMAGES])]
+    return [(which, _settle(pending[IMAGES]))]
 
 
 def _storage(t: torch.Tensor) -> int:

@@ -129,28 +129,42 @@ def test_cropped_cone_projections_equal_the_dense_result(gen: torch.Generator) -
             assert torch.allclose(crop, padded[:, top : top + crop.shape[1], left : left + crop.shape[2]], atol=1e-12)
 
 
-def test_reverse_passes_split_into_halves_give_the_same_projections(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where a step would write a tensor over the work size, the selections go on in halves: same result."""
+def test_reverse_passes_split_into_parts_give_the_same_projections(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Selections go on in parts where a step would write a tensor over the work size, or where their
+    shared window would waste work: the projections are those of one pass over all of them."""
     model = real("resnet18")
     mirror = deconv.build_mirror(model)
     images = torch.randn(2, 3, 48, 48, generator=gen, dtype=torch.float64)
     selections = oracle.selections_at(model, images, ["layer1.1", "layer3.1", "fc"], 4, gen)
+    selections += [(0, "layer2.0", 1, 0, 0), (1, "layer2.0", 2, 3, 3), (0, "layer2.0", 3, 5, 5)]  # a corner, the centre
 
     def everything() -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
         crops = {k: c for where, cs in mirror.projections(images, selections, crop=True) for k, c in zip(where.tolist(), cs)}
         maps = mirror.project(images, layer="layer2.0", channel=3, position="map")
         return mirror.project_many(images, selections), crops, maps
 
-    halves = []
+    parts: list[int] = []
     part = deconv.reverse._part
-    monkeypatch.setattr(deconv.reverse, "_part", lambda w, start, end: halves.append(end - start) or part(w, start, end))
-    whole, crops, maps = everything()
-    assert not halves  # small images: no step comes near the work size
+
+    def counted(w: deconv.reverse.Window, which: slice | torch.Tensor) -> deconv.reverse.Window:
+        got = part(w, which)
+        parts.append(got.signal.shape[0])
+        return got
+
+    monkeypatch.setattr(deconv.reverse, "_part", counted)
+    monkeypatch.setattr(deconv.reverse, "WASTE", float("inf"))
+    together = everything()
+    assert not parts  # small images, no waste allowed for: one pass each
+    monkeypatch.setattr(deconv.reverse, "WASTE", 2.0)
+    grouped = everything()
+    assert parts  # the corner's and the centre's windows differ: they go on apart
+    parts.clear()
     monkeypatch.setattr(deconv.mirror, "WORK_TENSOR_BYTES", 1)
-    split_whole, split_crops, split_maps = everything()
-    assert halves and min(halves) == 1  # down to one selection per part
-    torch.testing.assert_close(split_whole, whole, rtol=0, atol=1e-12)
-    torch.testing.assert_close(split_maps, maps, rtol=0, atol=1e-12)
-    assert split_crops.keys() == crops.keys()
-    for k in crops:
-        torch.testing.assert_close(split_crops[k], crops[k], rtol=0, atol=1e-12)
+    halves = everything()
+    assert parts and min(parts) == 1  # down to one selection per part
+    for other in (grouped, halves):
+        torch.testing.assert_close(other[0], together[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(other[2], together[2], rtol=0, atol=1e-12)
+        assert other[1].keys() == together[1].keys()
+        for k in together[1]:
+            torch.testing.assert_close(other[1][k], together[1][k], rtol=0, atol=1e-12)
