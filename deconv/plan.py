@@ -14,7 +14,7 @@ import torch
 from .graph import IMAGES, Graph, Trace
 from .reverse import cones
 
-__all__ = ["WORK_TENSOR_BYTES", "Chunk", "Footprint", "selection_bytes", "chunks"]
+__all__ = ["WORK_TENSOR_BYTES", "PART_TENSORS", "Chunk", "Footprint", "selection_bytes", "chunks"]
 
 WORK_TENSOR_BYTES = 16 * 1024**2
 """Batched work is also cut so that its largest tensor is about this big (if one image or one selection
@@ -23,6 +23,11 @@ allows): forward walks into chunks of images, reverse passes into halves where a
 glibc's malloc serves blocks under 32 MB from its heap and reuses them once freed,
 while bigger ones are mapped fresh from the OS and page-faulted in on every use, which on CPU costs
 more than the arithmetic. Small chunks also stay in cache and lose nothing in the convolutions."""
+
+PART_TENSORS = 4
+"""A reverse pass takes at most as many selections as this many work tensors hold at its largest step:
+enough to run the small steps near the top on many selections at once, few enough that what the
+pass holds while its halves run (and its output) stays small."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,9 @@ class Footprint:
         return memory + kept + 3 * 2 * largest * item, largest * item
 
 
-def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: bool) -> int:
-    """Rough peak bytes one selection's reverse pass from node ``top`` costs: its largest step with
-    the window it reads, the windows it writes and copies."""
+def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: bool) -> tuple[int, int]:
+    """Rough peak bytes one selection's reverse pass from node ``top`` costs (its largest step with
+    the window it reads, the windows it writes and copies), and the bytes of the largest tensor it writes."""
     shape = trace.shapes[top]
     origin = torch.tensor([[shape[-2] // 2, shape[-1] // 2]]) if len(shape) == 3 else None
     boxes = cones(graph, top, origin, (1, 1))
@@ -77,7 +82,7 @@ def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: b
             return _numel(shape)
         return shape[0] * min(box[1][0], shape[1]) * min(box[1][1], shape[2])
 
-    worst = 0
+    worst = largest = 0
     for i in range(top, -1, -1):
         if i not in boxes:
             continue
@@ -85,24 +90,26 @@ def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: b
         reading = held(i, trace.shapes[i])
         written = [held(j, s) for j, s in zip(node.inputs, trace.inputs[i])]
         worst = max(worst, reading + 4 * sum(written))
+        largest = max([largest, *written])  # each input's signal is a tensor of its own
     if not crop:  # the projection in a whole image, and the window it is placed from
         images = next(s for i, node in enumerate(graph.nodes) for j, s in zip(node.inputs, trace.inputs[i]) if j == IMAGES)
-        worst = max(worst, 2 * _numel(images) + held(IMAGES, images))
-    return max(1, worst * item)
+        worst, largest = max(worst, 2 * _numel(images) + held(IMAGES, images)), max(largest, _numel(images))
+    return max(1, worst * item), max(1, largest * item)
 
 
 def chunks(
     images: Sequence[int],
     tops: Sequence[int],
     per_image: tuple[int, int],
-    per_selection: dict[int, int],
+    per_selection: dict[int, tuple[int, int]],
     budget: int,
     keys: Sequence[tuple[int, ...]],
 ) -> Iterator[Chunk]:
     """Groups selections (given by their ``images`` and ``tops``; sorted by ``keys`` within a node,
     so that selections whose windows have the same size go together) into chunks: a forward walk over at most as many images as half
     the ``budget`` holds (each of its tensors kept to :data:`WORK_TENSOR_BYTES`), and reverse passes
-    over as many selections as the rest holds."""
+    over as many selections as the rest holds, at most :data:`PART_TENSORS` work tensors' worth of
+    their largest step (the pass goes on in halves below that, :func:`deconv.reverse.reverse`)."""
     order = sorted(range(len(images)), key=lambda k: (images[k], tops[k]))  # chunks share forward passes
     image_bytes, image_largest = per_image
     per_chunk = max(1, min(budget // 2 // image_bytes, WORK_TENSOR_BYTES // image_largest))
@@ -120,6 +127,7 @@ def chunks(
         parts = []
         for top in sorted({tops[k] for k in chosen}):
             here = sorted((k for k in chosen if tops[k] == top), key=lambda k: keys[k])
-            step = max(1, spare // per_selection[top])
+            size, largest = per_selection[top]
+            step = max(1, min(spare // size, PART_TENSORS * WORK_TENSOR_BYTES // largest))
             parts += [(top, here[i : i + step]) for i in range(0, len(here), step)]
         yield Chunk(mine, parts)
