@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .layers.base import Geometry
+from .layers.base import Geometry, layout
 
 __all__ = ["descend", "crop", "inside", "paste", "window", "shift", "reach", "clip", "add_at", "place"]
 
@@ -18,10 +18,7 @@ def descend(geometry: Geometry, origin: torch.Tensor, size: tuple[int, int]) -> 
     """The input window that an output window of a layer reads. ``origin`` ``(K, 2)``."""
     stride = origin.new_tensor(geometry.stride)
     padding = origin.new_tensor(geometry.padding)
-    return origin * stride - padding, (
-        (size[0] - 1) * geometry.stride[0] + geometry.span(0),
-        (size[1] - 1) * geometry.stride[1] + geometry.span(1),
-    )
+    return origin * stride - padding, geometry.reads(size)
 
 
 def _grid(origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +90,7 @@ def shift(signal: torch.Tensor, offset: torch.Tensor, size: tuple[int, int]) -> 
     k, _, h, w = signal.shape
     before = (-offset).clamp(min=0).amax(0).tolist()
     after = (offset + offset.new_tensor(size) - offset.new_tensor((h, w))).clamp(min=0).amax(0).tolist()
-    channels_last = signal.dim() == 4 and signal.is_contiguous(memory_format=torch.channels_last) and not signal.is_contiguous()
+    channels_last = layout(signal) == torch.channels_last
     if any(before) or any(after):
         signal = torch.nn.functional.pad(signal, (before[1], after[1], before[0], after[0]))
         if channels_last:

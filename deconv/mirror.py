@@ -104,14 +104,13 @@ def build_mirror(model: nn.Module, rule: str = DEFAULT_RULE) -> Mirror:
 
 def _assemble(k: int, parts: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """One ``(k, ...)`` batch from parts ``(which (k_p,), values (k_p, ...))`` that cover it."""
-    out: torch.Tensor | None = None
+    parts = list(parts)
+    which, values = parts[0]
+    if len(parts) == 1 and bool((which == torch.arange(k, device=which.device)).all()):
+        return values
+    out = values.new_empty(k, *values.shape[1:])
     for which, values in parts:
-        if out is None:
-            if len(which) == k:
-                return values if bool((which == torch.arange(k, device=which.device)).all()) else values[which.argsort()]
-            out = values.new_empty(k, *values.shape[1:])
         out[which] = values
-    assert out is not None
     return out
 
 

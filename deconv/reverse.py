@@ -151,9 +151,8 @@ def _written(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]]) -> int:
     for s in ins:
         n = int(torch.Size(s).numel())
         if w.origin is not None and geometry is not None and len(s) == 3:
-            n = s[0] * min((w.size[0] - 1) * geometry.stride[0] + geometry.span(0), s[1]) * min(
-                (w.size[1] - 1) * geometry.stride[1] + geometry.span(1), s[2]
-            )
+            read = geometry.reads(w.size)
+            n = s[0] * min(read[0], s[1]) * min(read[1], s[2])
         largest = max(largest, n)
     return largest
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Geometry", "POINTWISE", "MirrorModule", "fit", "pair"]
+__all__ = ["Geometry", "POINTWISE", "MirrorModule", "fit", "layout", "pair"]
 
 
 def pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -37,8 +37,18 @@ class Geometry:
         """Input rows (or columns) one output position reads: ``dilation * (kernel - 1) + 1``."""
         return self.dilation[axis] * (self.kernel[axis] - 1) + 1
 
+    def reads(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size of the input window an output window of ``size`` reads."""
+        return (size[0] - 1) * self.stride[0] + self.span(0), (size[1] - 1) * self.stride[1] + self.span(1)
+
 
 POINTWISE = Geometry()
+
+
+def layout(t: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a channels-last 4-D tensor (that is not also contiguous), else the default."""
+    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def fit(full: torch.Tensor, padding: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:

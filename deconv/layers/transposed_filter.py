@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Geometry, MirrorModule, fit, pair
+from .base import Geometry, MirrorModule, fit, layout, pair
 
 __all__ = ["TransposedFilter"]
 
@@ -38,8 +38,8 @@ def _sub_pixel(signal: torch.Tensor, weight: torch.Tensor, stride: tuple[int, in
 def _spread(signal: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     """Values ``stride`` apart in zeros: ``(N, C, h, w) -> (N, C, (h - 1) * s_y + 1, (w - 1) * s_x + 1)``, same layout."""
     n, c, h, w = signal.shape
-    layout = torch.channels_last if signal.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = torch.empty(n, c, (h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1, dtype=signal.dtype, device=signal.device, memory_format=layout)
+    size = ((h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1)
+    out = torch.empty(n, c, *size, dtype=signal.dtype, device=signal.device, memory_format=layout(signal))
     out.zero_()[..., :: stride[0], :: stride[1]] = signal
     return out
 
@@ -81,15 +81,15 @@ class TransposedFilter(MirrorModule):
         ``factors`` ``(C_out,)``: what the signal's channels are multiplied by first."""
         g = self.geometry
         weight = self.weight if factors is None else self.weight * factors.view(-1, 1, 1, 1)
+        if g.stride != (1, 1) and g.kernel == (1, 1):  # taps apart: filter at stride 1, then spread out
+            return fit(_spread(F.conv_transpose2d(signal, weight, groups=self.groups), g.stride), padding, input_size)
+        if weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
+            return fit(_sub_pixel(signal, weight, g.stride), padding, input_size)
         extra = [
             input_size[a] - ((signal.shape[2 + a] - 1) * g.stride[a] - 2 * padding[a] + g.span(a))
             for a in (0, 1)
         ]
         cut = [min(e, 0) for e in extra]  # conv padding "same" can ask for a smaller output than full
-        if g.stride != (1, 1) and g.kernel == (1, 1):  # taps apart: filter at stride 1, then spread out
-            return fit(_spread(F.conv_transpose2d(signal, weight, groups=self.groups), g.stride), padding, input_size)
-        if weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
-            return fit(_sub_pixel(signal, weight, g.stride), padding, input_size)
         out = F.conv_transpose2d(
             signal, weight, None, g.stride, padding,
             [max(e, 0) for e in extra], self.groups, g.dilation,

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Geometry, MirrorModule, fit, pair
+from .base import Geometry, MirrorModule, fit, layout, pair
 
 __all__ = ["Unpool2d"]
 
@@ -104,17 +104,13 @@ class Unpool2d(MirrorModule):
         g = self.geometry
         k, c, h, w = signal.shape
         (s_y, s_x), (k_y, k_x), (d_y, d_x) = g.stride, g.kernel, g.dilation
-        full = ((h - 1) * s_y + g.span(0), (w - 1) * s_x + g.span(1))
+        full = g.reads((h, w))
         t_y = torch.div(taps, k_x, rounding_mode="floor").long()
         starts = (torch.arange(h, device=signal.device).view(-1, 1) * (s_y * full[1])
                   + torch.arange(w, device=signal.device).view(1, -1) * s_x)
         # tap t = t_y * k_x + t_x of output (i, j) reads full[t_y * d_y + i * s_y, t_x * d_x + j * s_x]
         index = t_y.mul_(d_y * full[1] - d_x * k_x).add_(taps.long().mul_(d_x)).add_(starts)
-        channels_last = signal.is_contiguous(memory_format=torch.channels_last) and not signal.is_contiguous()
-        like = torch.empty(
-            k, c, *full, dtype=signal.dtype, device=signal.device,
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-        )
+        like = torch.empty(k, c, *full, dtype=signal.dtype, device=signal.device, memory_format=layout(signal))
         out = torch.ops.aten.max_pool2d_with_indices_backward(signal, like, [k_y, k_x], [s_y, s_x], [0, 0], [d_y, d_x], False, index)
         return fit(out, padding, input_size)
 
