@@ -52,11 +52,20 @@ def paste(windows: torch.Tensor, origin: torch.Tensor, shape: tuple[int, int]) -
     return full.permute(0, 3, 1, 2)
 
 
-def _gather(view: torch.Tensor, image: torch.Tensor, origin: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``view`` ``(N, C, Y, X, h, w)`` (windows of a map, from ``unfold``) at ``image[k], origin[k]``: ``(K, C, h, w)``."""
-    if channels_last:  # gather as (K, h, w, C) so that the result is channels-last
-        return view.permute(0, 2, 3, 4, 5, 1)[image, origin[:, 0], origin[:, 1]].permute(0, 3, 1, 2)
-    return view[image, :, origin[:, 0], origin[:, 1]]
+def _gather(
+    maps: torch.Tensor, image: torch.Tensor, origin: torch.Tensor, size: tuple[int, int], memory_format: torch.memory_format
+) -> torch.Tensor:
+    """Windows of ``size`` at ``origin[k]`` in ``maps[image[k]]`` ``(N, C, H, W)``: ``(K, C, h, w)``, zero where
+    they leave the map. One slice copy per window (on CPU, 2-3x faster than a gather from unfolded maps)."""
+    limit = origin.new_tensor(tuple(maps.shape[-2:]))
+    lo, hi = origin.clamp(min=0), torch.minimum(origin + origin.new_tensor(size), limit)
+    out = torch.empty(len(origin), maps.shape[1], *size, dtype=maps.dtype, device=maps.device, memory_format=memory_format)
+    if bool((lo != origin).any()) or bool((hi != origin + origin.new_tensor(size)).any()):
+        out.zero_()
+    for k, (i, y, x, y0, x0, y1, x1) in enumerate(zip(image.tolist(), *origin.T.tolist(), *lo.T.tolist(), *hi.T.tolist())):
+        if y1 > y0 and x1 > x0:
+            out[k, :, y0 - y : y1 - y, x0 - x : x1 - x] = maps[i, :, y0:y1, x0:x1]
+    return out
 
 
 def crop(maps: torch.Tensor, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,27 +90,17 @@ def window(
     if size == tuple(maps.shape[-2:]):
         out = maps.index_select(0, image)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
-    return _gather(maps.unfold(2, size[0], 1).unfold(3, size[1], 1), image, origin, channels_last)
+    return _gather(maps, image, origin, size, torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def shift(signal: torch.Tensor, offset: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Windows of windows: ``(K, C, h, w) -> (K, C, size)``, window ``k`` starting at ``offset[k]`` in
-    ``signal[k]``; zero where it leaves ``signal[k]``. Keeps the memory format; a view when all offsets agree."""
+    ``signal[k]``; zero where it leaves ``signal[k]``. Keeps the memory format; a view when all offsets agree and the windows lie inside."""
     k, _, h, w = signal.shape
-    before = (-offset).clamp(min=0).amax(0).tolist()
-    after = (offset + offset.new_tensor(size) - offset.new_tensor((h, w))).clamp(min=0).amax(0).tolist()
-    channels_last = layout(signal) == torch.channels_last
-    if any(before) or any(after):
-        signal = torch.nn.functional.pad(signal, (before[1], after[1], before[0], after[0]))
-        if channels_last:
-            signal = signal.contiguous(memory_format=torch.channels_last)
-        offset = offset + offset.new_tensor(before)
-    first = offset[0]
-    if bool((offset == first).all()):
-        y, x = first.tolist()
+    y, x = offset[0].tolist()
+    if bool((offset == offset[0]).all()) and 0 <= y <= h - size[0] and 0 <= x <= w - size[1]:
         return signal[:, :, y : y + size[0], x : x + size[1]]
-    view = signal.unfold(2, size[0], 1).unfold(3, size[1], 1)
-    return _gather(view, torch.arange(k, device=signal.device), offset, channels_last)
+    return _gather(signal, torch.arange(k, device=signal.device), offset, size, layout(signal))
 
 
 def reach(

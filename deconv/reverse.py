@@ -16,7 +16,7 @@ import torch
 
 from .cone import add_at, clip, descend, place, reach, shift, window
 from .graph import IMAGES, Graph, Trace
-from .layers.base import POINTWISE
+from .layers.base import POINTWISE, layout
 
 __all__ = ["Window", "cones", "reverse"]
 
@@ -223,15 +223,15 @@ def _run(
             _settle(w)
         if mirror.rectifies:  # pointwise: windows stay; in place on a signal of our own
             if not w.rectified:
-                w.signal = w.signal.relu_() if w.owned else torch.relu(w.signal)
+                _rectify(w)
             _send(pending, node.inputs[0], Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned), ins[0])
             continue
         rectified = False
         if mirror.disjoint and not takes and len(node.inputs) == 1 and node.inputs[0] != IMAGES:
             below = nodes[node.inputs[0]]
             if below.mirrors[rule].rectifies and len(below.fx_node.users) == 1:
-                w.signal = w.signal.relu_() if w.owned else torch.relu(w.signal)  # relu commutes with placing apart
-                w.owned, rectified = True, True
+                _rectify(w)  # relu commutes with placing apart
+                rectified = True
         if w.origin is None:
             out = mirror(w.signal, *(_select(m, image) for m in memory), **takes)
             outs = out if isinstance(out, tuple) else (out,)
@@ -252,9 +252,9 @@ def _run(
                 out = mirror(w.signal, *mirror.restrict(cut, read, read_size), **takes)
                 outs = out if isinstance(out, tuple) else (out,)
                 sent = []
-                for t, shape in zip(outs, ins):
+                for j, t, shape in zip(node.inputs, outs, ins):
                     o, s = clip(cone, cone_size, read, read_size, tuple(shape[-2:]))
-                    sent.append(Window(shift(t, o - read, s), o, s, cone, cone_size))
+                    sent.append(Window(shift(t if j == IMAGES else _channels_last(t), o - read, s), o, s, cone, cone_size))
         storage = [_storage(p.signal) for p in sent]
         for k, (j, piece) in enumerate(zip(node.inputs, sent)):
             # a signal may change in place if no other holds its memory: not the pending one (unless
@@ -263,6 +263,21 @@ def _run(
             piece.rectified = rectified
             _send(pending, j, piece, ins[k])
     return [(which, _settle(pending[IMAGES]))]
+
+
+def _rectify(w: Window) -> None:
+    """``relu`` of the signal: in place on a compact signal of our own, else into a compact new one (a
+    window cut from a bigger one would otherwise be copied again by the convolution it goes to)."""
+    if w.owned and w.signal.is_contiguous(memory_format=layout(w.signal)):
+        w.signal.relu_()
+    else:
+        w.signal, w.owned = torch.relu(w.signal), True
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """Windows stay channels-last, the layout oneDNN's convolutions run fastest on: a mirror's compact
+    output in the default layout is laid out again (a convolution of 1x1 windows returns one)."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_contiguous() else t
 
 
 def _storage(t: torch.Tensor) -> int:

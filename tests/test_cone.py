@@ -60,6 +60,21 @@ def test_shift_takes_windows_of_windows_with_zeros_outside() -> None:
     assert last[:, 0].tolist() == [[[2.0, 3.0]], [[0.0, 10.0]]]
 
 
+@given(st.lists(st.tuples(st.integers(-5, 6), st.integers(-5, 6)), min_size=1, max_size=4),
+       st.tuples(st.integers(1, 5), st.integers(1, 5)), st.booleans())
+def test_shift_equals_cutting_from_zero_padded_windows(offsets, size, channels_last) -> None:
+    signal = torch.randn(len(offsets), 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        signal = signal.contiguous(memory_format=torch.channels_last)
+    out = shift(signal, torch.tensor(offsets), size)
+    padded = torch.nn.functional.pad(signal, (6, 6, 6, 6))  # any window of these offsets lies inside
+    for k, (y, x) in enumerate(offsets):
+        assert torch.equal(out[k], padded[k, :, y + 6 : y + 6 + size[0], x + 6 : x + 6 + size[1]])
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format) or (
+        len(set(offsets)) == 1  # a view of the signal
+    )
+
+
 def test_clip_by_hand() -> None:
     # cone rows -2..2, cols 1..3; bound rows -1..2, cols 0..5; map 3x5: the part in all three is rows 0..2, cols 1..3
     origin, size = clip(torch.tensor([[-2, 1]]), (5, 3), torch.tensor([[-1, 0]]), (4, 6), (3, 5))

@@ -499,6 +499,25 @@ def test_parts_put_selections_with_the_same_receptive_field_extent_together(zfne
     assert extents == sorted(extents), extents
 
 
+def test_windows_reach_the_transposed_filters_channels_last(zfnet: Arch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine keeps windows channels-last, the layout oneDNN convolves fastest; a convolution of
+    1x1 windows (a selection's own) returns the default layout, and everything below it would inherit it."""
+    from deconv.layers.transposed_filter import TransposedFilter
+
+    mirror = deconv.build_mirror(zfnet.model)
+    seen = []
+    forward = TransposedFilter.forward
+
+    def spy(self, signal, *args, **kwargs):
+        if signal.shape[-2:] != (1, 1):
+            seen.append(signal.is_contiguous(memory_format=torch.channels_last))
+        return forward(self, signal, *args, **kwargs)
+
+    monkeypatch.setattr(TransposedFilter, "forward", spy)
+    list(mirror.projections(zfnet.images, [(0, "9", c, 1, 1) for c in range(4)], crop=True))  # 3x3 maps
+    assert seen and all(seen), seen
+
+
 def test_empty_selections_give_an_empty_batch(zfnet: Arch) -> None:
     out = deconv.build_mirror(zfnet.model).project_many(zfnet.images, [])
     assert out.shape == (0, 3, 48, 48) and out.dtype == torch.float64

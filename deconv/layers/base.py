@@ -46,8 +46,9 @@ POINTWISE = Geometry()
 
 
 def layout(t: torch.Tensor) -> torch.memory_format:
-    """``torch.channels_last`` for a channels-last 4-D tensor (that is not also contiguous), else the default."""
-    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    """``torch.channels_last`` for a 4-D tensor whose channels lie innermost (a channels-last tensor or a
+    window of one) and that is not also contiguous, else the default."""
+    channels_last = t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1 and not t.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
