@@ -418,14 +418,14 @@ def memory_child(args: argparse.Namespace) -> None:
             p = int(positions[n, c])
             selections.append(deconv.Selection(n, layer, c, p // width, p % width))
     del best, out
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = rss_kb("VmHWM")  # this process's own peak (ru_maxrss would include the parent's: it survives exec)
     t = time.perf_counter()
     done = 0
     for where, crops in mirror.projections(pool, selections, crop=True, memory_budget=args.budget):
         done += len(where)
         del crops
     elapsed = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = rss_kb("VmHWM")
     print(json.dumps({"projections": done, "seconds": elapsed, "baseline_kb": baseline, "peak_kb": peak}))
 
 
