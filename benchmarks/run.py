@@ -20,7 +20,7 @@ Every row also checks that the outputs agree: Captum returns the modified gradie
 attribution (max abs difference / max abs of Captum's, at most 1e-5 in float32). Without captum
 installed the reference is the same modified backward pass done here with autograd hooks.
 
-The memory rows run in a fresh subprocess each (peak RSS from ``resource.getrusage``): the top 9
+The memory rows run in a fresh subprocess each (peak RSS from the child's own ``VmHWM``): the top 9
 images of every channel of VGG16's conv5_3 (512 x 9 = 4,608 projections), through
 ``mirror.projections(..., crop=True)``, each chunk dropped as it comes.
 """
