@@ -336,6 +336,7 @@ def test_a_setting_that_is_not_utf8_is_refused_up_front(tmp_path: Path, flag: st
     (["layers", "--device", "meta"], ["key 'device'", "cannot compute on 'meta'"]),
     (["layers", "--device", "mps"], ["key 'device'", "'mps' is not available"]),
     (["top9", "--top", "100000000"], ["key 'top' must be <= 1000"]),
+    (["top9", "--tile-px", "100000"], ["key 'tile_px' must be <= 256"]),
     (["top9", "--config", "{huge}"], ["key 'batch_size' must be between", "99999999999999999999"]),
 ])
 def test_each_bad_input_is_one_line_and_exit_2(

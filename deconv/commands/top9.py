@@ -48,6 +48,7 @@ OPTIONS = MODEL + DATA + RUN + (
 )
 
 MAX_TOP = 1000  # a channel's sheet shows its top images side by side
+MAX_TILE_PX = 256  # a 64-channel sheet of 256 px tiles is about 13,000 x 7,000 px, near what image viewers open
 STATE = "state"  # the folder of the per-process scan states, in the output folder
 
 
@@ -75,6 +76,8 @@ def run(settings: dict[str, Any]) -> int:
     )
     if settings["top"] > MAX_TOP:
         raise ConfigError(f"key 'top' must be <= {MAX_TOP} (activations kept per channel), got {settings['top']}")
+    if settings["tile_px"] > MAX_TILE_PX:
+        raise ConfigError(f"key 'tile_px' must be <= {MAX_TILE_PX} (a sheet's size grows with it), got {settings['tile_px']}")
     device = device_from(settings)
     with process_group(device) as group:
         model = model_from(settings)
