@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where conv5_3's projection cost goes, counted rather than timed (so load on the machine does not matter).
 
-For a set of selections it replays the reverse pass's window geometry (``deconv.cone``: every step
+For a set of selections it replays the reverse pass's window geometry (``deconv.engine.windows``: every step
 reads the window its output window needs, cut to the cone and the map; the selections of one part
 share one window size, the largest of theirs in each dimension) and sums the multiply-adds of the
 transposed convolutions: per part, ``K x (window area read) x (weight size)`` at every convolution.
@@ -12,6 +12,7 @@ much the sharing of one window size.
 
     python benchmarks/cone_work.py RUN/top9.json
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from vgg import vgg16  # noqa: E402
 
 import deconv  # noqa: E402
-from deconv.cone import clip, descend  # noqa: E402
+from deconv.engine.windows import clip, descend  # noqa: E402
 from deconv.mirror import Selection  # noqa: E402
-from vgg import vgg16  # noqa: E402
 
 LAYER = "features.29"
 PART = 64  # selections per part, about what the default memory budget gives at conv5_3
@@ -58,7 +59,8 @@ def grouped(mirror: deconv.Mirror, selections: list[Selection], shape: tuple[int
     """As the engine groups them: by image, then sorted by position, in parts of ``PART``."""
     ordered = sorted(selections, key=lambda s: (s.y, s.x))
     return sum(
-        work(mirror, torch.tensor([[s.y, s.x] for s in ordered[i : i + PART]]), shape) for i in range(0, len(ordered), PART)
+        work(mirror, torch.tensor([[s.y, s.x] for s in ordered[i : i + PART]]), shape)
+        for i in range(0, len(ordered), PART)
     )
 
 
@@ -73,29 +75,42 @@ def main() -> None:
     shape = (3, 224, 224)
     top = mirror.index(LAYER)
     g = torch.Generator().manual_seed(1)
-    noise = torch.randn(16, 3, 224, 224, generator=g)  # benchmarks/run.py's memory case: top 9 of 512 over 16 noise images
-    out = torch.cat([mirror.run(noise[i : i + 4], keep=[top], until=top, remember=False).outputs[top] for i in range(0, 16, 4)])
+    noise = torch.randn(
+        16, 3, 224, 224, generator=g
+    )  # benchmarks/run.py's memory case: top 9 of 512 over 16 noise images
+    out = torch.cat(
+        [mirror.run(noise[i : i + 4], keep=[top], until=top, remember=False).outputs[top] for i in range(0, 16, 4)]
+    )
     best, where = out.flatten(2).max(2)
-    rand = [Selection(int(n), LAYER, c, int(where[n, c]) // 14, int(where[n, c]) % 14)
-            for c in range(out.shape[1]) for n in best[:, c].topk(9).indices]
+    rand = [
+        Selection(int(n), LAYER, c, int(where[n, c]) // 14, int(where[n, c]) % 14)
+        for c in range(out.shape[1])
+        for n in best[:, c].topk(9).indices
+    ]
     one = rand[:0]
     single = out[0].flatten(1).max(1)
-    one = [Selection(0, LAYER, c, int(single.indices[c]) // 14, int(single.indices[c]) % 14)
-           for c in single.values.argsort(descending=True)[:64].tolist()]
+    one = [
+        Selection(0, LAYER, c, int(single.indices[c]) // 14, int(single.indices[c]) % 14)
+        for c in single.values.argsort(descending=True)[:64].tolist()
+    ]
     centre = alone(mirror, [own[0]._replace(y=7, x=7)], shape)
     print(f"one centred conv5_3 projection: {centre / 1e9:.2f} G multiply-adds (the unit below)")
     print("| selections | on the border | work per projection, as the engine groups them | alone (own window) |")
     print("|---|---|---|---|")
-    for name, sel in (("HED weights, 20 photos: the job's conv5_3 selections", own),
-                      ("random weights, 16 noise images, top 9 of 512 (the memory table's 63.4 ms)", rand),
-                      ("random weights, one noise image, 64 strongest channels (the per-layer table's 69.3 ms)", one)):
+    for name, sel in (
+        ("HED weights, 20 photos: the job's conv5_3 selections", own),
+        ("random weights, 16 noise images, top 9 of 512 (the memory table's 63.4 ms)", rand),
+        ("random weights, one noise image, 64 strongest channels (the per-layer table's 69.3 ms)", one),
+    ):
         edge = sum(s.y in (0, 13) or s.x in (0, 13) for s in sel) / len(sel)
         by_image: dict[int, list[Selection]] = {}
         for s in sel:
             by_image.setdefault(s.image, []).append(s)
         # the engine runs chunks of images; parts never mix chunks. All of a chunk's selections sorted together:
-        print(f"| {name} ({len(sel):,}) | {edge:.0%} | {grouped(mirror, sel, shape) / len(sel) / centre:.2f} "
-              f"| {alone(mirror, sel, shape) / len(sel) / centre:.2f} |")
+        print(
+            f"| {name} ({len(sel):,}) | {edge:.0%} | {grouped(mirror, sel, shape) / len(sel) / centre:.2f} "
+            f"| {alone(mirror, sel, shape) / len(sel) / centre:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ It also measures where conv5_3's cost comes from: the batched rate of the job's 
 corner, and beside the random-weight VGG16 of ``benchmarks/run.py`` on noise, with the share of
 strongest activations on the border of the map.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import torch  # noqa: E402
 
 import deconv  # noqa: E402
-from deconv.cli import main as _unused  # noqa: E402,F401  (registers the commands)
 from deconv.commands.common import dataset_from, model_from, preprocess_from  # noqa: E402
+from deconv.commands.config import load_config, resolve  # noqa: E402
+from deconv.commands.main import main as _unused  # noqa: E402,F401  (registers the commands)
 from deconv.commands.top9 import OPTIONS  # noqa: E402
-from deconv.config import load_config, resolve  # noqa: E402
 from deconv.mirror import Selection  # noqa: E402
-from deconv.models import spec_beside  # noqa: E402
+from deconv.zoo.models import spec_beside  # noqa: E402
 
 CONFIG = ROOT / "configs" / "vgg16-hed.toml"
 NAMES = {"features.3": "conv1_2", "features.15": "conv3_3", "features.29": "conv5_3"}
@@ -57,7 +58,19 @@ def settings(overrides: dict) -> dict:
 
 def run_job(out: Path, flags: list[str]) -> dict:
     """The job in a subprocess: wall time, peak RSS, the phases of its summary line, its output's size."""
-    cmd = [sys.executable, "-m", "deconv", "top9", "--config", str(CONFIG), "--out", str(out), "--overwrite", "--no-progress", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deconv",
+        "top9",
+        "--config",
+        str(CONFIG),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-progress",
+        *flags,
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
@@ -72,11 +85,16 @@ def run_job(out: Path, flags: list[str]) -> dict:
     sizes = [Image.open(p).size for p in sheets]
     thumbs = [p.stat().st_size for p in out.glob("thumbs/*/*")]
     return {
-        "wall": wall, "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, "phases": phases,
+        "wall": wall,
+        "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "phases": phases,
         "output_mb": sum(p.stat().st_size for p in files) / 2**20,
-        "sheets_mb": sum(p.stat().st_size for p in sheets) / 2**20, "sheets": len(sheets),
-        "largest_sheet": max(sizes, key=max) if sizes else None, "largest_sheet_mb": max((p.stat().st_size for p in sheets), default=0) / 2**20,
-        "thumb_kb": statistics.mean(thumbs) / 1024 if thumbs else 0, "thumbs": len(thumbs),
+        "sheets_mb": sum(p.stat().st_size for p in sheets) / 2**20,
+        "sheets": len(sheets),
+        "largest_sheet": max(sizes, key=max) if sizes else None,
+        "largest_sheet_mb": max((p.stat().st_size for p in sheets), default=0) / 2**20,
+        "thumb_kb": statistics.mean(thumbs) / 1024 if thumbs else 0,
+        "thumbs": len(thumbs),
         "records": json.loads((out / "top9.json").read_text()),
     }
 
@@ -95,7 +113,10 @@ def strongest(mirror: deconv.Mirror, images: torch.Tensor, n: int, layer: str, k
     out = mirror.run(images[n : n + 1], keep=[top], until=top, remember=False).outputs[top][0]
     best, where = out.flatten(1).max(1)
     width = out.shape[-1]
-    return [Selection(n, layer, c, int(where[c]) // width, int(where[c]) % width) for c in best.argsort(descending=True)[:k].tolist()]
+    return [
+        Selection(n, layer, c, int(where[c]) // width, int(where[c]) % width)
+        for c in best.argsort(descending=True)[:k].tolist()
+    ]
 
 
 def border(selections: list[Selection], side: int) -> float:
@@ -105,9 +126,13 @@ def border(selections: list[Selection], side: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="conv1_2 and 8 channels of conv5_3 only")
-    parser.add_argument("--images", type=int, default=0, help="images whose batched rate is measured (0: all of the job's)")
+    parser.add_argument(
+        "--images", type=int, default=0, help="images whose batched rate is measured (0: all of the job's)"
+    )
     parser.add_argument("--out", type=Path, help="the job's output folder (default: a temporary one)")
-    parser.add_argument("--channels", nargs="*", default=[], help="passed to the job's --channels (e.g. features.29=0-63: one sheet)")
+    parser.add_argument(
+        "--channels", nargs="*", default=[], help="passed to the job's --channels (e.g. features.29=0-63: one sheet)"
+    )
     parser.add_argument("--sample", type=int, default=144, help="conv5_3 selections per case of the cost table")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -128,7 +153,9 @@ def main() -> int:
     rate = {}
     for layer in layers:
         batched_ms(mirror, images, strongest(mirror, images, 0, layer, 4))  # warm up
-        rate[layer] = statistics.median(batched_ms(mirror, images, strongest(mirror, images, n, layer)) for n in measured)
+        rate[layer] = statistics.median(
+            batched_ms(mirror, images, strongest(mirror, images, n, layer)) for n in measured
+        )
     scan = job["phases"].get("scan", 0.0)
     reference = scan + sum(count[layer] * rate[layer] / 1e3 for layer in layers)
     lines = [
@@ -161,12 +188,17 @@ def main() -> int:
         f"{job['thumb_kb']:.0f} KB on average",
     ]
     if "features.29" in layers:
-        lines += ["", *conv5_cost(mirror, images, job["records"], rate["features.29"], 72 if args.quick else args.sample)]
+        lines += [
+            "",
+            *conv5_cost(mirror, images, job["records"], rate["features.29"], 72 if args.quick else args.sample),
+        ]
     print("\n".join(lines))
     return 0
 
 
-def conv5_cost(mirror: deconv.Mirror, images: torch.Tensor, records: list[dict], reference: float, sample: int) -> list[str]:
+def conv5_cost(
+    mirror: deconv.Mirror, images: torch.Tensor, records: list[dict], reference: float, sample: int
+) -> list[str]:
     """conv5_3's batched rate by where the selections are: the job's own, centred, in a corner; and random weights."""
     from vgg import vgg16
 
@@ -178,13 +210,48 @@ def conv5_cost(mirror: deconv.Mirror, images: torch.Tensor, records: list[dict],
     random_sel = strongest(random_mirror, noise, 0, layer, min(K, len(sample)))
     photo_sel = strongest(mirror, images, 0, layer, min(K, len(sample)))
     cases = [
-        (f"HED weights, photos: the job's own selections (top 9 of {len(sample) // 9} channels, 20 images)", mirror, images, sample),
-        ("the same, every selection moved to the map's centre (7, 7)", mirror, images, [s._replace(y=side // 2, x=side // 2) for s in sample]),
-        ("the same, every selection moved to the corner (0, 0)", mirror, images, [s._replace(y=0, x=0) for s in sample]),
-        ("the same, sorted by row then column (corner and edge selections apart)", mirror, images, sorted(sample, key=lambda s: (s.y, s.x))),
-        (f"HED weights, one photo, its {len(photo_sel)} strongest channels (as the batched rate above)", mirror, images, photo_sel),
-        (f"random weights (benchmarks/run.py), one noise image, its {len(random_sel)} strongest channels", random_mirror, noise, random_sel),
-        ("random weights, the same selections moved to the centre", random_mirror, noise, [s._replace(y=side // 2, x=side // 2) for s in random_sel]),
+        (
+            f"HED weights, photos: the job's own selections (top 9 of {len(sample) // 9} channels, 20 images)",
+            mirror,
+            images,
+            sample,
+        ),
+        (
+            "the same, every selection moved to the map's centre (7, 7)",
+            mirror,
+            images,
+            [s._replace(y=side // 2, x=side // 2) for s in sample],
+        ),
+        (
+            "the same, every selection moved to the corner (0, 0)",
+            mirror,
+            images,
+            [s._replace(y=0, x=0) for s in sample],
+        ),
+        (
+            "the same, sorted by row then column (corner and edge selections apart)",
+            mirror,
+            images,
+            sorted(sample, key=lambda s: (s.y, s.x)),
+        ),
+        (
+            f"HED weights, one photo, its {len(photo_sel)} strongest channels (as the batched rate above)",
+            mirror,
+            images,
+            photo_sel,
+        ),
+        (
+            f"random weights (benchmarks/run.py), one noise image, its {len(random_sel)} strongest channels",
+            random_mirror,
+            noise,
+            random_sel,
+        ),
+        (
+            "random weights, the same selections moved to the centre",
+            random_mirror,
+            noise,
+            [s._replace(y=side // 2, x=side // 2) for s in random_sel],
+        ),
     ]
     lines = [
         f"conv5_3 (`{layer}`, {side}x{side} maps): batched rate by position of the selections (one `projections(..., crop=True)` call each)",
@@ -195,7 +262,9 @@ def conv5_cost(mirror: deconv.Mirror, images: torch.Tensor, records: list[dict],
     for name, m, x, sel in cases:
         batched_ms(m, x, sel[:2])  # warm up
         lines.append(f"| {name} | {border(sel, side):.0%} | {batched_ms(m, x, sel):.1f} ms |")
-    lines.append(f"| all {len(own):,} of the job's conv5_3 selections | {border(own, side):.0%} | (job: see above; batched rate {reference:.1f} ms) |")
+    lines.append(
+        f"| all {len(own):,} of the job's conv5_3 selections | {border(own, side):.0%} | (job: see above; batched rate {reference:.1f} ms) |"
+    )
     return lines
 
 

@@ -24,6 +24,7 @@ The memory rows run in a fresh subprocess each (peak RSS from the child's own ``
 images of every channel of VGG16's conv5_3 (512 x 9 = 4,608 projections), through
 ``mirror.projections(..., crop=True)``, each chunk dropped as it comes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,13 @@ RESNET_PROBES = {"layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "la
 ZF_PROBES = {"conv1": "features.1", "conv2": "features.4", "conv5": "features.11"}
 # The issues' targets: Captum's time per projection over deconv's (batched), per model and layer.
 TARGETS = {
-    ("VGG16", "conv1_2"): 100, ("VGG16", "conv3_3"): 50, ("VGG16", "conv5_3"): 5,
-    ("ResNet-50", "layer1"): 50, ("ResNet-50", "layer2"): 20, ("ResNet-50", "layer3"): 5, ("ResNet-50", "layer4"): 2,
+    ("VGG16", "conv1_2"): 100,
+    ("VGG16", "conv3_3"): 50,
+    ("VGG16", "conv5_3"): 5,
+    ("ResNet-50", "layer1"): 50,
+    ("ResNet-50", "layer2"): 20,
+    ("ResNet-50", "layer3"): 5,
+    ("ResNet-50", "layer4"): 2,
 }
 RULE_COST = 1.3  # guided and gradient projections cost at most this much more than deconvnet ones
 
@@ -95,17 +101,17 @@ def resnet50_model() -> tuple[nn.Module, str]:
 
 def default_model() -> tuple[nn.Module, str]:
     """The embedded default (trained ZFNet28) if its weights exist, else the untrained architecture."""
-    from deconv import models
+    from deconv.zoo import models
 
     if models.WEIGHTS.is_file():
-        return models.default_model(), "deconv.models.default_model() (trained)"
+        return models.default_model(), "deconv.zoo.models.default_model() (trained)"
     torch.manual_seed(0)
     return models.ZFNet28().eval(), "ZFNet28, untrained (zfnet28_fashion.pt not there yet)"
 
 
 def default_image() -> torch.Tensor:
     try:
-        from deconv.models import default_dataset
+        from deconv.zoo.models import default_dataset
 
         return default_dataset()[0][0][None]
     except Exception:  # noqa: BLE001
@@ -277,7 +283,11 @@ class Row:
         # median of the per-rep ratios: each rep measures both back to back, under the same load
         ratio = statistics.median(r / b for r, b in zip(self.reference, self.batched))
         ratio_single = statistics.median(r / s for r, s in zip(self.reference, self.single))
-        verdict = "" if self.target is None else (f" >= {self.target:g}x met" if ratio >= self.target else f" < {self.target:g}x MISSED")
+        verdict = (
+            ""
+            if self.target is None
+            else (f" >= {self.target:g}x met" if ratio >= self.target else f" < {self.target:g}x MISSED")
+        )
         return [
             self.model,
             f"{self.name} (`{self.layer}`)",
@@ -293,8 +303,16 @@ class Row:
 
 
 HEADER = [
-    "model", "layer", "forward to layer", "{ref} / projection", "deconv single", "deconv batched / projection",
-    "ref / single", "ref / batched", "peak RSS batched (+ over before)", "max rel err vs ref",
+    "model",
+    "layer",
+    "forward to layer",
+    "{ref} / projection",
+    "deconv single",
+    "deconv batched / projection",
+    "ref / single",
+    "ref / batched",
+    "peak RSS batched (+ over before)",
+    "max rel err vs ref",
 ]
 
 
@@ -306,8 +324,17 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 # ------------------------------------------------------------------------------------- measurements
 def measure_layer(
-    model: nn.Module, mirror: deconv.Mirror, image: torch.Tensor, model_name: str, name: str, layer: str,
-    k: int, reps: int, references: int, attribute: Callable[..., torch.Tensor], targets: bool = True,
+    model: nn.Module,
+    mirror: deconv.Mirror,
+    image: torch.Tensor,
+    model_name: str,
+    name: str,
+    layer: str,
+    k: int,
+    reps: int,
+    references: int,
+    attribute: Callable[..., torch.Tensor],
+    targets: bool = True,
 ) -> Row:
     images = mirror.check_images(image)
     top = mirror.index(layer)
@@ -356,7 +383,13 @@ def measure_layer(
 
 
 def measure_rules(
-    model: nn.Module, mirror: deconv.Mirror, image: torch.Tensor, name: str, layer: str, k: int, reps: int,
+    model: nn.Module,
+    mirror: deconv.Mirror,
+    image: torch.Tensor,
+    name: str,
+    layer: str,
+    k: int,
+    reps: int,
 ) -> list[str]:
     """Per rule, the batched time per projection (K strongest channels, interleaved rep by rep), its
     ratio to the deconvnet rule's, and the largest relative difference from Captum's reference."""
@@ -430,8 +463,21 @@ def memory_child(args: argparse.Namespace) -> None:
 
 
 def measure_memory(size: int, pool: int, channels: int, top: int, budget: int) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), MEMORY_CHILD, "--size", str(size), "--pool", str(pool),
-           "--channels", str(channels), "--top", str(top), "--budget", str(budget)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        MEMORY_CHILD,
+        "--size",
+        str(size),
+        "--pool",
+        str(pool),
+        "--channels",
+        str(channels),
+        "--top",
+        str(top),
+        "--budget",
+        str(budget),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -444,9 +490,9 @@ def measure_fig2(reps: int, quick: bool) -> list[str]:
     (the target's baseline) and channels-last (the stricter one: what the scan itself adds)."""
     import itertools
 
+    from deconv.analyses.top9 import channels_last, project_top, scan
     from deconv.data import batches
-    from deconv.render import display_tiles, figure2
-    from deconv.scan import channels_last, project_top, scan
+    from deconv.figures.sheet import display_tiles, figure2
 
     model, dataset = deconv.default_model(), deconv.default_dataset()
     mirror = deconv.build_mirror(model)
@@ -459,6 +505,7 @@ def measure_fig2(reps: int, quick: bool) -> list[str]:
             with torch.no_grad():
                 for batch in batches(dataset, 500, indices=indices):
                     net(layout(batch.images))
+
         return run
 
     found: dict[str, Any] = {}
@@ -502,14 +549,25 @@ def measure_fig2(reps: int, quick: bool) -> list[str]:
     rows = [[name, f"{statistics.median(v):.2f} s"] for name, v in times.items()]
     rows += [
         ["scan / forward to features.11", judged(ratio(scan_, "forward to features.11"), 1.10)],
-        ["scan / forward to features.11, channels-last", f"{ratio(scan_, 'forward to features.11, channels-last'):.2f}x"],
+        [
+            "scan / forward to features.11, channels-last",
+            f"{ratio(scan_, 'forward to features.11, channels-last'):.2f}x",
+        ],
         ["scan + project / forward, whole model", judged(ratio(job, "forward, whole model"), 2)],
-        ["scan + project / forward, whole model, channels-last", f"{ratio(job, 'forward, whole model, channels-last'):.2f}x"],
-        ["scan + project + render / forward, whole model", f"{ratio(job + ['render the sheets'], 'forward, whole model'):.2f}x"],
+        [
+            "scan + project / forward, whole model, channels-last",
+            f"{ratio(job, 'forward, whole model, channels-last'):.2f}x",
+        ],
+        [
+            "scan + project + render / forward, whole model",
+            f"{ratio(job + ['render the sheets'], 'forward, whole model'):.2f}x",
+        ],
     ]
     return [
-        "", f"The Fig. 2 job on the embedded default over {len(indices):,} bundled images, batch 500, medians of {reps} "
-        "(ratios: medians of the per-rep ratios); every pass reads the images through the same loader:", "",
+        "",
+        f"The Fig. 2 job on the embedded default over {len(indices):,} bundled images, batch 500, medians of {reps} "
+        "(ratios: medians of the per-rep ratios); every pass reads the images through the same loader:",
+        "",
         table(["step", "time"], rows),
     ]
 
@@ -540,9 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     attribute, ref_name = reference()
     info = machine()
     started = time.perf_counter()
-    print(f"machine: {info['nproc']} cores, {info['cpu']}, {info['memory']} RAM; torch {info['torch']} "
-          f"({info['threads']} threads), python {info['python']}; reference: {ref_name}; "
-          f"load average at start {info['load']:.1f}", flush=True)
+    print(
+        f"machine: {info['nproc']} cores, {info['cpu']}, {info['memory']} RAM; torch {info['torch']} "
+        f"({info['threads']} threads), python {info['python']}; reference: {ref_name}; "
+        f"load average at start {info['load']:.1f}",
+        flush=True,
+    )
 
     rows: list[Row] = []
     vgg, vgg_name = vgg16_model()
@@ -551,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     ks = {"conv1_2": 64, "conv3_3": 256, "conv5_3": 64} if not quick else {"conv1_2": 16, "conv3_3": 16, "conv5_3": 8}
     for name, layer in VGG_PROBES.items():
         rows.append(
-            measure_layer(vgg, vgg_mirror, image, "VGG16", name, layer, ks[name], reps, references, attribute, not quick)
+            measure_layer(
+                vgg, vgg_mirror, image, "VGG16", name, layer, ks[name], reps, references, attribute, not quick
+            )
         )
         print(f"  measured VGG16 {name}", flush=True)
     rule_rows = [
@@ -563,8 +626,21 @@ def main(argv: list[str] | None = None) -> int:
     resnet, resnet_name = resnet50_model()
     resnet_mirror = deconv.build_mirror(resnet)
     for name, layer in RESNET_PROBES.items():
-        rows.append(measure_layer(resnet, resnet_mirror, image, "ResNet-50", name, layer, 64 if not quick else 8,
-                                  reps, references, attribute, not quick))
+        rows.append(
+            measure_layer(
+                resnet,
+                resnet_mirror,
+                image,
+                "ResNet-50",
+                name,
+                layer,
+                64 if not quick else 8,
+                reps,
+                references,
+                attribute,
+                not quick,
+            )
+        )
         print(f"  measured ResNet-50 {name}", flush=True)
     del resnet, resnet_mirror
     zf, zf_name = default_model()
@@ -588,39 +664,67 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     out += [
-        "", "Rules (batched time per projection, ratio to the deconvnet rule's, largest relative difference from "
+        "",
+        "Rules (batched time per projection, ratio to the deconvnet rule's, largest relative difference from "
         f"Captum's NeuronDeconvolution, Saliency (abs=False) and NeuronGuidedBackprop; target: guided and gradient <= {RULE_COST}x):",
-        "", table(["layer", "deconvnet", "gradient", "guided"], rule_rows),
+        "",
+        table(["layer", "deconvnet", "gradient", "guided"], rule_rows),
     ]
     worst_rule = max(float(c.rsplit("err ", 1)[1].rstrip(")")) for r in rule_rows for c in r[1:])
 
     if not args.no_memory:
         cases = (
-            [(size, 4, 64, 1, DEFAULT_MEMORY_BUDGET)] if quick
+            [(size, 4, 64, 1, DEFAULT_MEMORY_BUDGET)]
+            if quick
             else [(224, 16, 512, 9, DEFAULT_MEMORY_BUDGET), (224, 4, 16, 4, 256 * 1024**2)]
         )
         mem_rows = []
         for s, pool, channels, top, budget in cases:
             r = measure_memory(s, pool, channels, top, budget)
             peak, base = r["peak_kb"] / 1024, r["baseline_kb"] / 1024
-            target = " (target < 2.5 GB: " + ("met" if peak < 2560 else "MISSED") + ")" if r["projections"] == 4608 else ""
-            mem_rows.append([
-                f"VGG16 conv5_3, top {top} of {channels} channels over {pool} images ({s}x{s})",
-                f"{r['projections']:,}", f"{budget / 1024**2:.0f} MB", f"{r['seconds']:.1f} s",
-                fmt_ms(r["seconds"] / r["projections"]), f"{base:.0f} MB", f"**{peak:.0f} MB**{target}",
-            ])
+            target = (
+                " (target < 2.5 GB: " + ("met" if peak < 2560 else "MISSED") + ")" if r["projections"] == 4608 else ""
+            )
+            mem_rows.append(
+                [
+                    f"VGG16 conv5_3, top {top} of {channels} channels over {pool} images ({s}x{s})",
+                    f"{r['projections']:,}",
+                    f"{budget / 1024**2:.0f} MB",
+                    f"{r['seconds']:.1f} s",
+                    fmt_ms(r["seconds"] / r["projections"]),
+                    f"{base:.0f} MB",
+                    f"**{peak:.0f} MB**{target}",
+                ]
+            )
             print(f"  measured memory case {r['projections']} projections", flush=True)
-        out += ["", "Peak memory, each case in a fresh process (`mirror.projections(..., crop=True)`, chunks dropped):", "",
-                table(["case", "projections", "memory_budget", "time", "per projection",
-                       "RSS before (model, images, top-9 scan)", "peak RSS"], mem_rows)]
+        out += [
+            "",
+            "Peak memory, each case in a fresh process (`mirror.projections(..., crop=True)`, chunks dropped):",
+            "",
+            table(
+                [
+                    "case",
+                    "projections",
+                    "memory_budget",
+                    "time",
+                    "per projection",
+                    "RSS before (model, images, top-9 scan)",
+                    "peak RSS",
+                ],
+                mem_rows,
+            ),
+        ]
 
     if not args.no_fig2:
         out += measure_fig2(reps, quick)
         print("  measured the Fig. 2 job", flush=True)
     worst = max([r.error for r in rows] + [worst_rule])
     ok = worst <= TOLERANCE
-    out += ["", f"agreement: {'OK' if ok else 'FAILED'}: max relative error vs {short} {worst:.1e} "
-                f"(tolerance {TOLERANCE:g}); total time {time.perf_counter() - started:.0f} s"]
+    out += [
+        "",
+        f"agreement: {'OK' if ok else 'FAILED'}: max relative error vs {short} {worst:.1e} "
+        f"(tolerance {TOLERANCE:g}); total time {time.perf_counter() - started:.0f} s",
+    ]
     text = "\n".join(out)
     print(text, flush=True)
     if args.markdown:

@@ -16,6 +16,7 @@ Per model and layer, medians over several images (the spread in brackets):
 
 The issue's targets: a click and a grid within 50 ms on the embedded default, within 1 s at VGG16 conv5_3.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
+from vgg import vgg16  # noqa: E402
 
 from deconv import build_mirror  # noqa: E402
 from deconv.data import Preprocess  # noqa: E402
-from deconv.models import default_dataset, default_model, default_preprocess  # noqa: E402
 from deconv.serve.app import create_app  # noqa: E402
 from deconv.serve.session import Session  # noqa: E402
-from vgg import vgg16  # noqa: E402
+from deconv.zoo.models import default_dataset, default_model, default_preprocess  # noqa: E402
 
 TOKEN = "bench"
 
@@ -89,11 +90,21 @@ def measure(name: str, session: Session, layer: str, reps: int, target: float) -
     forward, grid, project, click = [], [], [], []
     for image in range(reps):  # interleaved, so that load on a shared machine hits every column alike
         forward.append(worker.submit(bare, image).result())
-        grid.append(timed(get, [f"/api/maps?image={image}&layer={layer}", f"/api/maps.png?image={image}&layer={layer}"]))
+        grid.append(
+            timed(get, [f"/api/maps?image={image}&layer={layer}", f"/api/maps.png?image={image}&layer={layer}"])
+        )
         selection = f"image={image}&layer={layer}&channel={image % 8}&y={y}&x={x}"
         project.append(timed(get, [f"/api/project.png?{selection}"]))
-        click.append(timed(get, [f"/api/project.png?{selection}", f"/api/patch.png?image={image}&layer={layer}&y={y}&x={x}",
-                                 f"/api/image.png?image={image}&layer={layer}&y={y}&x={x}"]))
+        click.append(
+            timed(
+                get,
+                [
+                    f"/api/project.png?{selection}",
+                    f"/api/patch.png?image={image}&layer={layer}&y={y}&x={x}",
+                    f"/api/image.png?image={image}&layer={layer}&y={y}&x={x}",
+                ],
+            )
+        )
     base = statistics.median(forward)
     rows = []
     for what, times in (("layer grid", grid), ("projection", project), ("click", click)):
@@ -115,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     reps, size = (3, 64) if args.quick else (9, 224)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {load}; "
-          f"medians of {reps} images [min-max]\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, load average {load}; "
+        f"medians of {reps} images [min-max]\n"
+    )
     print("| model | layer | request | server time | bare forward to the layer | ratio | target | |")
     print("|---|---|---|---|---|---|---|---|")
     model = default_model()

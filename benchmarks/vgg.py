@@ -3,6 +3,7 @@
 ``features`` / ``avgpool`` / ``flatten`` / ``classifier`` as in ``torchvision.models.vgg16`` so that
 module names (``features.29`` is the ReLU after conv5_3) are the same; the state_dict keys match too.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,12 @@ class VGG16(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.flatten = nn.Flatten()
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(True),
+            nn.Dropout(),
             nn.Linear(4096, num_classes),
         )
         for m in self.modules():  # torchvision's initialisation

@@ -4,6 +4,7 @@
 the ReLU after conv5_3), without the last pool and the classifier. The pools use ``ceil_mode=True``,
 as Caffe's (and HED's) do. No torchvision needed. Weights: ``scripts/port_hed_vgg16.py``.
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -3,11 +3,12 @@
 >>> mirror = deconv.build_mirror(model)
 >>> rec = mirror.project(images, layer="features.29", channel=12)   # (N, C, H, W)
 """
-from .builders import Call, register_mirror, registered_types, rules, unregister_mirror
+
 from . import errors
+from .builders import Call, register_mirror, registered_types, rules, unregister_mirror
 from .errors import *  # noqa: F403  (the typed errors, listed in errors.__all__)
 from .mirror import DEFAULT_MEMORY_BUDGET, Box, LayerInfo, Mirror, ReceptiveField, Selection, build_mirror
-from .models import default_dataset, default_model
+from .zoo.models import default_dataset, default_model
 
 __version__ = "0.1.0"
 

@@ -1,6 +1,7 @@
 """``python -m deconv`` is the ``deconv`` command."""
+
 import sys
 
-from .cli import main
+from .commands.main import main
 
 sys.exit(main())

@@ -3,6 +3,7 @@
 Every dataset yields ``(image, label)`` with ``image`` a ``(C, H, W)`` float32 tensor produced by a
 :class:`Preprocess` and ``label`` an ``int`` (-1 when unknown).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -12,15 +13,15 @@ import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from deconv.errors import DatasetError, SelectionError
+from .errors import DatasetError, SelectionError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -98,7 +99,9 @@ class Preprocess:
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if any(v <= 0 for v in self.std):
             raise ValueError(f"Preprocess.std values must be > 0, got {self.std!r}")
-        if not (isinstance(self.pixel_scale, (int, float)) and math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
+        if not (
+            isinstance(self.pixel_scale, (int, float)) and math.isfinite(self.pixel_scale) and self.pixel_scale > 0
+        ):
             raise ValueError(f"Preprocess.pixel_scale must be a finite number > 0 (1 or 255), got {self.pixel_scale!r}")
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(f"Preprocess.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
@@ -151,9 +154,7 @@ class Preprocess:
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., C, H, W)`` normalised -> the same shape with values in [0, 1] (clamped)."""
         if x.dim() < 3 or x.shape[-3] != self.channels:
-            raise ValueError(
-                f"Preprocess.denormalize expects (..., {self.channels}, H, W), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"Preprocess.denormalize expects (..., {self.channels}, H, W), got shape {tuple(x.shape)}")
         mean, std = self._stats(x)
         return self._ordered((x * std + mean) / self.pixel_scale).clamp(0.0, 1.0)
 

@@ -2,6 +2,7 @@
 
 The command line prints ``DeconvError`` messages without a traceback and exits with status 2.
 """
+
 from __future__ import annotations
 
 __all__ = [

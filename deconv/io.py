@@ -1,11 +1,12 @@
 """Writing outputs so that a crash or Ctrl-C never leaves a half-written file behind."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable
 
 __all__ = ["atomic_write", "write_json", "write_text"]
 

@@ -1,9 +1,10 @@
 """The mirror of a CNN: its deconvnet, run from any activation down to pixel space.
 
 This module is the public face: it checks what users pass once, then hands the work to the graph
-(:mod:`deconv.graph`, the forward trace), the chunk plan (:mod:`deconv.plan`) and the reverse pass
-(:mod:`deconv.reverse`).
+(:mod:`deconv.engine.graph`, the forward trace), the chunk plan (:mod:`deconv.engine.plan`) and the reverse pass
+(:mod:`deconv.engine.reverse`).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -16,12 +17,12 @@ from torch import nn
 from .builders import rules as registered_rules
 from .builders import walk
 from .builders.registry import DEFAULT_RULE
-from .cone import crop as _crop
-from .cone import place
+from .engine.graph import IMAGES, Graph, Node, Trace, evaluating, first_non_finite
+from .engine.plan import WORK_TENSOR_BYTES, Footprint, chunks, selection_bytes
+from .engine.reverse import Window, cones, reverse
+from .engine.windows import crop as _crop
+from .engine.windows import place
 from .errors import InputError, NonFiniteError, SelectionError
-from .graph import IMAGES, Graph, Node, Trace, evaluating, first_non_finite
-from .plan import WORK_TENSOR_BYTES, Footprint, chunks, selection_bytes
-from .reverse import Window, cones, reverse
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -123,7 +124,12 @@ def _check_rule(rule: Any) -> str:
 def _integer(value: Any, what: str) -> int:
     """``value`` as an int, refusing bools, floats and strings in one line."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() and value.dtype != torch.bool:
+        if (
+            isinstance(value, torch.Tensor)
+            and value.numel() == 1
+            and not value.is_floating_point()
+            and value.dtype != torch.bool
+        ):
             return int(value)
         raise SelectionError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
     return int(value)
@@ -187,8 +193,10 @@ class Mirror(nn.Module):
         return [b for b in found if not any(b.startswith(o + ".") for o in found)]
 
     def __repr__(self) -> str:
-        lines = [f"  ({n.name}) {n.layer.__class__.__name__ if n.layer is not None else n.fx_node.target} -> {n.mirror!r}"
-                 for n in reversed(self.steps)]
+        lines = [
+            f"  ({n.name}) {n.layer.__class__.__name__ if n.layer is not None else n.fx_node.target} -> {n.mirror!r}"
+            for n in reversed(self.steps)
+        ]
         return "Mirror(\n" + "\n".join(lines) + "\n)"
 
     # ---------------------------------------------------------------- forward
@@ -234,7 +242,7 @@ class Mirror(nn.Module):
     ) -> Trace:
         """Forward walk over checked ``images`` up to node ``until`` (default: the output), keeping
         the outputs of nodes ``keep`` and, with ``remember``, the memory of the mirrors of ``rules``
-        (default: the mirror's rule). See :meth:`deconv.graph.Graph.run`."""
+        (default: the mirror's rule). See :meth:`deconv.engine.graph.Graph.run`."""
         wanted = (self.rule,) if rules is None else tuple(_check_rule(r) for r in rules)
         return self.graph.run(images, keep, until, wanted if remember else (), check)
 
@@ -282,7 +290,11 @@ class Mirror(nn.Module):
                     offset = tuple(int(v) for v in one[0][0])
                     stride = tuple(int(b - a) for a, b in zip(one[0][0], two[0][0]))
                     field = ReceptiveField(one[1], stride, offset)  # type: ignore[arg-type]
-            kind = type(node.layer).__name__ if node.layer is not None else getattr(node.fx_node.target, "__name__", str(node.fx_node.target))
+            kind = (
+                type(node.layer).__name__
+                if node.layer is not None
+                else getattr(node.fx_node.target, "__name__", str(node.fx_node.target))
+            )
             if name != node.name:
                 kind = type(self.model.get_submodule(name.partition(":")[0])).__name__
             infos.append(LayerInfo(name, kind, type(node.mirror).__name__, shapes[i], field))
@@ -328,7 +340,9 @@ class Mirror(nn.Module):
         rule = self.rule if rule is None else _check_rule(rule)
         if target_class is not None:
             if layer is not None or channel is not None or position is not None:
-                raise SelectionError("target_class projects from the class output; do not also pass layer, channel or position")
+                raise SelectionError(
+                    "target_class projects from the class output; do not also pass layer, channel or position"
+                )
             layer, channel = self.steps[self.output].name, _integer(target_class, "target_class")
         elif layer is None or channel is None:
             raise SelectionError("pass layer= and channel= (or target_class=)")
@@ -342,29 +356,39 @@ class Mirror(nn.Module):
             self._check_trace(trace, images, [top], rule)
         if isinstance(position, str) and position == "map":
             if len(shape) != 3:
-                raise SelectionError(f"layer {layer!r} outputs vectors {shape}; it has no feature maps to project whole")
+                raise SelectionError(
+                    f"layer {layer!r} outputs vectors {shape}; it has no feature maps to project whole"
+                )
             trace = trace or self.run(images, keep=[top], until=top, rules=(rule,))
             signal = torch.zeros_like(trace.outputs[top])
             signal[:, channel] = trace.outputs[top][:, channel]
-            parts = reverse(self.graph, trace, rule, top, torch.arange(n, device=images.device), signal, None, WORK_TENSOR_BYTES)
+            parts = reverse(
+                self.graph, trace, rule, top, torch.arange(n, device=images.device), signal, None, WORK_TENSOR_BYTES
+            )
             return _assemble(n, ((which, w.signal) for which, w in parts))
         if position is not None:
             if len(shape) != 3:
-                raise SelectionError(f"layer {layer!r} outputs vectors {shape}; it has no positions (leave position=None)")
+                raise SelectionError(
+                    f"layer {layer!r} outputs vectors {shape}; it has no positions (leave position=None)"
+                )
             y, x = self._position(position)
             selections = [Selection(i, layer, channel, y, x) for i in range(n)]
         else:
             out = (trace or self.run(images, keep=[top], until=top, remember=False)).outputs[top][:, channel]
             if out.dim() == 3:
                 flat = out.flatten(1).argmax(1).tolist()
-                selections = [Selection(i, layer, channel, f // out.shape[2], f % out.shape[2]) for i, f in enumerate(flat)]
+                selections = [
+                    Selection(i, layer, channel, f // out.shape[2], f % out.shape[2]) for i, f in enumerate(flat)
+                ]
             else:
                 selections = [Selection(i, layer, channel) for i in range(n)]
         return self._project_many(images, self._parse(images, selections), DEFAULT_MEMORY_BUDGET, rule, trace)
 
     @staticmethod
     def _check_trace(trace: Trace, images: torch.Tensor, tops: Iterable[int], rule: str) -> None:
-        if trace.images != images.shape[0] or any(top not in trace.outputs or rule not in trace.memory[top] for top in tops):
+        if trace.images != images.shape[0] or any(
+            top not in trace.outputs or rule not in trace.memory[top] for top in tops
+        ):
             raise SelectionError("trace= must come from mirror.trace(images) of these images and layers")
 
     @staticmethod
@@ -424,7 +448,10 @@ class Mirror(nn.Module):
             if not isinstance(s, (tuple, list)) or not 3 <= len(s) <= 5:
                 raise SelectionError(f"a selection is (image, layer, channel[, y, x]), got {s!r}")
             image, layer, channel = _integer(s[0], "image index"), s[1], _integer(s[2], "channel")
-            y, x = (None if len(s) < 4 or s[3] is None else _integer(s[3], "y")), (None if len(s) < 5 or s[4] is None else _integer(s[4], "x"))
+            y, x = (
+                (None if len(s) < 4 or s[3] is None else _integer(s[3], "y")),
+                (None if len(s) < 5 or s[4] is None else _integer(s[4], "x")),
+            )
             selection = Selection(image, layer, channel, y, x)
             self._check(selection, shapes[self.index(layer)], images.shape[0])
             parsed.append(selection)
@@ -445,7 +472,11 @@ class Mirror(nn.Module):
         else:
             per_image = dry.image_bytes(rule, max(tops), tops, item)
         plan = chunks(
-            [s.image for s in parsed], tops, per_image, per_selection, budget if trace is None else 2**62,
+            [s.image for s in parsed],
+            tops,
+            per_image,
+            per_selection,
+            budget if trace is None else 2**62,
             self._order(parsed, tops, tuple(images.shape[-2:])),
         )
         for chunk in plan:
@@ -457,7 +488,10 @@ class Mirror(nn.Module):
                 local, walked = {i: i for i in range(images.shape[0])}, trace
             for top, part in chunk.parts:
                 selected = [parsed[k] for k in part]
-                yield torch.tensor(part, device=device), self._reverse(walked, rule, top, selected, local, crop, images.shape[1:])
+                yield (
+                    torch.tensor(part, device=device),
+                    self._reverse(walked, rule, top, selected, local, crop, images.shape[1:]),
+                )
 
     def _order(self, parsed: list[Selection], tops: list[int], size: tuple[int, int]) -> list[tuple[int, ...]]:
         """Sort keys that put selections with the same receptive field in the image (cut by the same
@@ -465,15 +499,28 @@ class Mirror(nn.Module):
         keys = [(0, 0, s.y or 0, s.x or 0) for s in parsed]
         for top in set(tops):
             mine = [k for k, t in enumerate(tops) if t == top and parsed[k].y is not None]
-            field = cones(self.graph, top, torch.tensor([[parsed[k].y, parsed[k].x] for k in mine]), (1, 1))[IMAGES] if mine else None
+            field = (
+                cones(self.graph, top, torch.tensor([[parsed[k].y, parsed[k].x] for k in mine]), (1, 1))[IMAGES]
+                if mine
+                else None
+            )
             if field is not None:
-                lo, hi = field[0].clamp(min=0), (field[0] + field[0].new_tensor(field[1])).minimum(field[0].new_tensor(size))
+                lo, hi = (
+                    field[0].clamp(min=0),
+                    (field[0] + field[0].new_tensor(field[1])).minimum(field[0].new_tensor(size)),
+                )
                 for k, (h, w) in zip(mine, (hi - lo).tolist()):
                     keys[k] = (h, w, parsed[k].y, parsed[k].x)
         return keys
 
     def _reverse(
-        self, trace: Trace, rule: str, top: int, part: list[Selection], local: dict[int, int], crop: bool,
+        self,
+        trace: Trace,
+        rule: str,
+        top: int,
+        part: list[Selection],
+        local: dict[int, int],
+        crop: bool,
         image_shape: Sequence[int],
     ) -> torch.Tensor:
         """The projections of ``part`` (selections at node ``top``), whole images or cut to their boxes."""
@@ -517,8 +564,10 @@ class Mirror(nn.Module):
         given = s.y is not None or s.x is not None
         if len(shape) == 1 and given:
             raise SelectionError(f"layer {s.layer!r} outputs vectors {shape}; it has no positions (leave them None)")
-        if len(shape) == 3 and (given or need_position) and not (
-            s.y is not None and s.x is not None and 0 <= s.y < shape[1] and 0 <= s.x < shape[2]
+        if (
+            len(shape) == 3
+            and (given or need_position)
+            and not (s.y is not None and s.x is not None and 0 <= s.y < shape[1] and 0 <= s.x < shape[2])
         ):
             raise SelectionError(
                 f"position ({s.y}, {s.x}) is out of range for layer {s.layer!r} whose maps are "

@@ -1,4 +1,5 @@
 """Progress bars on standard error: counts and rates for long work; the time of each phase."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,10 @@ class Line:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit} in {time.perf_counter() - self.start:.1f} s", file=sys.stderr)
+        print(
+            f"{self.desc}: {self.n}/{self.total} {self.unit} in {time.perf_counter() - self.start:.1f} s",
+            file=sys.stderr,
+        )
 
 
 class Clock:

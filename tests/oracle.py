@@ -15,6 +15,7 @@ A *tap* says where an activation is read:
 input of a module, ``""`` the model's output, ``Call(F.max_pool2d, 1)`` the output of the second
 call of a function (or tensor method) in the forward pass, or a callable ``(model, images) -> activation``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,10 @@ def activation(model: nn.Module, images: torch.Tensor, tap: Tap) -> torch.Tensor
 
 
 def project(
-    model: nn.Module, images: torch.Tensor, selections: Sequence[tuple], taps: dict[str, Tap] | None = None,
+    model: nn.Module,
+    images: torch.Tensor,
+    selections: Sequence[tuple],
+    taps: dict[str, Tap] | None = None,
     rule: str = "deconvnet",
 ) -> torch.Tensor:
     """Reference projections of ``(image, layer, channel[, y, x])`` selections: ``(K, C, H, W)``.
@@ -193,7 +196,9 @@ def project(
     return out
 
 
-def project_map(model: nn.Module, images: torch.Tensor, tap: Tap, channel: int, rule: str = "deconvnet") -> torch.Tensor:
+def project_map(
+    model: nn.Module, images: torch.Tensor, tap: Tap, channel: int, rule: str = "deconvnet"
+) -> torch.Tensor:
     """Reference projection of a whole feature map: the seed is the channel's map, the rest zero."""
     x = images.clone().requires_grad_(True)
     with deconv_mode(model, rule):
@@ -256,7 +261,11 @@ def activations(model: nn.Module, images: torch.Tensor, taps: dict[str, Tap]) ->
 
 
 def selections_at(
-    model: nn.Module, images: torch.Tensor, layers: Sequence[str], per_layer: int, gen: torch.Generator,
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Sequence[str],
+    per_layer: int,
+    gen: torch.Generator,
     taps: dict[str, Tap] | None = None,
 ) -> list[tuple]:
     """Selections ``(image, layer, channel[, y, x])`` at every layer in ``layers``: ``per_layer``
@@ -280,5 +289,9 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1
     error = (actual - expected).abs().flatten(1).amax(1)
     tolerance = rtol * scale.clamp_min(floor)
     bad = (error > tolerance).nonzero().flatten().tolist()
-    assert not bad, f"projections {bad[:10]} differ from the oracle: error {error[bad[:5]].tolist()} > {tolerance[bad[:5]].tolist()}"
-    assert float((scale > 0).double().mean()) >= min_nonzero, f"only {int((scale > 0).sum())}/{len(scale)} references are non-zero"
+    assert not bad, (
+        f"projections {bad[:10]} differ from the oracle: error {error[bad[:5]].tolist()} > {tolerance[bad[:5]].tolist()}"
+    )
+    assert float((scale > 0).double().mean()) >= min_nonzero, (
+        f"only {int((scale > 0).sum())}/{len(scale)} references are non-zero"
+    )

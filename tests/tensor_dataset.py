@@ -1,4 +1,5 @@
 """A dataset of tensors for tests: items ``(image, 0)``, with a made-up file path per item."""
+
 from __future__ import annotations
 
 import torch

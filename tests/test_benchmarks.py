@@ -2,6 +2,7 @@
 
 Benchmarks are not timed tests: nothing here looks at a time or a ratio.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,11 @@ def test_benchmark_quick_prints_table_and_agrees() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
@@ -31,9 +36,20 @@ def test_serve_benchmark_quick_prints_its_table() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--quick"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for model, layer in [("embedded default", "features.4"), ("embedded default", "features.11"), ("VGG16", "features.29")]:
+    for model, layer in [
+        ("embedded default", "features.4"),
+        ("embedded default", "features.11"),
+        ("VGG16", "features.29"),
+    ]:
         for request in ("layer grid", "projection", "click"):
-            assert any(line.startswith(f"| {model}") and f"`{layer}` | {request} |" in line for line in done.stdout.splitlines())
+            assert any(
+                line.startswith(f"| {model}") and f"`{layer}` | {request} |" in line
+                for line in done.stdout.splitlines()
+            )

@@ -6,6 +6,7 @@ in BGR order) with positive weights, so every projection is positive in that cha
 others, and is shown as red on grey (R near 255, G and B near 128). Drawn without the flip, it would
 be blue on grey. The images are red patterns on black, so nothing else in a picture is either.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,8 +19,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 import deconv
-from deconv.cli import main
 from deconv.commands.common import preprocess_from
+from deconv.commands.main import main
 from deconv.data import Preprocess, open_dataset
 from deconv.serve.app import create_app
 from deconv.serve.session import Session
@@ -68,7 +69,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pixels = np.zeros((16, 16, 3), np.uint8)
         pixels[..., 0] = generator.integers(0, 256, (16, 16)) * (generator.random((16, 16)) < 0.5)  # red only
         Image.fromarray(pixels).save(images / f"red{n}.png")
-    (folder / "c.toml").write_text(f'model = "net.py:make"\ndata = "{images}"\nchannel_order = "BGR"\nprogress = false\n')
+    (folder / "c.toml").write_text(
+        f'model = "net.py:make"\ndata = "{images}"\nchannel_order = "BGR"\nprogress = false\n'
+    )
     namespace: dict = {}
     exec(NET, namespace)
     for scale in (1, 2):
@@ -81,7 +84,16 @@ def test_the_red_pattern_model_is_what_the_oracle_says(setup: Path) -> None:
     namespace: dict = {}
     exec(NET, namespace)
     model = namespace["make"]().eval()
-    settings = {"model": "x", "mean": [], "std": [], "image_channels": 0, "resize": 0, "crop": 0, "pixel_scale": 1.0, "channel_order": "BGR"}
+    settings = {
+        "model": "x",
+        "mean": [],
+        "std": [],
+        "image_channels": 0,
+        "resize": 0,
+        "crop": 0,
+        "pixel_scale": 1.0,
+        "channel_order": "BGR",
+    }
     image = preprocess_from(settings, model)(Image.open(setup / "images" / "red0.png"))[None]
     assert image[0, 0].abs().max() == 0 and image[0, 2].max() > 0  # red lands in the model's channel 2
     projection = deconv.build_mirror(model).project(image, "1", 0)[0]
@@ -90,13 +102,20 @@ def test_the_red_pattern_model_is_what_the_oracle_says(setup: Path) -> None:
 
 def test_top9_sheets_show_bgr_projections_red(setup: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main(["top9", "--config", str(setup / "c.toml"), "--layers", "1", "--save-projections", "png", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["top9", "--config", str(setup / "c.toml"), "--layers", "1", "--save-projections", "png", "--out", str(out)]
+        )
+        == 0
+    )
     assert_red(out / "sheets" / "1-1.png")
     for saved in (out / "projections" / "1").glob("*.png"):
         assert_red(saved)
 
 
-@pytest.mark.parametrize("selection", [["--layer", "1", "--channel", "0"], ["--target-class", "1"], ["--top-classes", "2"]])
+@pytest.mark.parametrize(
+    "selection", [["--layer", "1", "--channel", "0"], ["--target-class", "1"], ["--top-classes", "2"]]
+)
 def test_project_shows_bgr_projections_red(setup: Path, tmp_path: Path, selection: list[str]) -> None:
     out = tmp_path / "out"
     args = ["project", "--config", str(setup / "c.toml"), "--image", str(setup / "images" / "red0.png"), *selection]
@@ -107,7 +126,17 @@ def test_project_shows_bgr_projections_red(setup: Path, tmp_path: Path, selectio
 
 def test_occlusion_shows_the_bgr_projection_red(setup: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ["occlusion", "--config", str(setup / "c.toml"), "--image", str(setup / "images" / "red0.png"), "--layer", "1", "--stride", "4"]
+    args = [
+        "occlusion",
+        "--config",
+        str(setup / "c.toml"),
+        "--image",
+        str(setup / "images" / "red0.png"),
+        "--layer",
+        "1",
+        "--stride",
+        "4",
+    ]
     assert main([*args, "--out", str(out)]) == 0
     assert_red(out / "occlusion" / "red0.png")
 
@@ -115,7 +144,18 @@ def test_occlusion_shows_the_bgr_projection_red(setup: Path, tmp_path: Path) -> 
 def test_evolution_shows_bgr_projections_red(setup: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     checkpoints = [str(setup / "epoch1.pt"), str(setup / "epoch2.pt")]
-    args = ["evolution", "--config", str(setup / "c.toml"), "--checkpoints", *checkpoints, "--layer", "1", "--channels", "0", "1"]
+    args = [
+        "evolution",
+        "--config",
+        str(setup / "c.toml"),
+        "--checkpoints",
+        *checkpoints,
+        "--layer",
+        "1",
+        "--channels",
+        "0",
+        "1",
+    ]
     assert main([*args, "--out", str(out)]) == 0
     assert_red(out / "evolution" / "1.png")
 
@@ -131,5 +171,7 @@ def test_serve_shows_bgr_projections_and_images_red(setup: Path) -> None:
         response = client.get(f"/api/project.png?image=0&{query}", headers=auth)
         assert response.status_code == 200
         assert_red(response.content)
-    image = np.asarray(Image.open(io.BytesIO(client.get("/api/image.png?image=0", headers=auth).content)).convert("RGB"))
+    image = np.asarray(
+        Image.open(io.BytesIO(client.get("/api/image.png?image=0", headers=auth).content)).convert("RGB")
+    )
     assert image[..., 0].max() > 200 and image[..., 1:].max() == 0  # the image itself in its true colours

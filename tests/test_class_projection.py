@@ -1,19 +1,20 @@
 """Class projections: ``deconv project --target-class K`` and the top-classes sheet, on the embedded
 default and on torchvision-style models (features, avgpool, ``torch.flatten``, classifier)."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import oracle
 import pytest
 import torch
 from PIL import Image
 
 import deconv
-import oracle
-from deconv.cli import main
+from deconv.commands.main import main
 from deconv.data import Preprocess, load_image
-from deconv.models import load_model
+from deconv.zoo.models import load_model
 
 ROOT = Path(__file__).parents[1]
 CONFIG = str(ROOT / "configs" / "default.toml")
@@ -60,10 +61,14 @@ def test_class_projection_of_the_default_matches_the_oracle() -> None:
 
 
 def test_default_model_target_class_and_top_classes(tmp_path: Path, boot: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["project", "--config", CONFIG, "--image", str(boot), "--target-class", "9", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["project", "--config", CONFIG, "--image", str(boot), "--target-class", "9", "--out", str(tmp_path)]) == 0
+    )
     assert Image.open(tmp_path / "project-boot-class9.png").width >= 2 * 256
     capsys.readouterr()
-    assert main(["project", "--config", CONFIG, "--image", str(boot), "--top-classes", "5", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["project", "--config", CONFIG, "--image", str(boot), "--top-classes", "5", "--out", str(tmp_path)]) == 0
+    )
     printed = _printed(capsys.readouterr().out)
     assert [name for name, _ in printed][0] == "Ankle boot" and len(printed) == 5
     assert [p for _, p in printed] == sorted((p for _, p in printed), reverse=True)
@@ -75,7 +80,9 @@ def test_default_model_target_class_and_top_classes(tmp_path: Path, boot: Path, 
 def test_torchvision_style_model_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "tiny_vgg.py").write_text(TINY_VGG)
     image = tmp_path / "photo.png"
-    Image.fromarray((torch.rand(20, 24, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy(), "RGB").save(image)
+    Image.fromarray(
+        (torch.rand(20, 24, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy(), "RGB"
+    ).save(image)
     flags = ["--model", f"{tmp_path / 'tiny_vgg.py'}:make", "--image", str(image), "--out", str(tmp_path / "out")]
     assert main(["project", *flags, "--target-class", "3"]) == 0
     assert (tmp_path / "out" / "project-photo-class3.png").is_file()
@@ -92,12 +99,19 @@ def test_torchvision_style_model_from_a_file(tmp_path: Path, capsys: pytest.Capt
 
 def test_real_torchvision_alexnet_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import torchvision  # noqa: F401  (the test environment has it: `make test` installs it)
-    (tmp_path / "alex.py").write_text("import torch, torchvision\ndef make():\n    torch.manual_seed(0)\n"
-                                      "    return torchvision.models.alexnet(weights=None, num_classes=5)\n")
+
+    (tmp_path / "alex.py").write_text(
+        "import torch, torchvision\ndef make():\n    torch.manual_seed(0)\n"
+        "    return torchvision.models.alexnet(weights=None, num_classes=5)\n"
+    )
     image = tmp_path / "photo.png"
-    Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy(), "RGB").save(image)
+    Image.fromarray(
+        (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy(), "RGB"
+    ).save(image)
     flags = ["--model", f"{tmp_path / 'alex.py'}:make", "--image", str(image), "--out", str(tmp_path / "out")]
     assert main(["project", *flags, "--target-class", "1"]) == 0
     assert main(["project", *flags, "--top-classes", "3"]) == 0
     assert len(_printed(capsys.readouterr().out)) == 3
-    assert (tmp_path / "out" / "project-photo-class1.png").is_file() and (tmp_path / "out" / "project-photo-top3.png").is_file()
+    assert (tmp_path / "out" / "project-photo-class1.png").is_file() and (
+        tmp_path / "out" / "project-photo-top3.png"
+    ).is_file()

@@ -1,4 +1,5 @@
 """Tests for deconv.data: idx files, image folders, preprocessing and fault-tolerant batching."""
+
 from __future__ import annotations
 
 import gzip
@@ -299,9 +300,9 @@ def test_normalise_and_denormalize_round_trip() -> None:
     array = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
     pre = Preprocess(channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     x = pre(Image.fromarray(array))
-    expected = (torch.from_numpy(array).permute(2, 0, 1).float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]
-    ).view(3, 1, 1)
+    expected = (
+        torch.from_numpy(array).permute(2, 0, 1).float() / 255 - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    ) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     assert torch.allclose(x, expected, atol=1e-6)
     back = pre.denormalize(torch.stack([x, x]))
     assert back.shape == (2, 3, 6, 7)

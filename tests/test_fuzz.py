@@ -1,5 +1,6 @@
 """Property tests: random architectures and selections, corrupted images, idx files, configs and
 scan states. Nothing may fail with anything but the typed errors of :mod:`deconv.errors`."""
+
 from __future__ import annotations
 
 import gzip
@@ -12,21 +13,20 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from PIL import Image
+from tensor_dataset import Tensors
 from torch import nn
 
 import deconv
+from deconv.analyses.checkpoint import Checkpoint
+from deconv.analyses.top9 import ScanState, project_top, scan
 from deconv.commands import all_options
 from deconv.commands.common import preprocess_from, require_at_least
+from deconv.commands.config import load_config, resolve
 from deconv.commands.top9 import OPTIONS as TOP9
-from deconv.config import load_config, resolve
 from deconv.data import ImageFolder, Preprocess, UnreadableImage, batches, load_image, read_idx
 from deconv.errors import ConfigError, DatasetError, DeconvError, StateError
-from deconv.resume import Checkpoint
-from deconv.scan import ScanState, project_top, scan
-from tensor_dataset import Tensors
 
 ROOT = Path(__file__).parents[1]
-
 
 
 @st.composite
@@ -42,7 +42,9 @@ def architectures(draw: st.DrawFn) -> tuple[nn.Module, torch.Tensor]:
         k = draw(st.integers(1, 4))
         if kind == "conv":
             out = draw(st.integers(1, 5))
-            layers.append(nn.Conv2d(width, out, k, stride=draw(st.integers(1, 2)), padding=draw(st.integers(0, k // 2))))
+            layers.append(
+                nn.Conv2d(width, out, k, stride=draw(st.integers(1, 2)), padding=draw(st.integers(0, k // 2)))
+            )
             width = out
         elif kind == "relu":
             layers.append(nn.ReLU())
@@ -73,10 +75,16 @@ def test_random_architectures_scan_and_project_or_raise_typed_errors(
         dataset = Tensors(images)
         state = scan(mirror, dataset, layers, k=k, batch_size=batch_size, progress=False)
         records = state.records(dataset)
-        projected = [r for chunk in project_top(mirror, dataset, records, batch_size=batch_size, progress=False) for r in chunk.records]
+        projected = [
+            r
+            for chunk in project_top(mirror, dataset, records, batch_size=batch_size, progress=False)
+            for r in chunk.records
+        ]
     except DeconvError:
         return
-    assert sorted(projected, key=lambda r: (r.layer, r.channel, r.rank)) == sorted(records, key=lambda r: (r.layer, r.channel, r.rank))
+    assert sorted(projected, key=lambda r: (r.layer, r.channel, r.rank)) == sorted(
+        records, key=lambda r: (r.layer, r.channel, r.rank)
+    )
     for layer, top in state.tops.items():
         mine = [r for r in records if r.layer == layer]
         assert len(mine) == top.values.shape[0] * min(k, len(images))
@@ -115,7 +123,18 @@ def _encoded(fmt: str, mode: str) -> bytes:
     return buffer.getvalue()
 
 
-IMAGES = [_encoded(fmt, mode) for fmt, mode in [("PNG", "RGB"), ("PNG", "LA"), ("JPEG", "L"), ("GIF", "P"), ("BMP", "RGB"), ("TIFF", "RGB"), ("WEBP", "RGB")]]
+IMAGES = [
+    _encoded(fmt, mode)
+    for fmt, mode in [
+        ("PNG", "RGB"),
+        ("PNG", "LA"),
+        ("JPEG", "L"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("TIFF", "RGB"),
+        ("WEBP", "RGB"),
+    ]
+]
 
 
 def _corrupt(data: st.DataObject, raw: bytes) -> bytes:
@@ -153,14 +172,18 @@ def test_corrupted_image_files_load_or_are_skipped(
 
 
 def _idx(images: np.ndarray) -> bytes:
-    return bytes([0, 0, 0x08, images.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape) + images.tobytes()
+    return (
+        bytes([0, 0, 0x08, images.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape) + images.tobytes()
+    )
 
 
 IDX = _idx(np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5))
 
 
 @given(compress=st.booleans(), data=st.data())
-def test_corrupted_idx_files_read_or_raise_dataset_errors(compress: bool, data: st.DataObject, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_corrupted_idx_files_read_or_raise_dataset_errors(
+    compress: bool, data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     raw = gzip.compress(IDX) if compress else IDX
     path = tmp_path_factory.mktemp("idx") / ("images-idx3-ubyte" + (".gz" if compress else ""))
     path.write_bytes(_corrupt(data, raw))
@@ -177,22 +200,32 @@ CONFIG = (ROOT / "configs" / "default.toml").read_bytes()
 
 
 @given(data=st.data())
-def test_corrupted_configs_load_or_raise_config_errors(data: st.DataObject, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_corrupted_configs_load_or_raise_config_errors(
+    data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     path = tmp_path_factory.mktemp("config") / "c.toml"
     path.write_bytes(_corrupt(data, CONFIG) if data.draw(st.booleans()) else data.draw(st.binary(max_size=60)))
     try:
         settings = resolve(TOP9, load_config(path, all_options()), {})
-        require_at_least(settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0)
+        require_at_least(
+            settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0
+        )
         preprocess_from({**settings, "model": "x"}, nn.Conv2d(1, 1, 1))
     except ConfigError as error:
-        assert "\n" not in str(error) and str(path) in str(error) or "key" in str(error) or "preprocessing" in str(error)
+        assert (
+            "\n" not in str(error) and str(path) in str(error) or "key" in str(error) or "preprocessing" in str(error)
+        )
 
 
 @given(data=st.data())
-def test_corrupted_scan_states_load_or_raise_state_errors(data: st.DataObject, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_corrupted_scan_states_load_or_raise_state_errors(
+    data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     path = tmp_path_factory.mktemp("state") / "rank0.pt"
     mirror = deconv.build_mirror(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))
-    state = scan(mirror, Tensors(torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(1))), ["1"], progress=False)
+    state = scan(
+        mirror, Tensors(torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(1))), ["1"], progress=False
+    )
     Checkpoint(path, {"top": 9}).save(state)
     path.write_bytes(_corrupt(data, path.read_bytes()))
     try:

@@ -3,6 +3,7 @@
 Sections: whole architectures at every layer; project's modes; crops and receptive fields;
 random architectures (hypothesis); sharing and non-interference; errors; dtype; memory budget.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,15 +11,16 @@ import copy
 from collections import Counter
 from typing import Iterator
 
+import oracle
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from conftest import Arch, batch_norm, randn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import deconv
-import oracle
-from conftest import Arch, batch_norm, randn
 
 ARCHS = ["zfnet", "vgg_bn", "tiny_vgg", "odd_convs"]
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
@@ -50,7 +52,13 @@ def switch_collisions(model: nn.Module, images: torch.Tensor) -> int:
         if isinstance(module, nn.MaxPool2d):
             x = oracle.activation(model, images, "<" + name)
             _, switches = F.max_pool2d(
-                x, module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode, return_indices=True
+                x,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.ceil_mode,
+                return_indices=True,
             )
             flat = switches.flatten(2)
             for row in flat.flatten(0, 1):
@@ -82,17 +90,24 @@ def test_negative_activation_keeps_its_sign(zfnet: Arch) -> None:
     negative = (h < 0).nonzero()[:8].tolist()
     selections = [(n, "3", c, y, x) for n, c, y, x in negative]
     mirror = deconv.build_mirror(zfnet.model)
-    oracle.assert_matches(mirror.project_many(zfnet.images, selections), oracle.project(zfnet.model, zfnet.images, selections))
+    oracle.assert_matches(
+        mirror.project_many(zfnet.images, selections), oracle.project(zfnet.model, zfnet.images, selections)
+    )
 
 
 # ---------------------------------------------------------------- project's modes
-@pytest.mark.parametrize("arch, layer", [("zfnet", "4"), ("zfnet", "0"), ("tiny_vgg", "features.4"), ("tiny_vgg", "classifier.1")])
+@pytest.mark.parametrize(
+    "arch, layer", [("zfnet", "4"), ("zfnet", "0"), ("tiny_vgg", "features.4"), ("tiny_vgg", "classifier.1")]
+)
 def test_project_without_position_takes_the_argmax(arch: str, layer: str, request: pytest.FixtureRequest) -> None:
     model, images, taps = request.getfixturevalue(arch)
     h = oracle.activation(model, images, layer)
     channel = int(h.flatten(2).amax(2).amin(0).argmax()) if h.dim() == 4 else int(h.amin(0).argmax())
     h = h[:, channel]
-    sites = [(i, layer, channel, *divmod(int(m.argmax()), m.shape[-1])) if m.dim() == 2 else (i, layer, channel) for i, m in enumerate(h)]
+    sites = [
+        (i, layer, channel, *divmod(int(m.argmax()), m.shape[-1])) if m.dim() == 2 else (i, layer, channel)
+        for i, m in enumerate(h)
+    ]
     actual = deconv.build_mirror(model).project(images, layer=layer, channel=channel)
     oracle.assert_matches(actual, oracle.project(model, images, sites), min_nonzero=1.0)
 
@@ -113,8 +128,12 @@ def test_target_class_projects_the_logit(arch: str, request: pytest.FixtureReque
     oracle.assert_matches(mirror.project(images, target_class=k), expected)
 
 
-@pytest.mark.parametrize("arch, layer, channel", [("zfnet", "1", 3), ("zfnet", "9", 4), ("vgg_bn", "7", 11), ("odd_convs", "4", 1)])
-def test_map_projection_seeds_the_whole_channel(arch: str, layer: str, channel: int, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(
+    "arch, layer, channel", [("zfnet", "1", 3), ("zfnet", "9", 4), ("vgg_bn", "7", 11), ("odd_convs", "4", 1)]
+)
+def test_map_projection_seeds_the_whole_channel(
+    arch: str, layer: str, channel: int, request: pytest.FixtureRequest
+) -> None:
     """Not a sum of single projections (Rectify is not linear): the seed is the channel's map."""
     model, images, _ = request.getfixturevalue(arch)
     actual = deconv.build_mirror(model).project(images, layer=layer, channel=channel, position="map")
@@ -124,11 +143,29 @@ def test_map_projection_seeds_the_whole_channel(arch: str, layer: str, channel: 
 # ---------------------------------------------------------------- crops and receptive fields
 def test_describe_gives_hand_computed_fields_and_shapes(zfnet: Arch) -> None:
     info = {i.name: i for i in deconv.build_mirror(zfnet.model).describe((3, 48, 48))}
-    expected = {"0": (7, 2, -1), "1": (7, 2, -1), "2": (11, 4, -3), "3": (27, 8, -11), "5": (43, 16, -19),
-                "6": (75, 16, -35), "8": (107, 16, -51), "10": (139, 32, -51)}
+    expected = {
+        "0": (7, 2, -1),
+        "1": (7, 2, -1),
+        "2": (11, 4, -3),
+        "3": (27, 8, -11),
+        "5": (43, 16, -19),
+        "6": (75, 16, -35),
+        "8": (107, 16, -51),
+        "10": (139, 32, -51),
+    }
     for name, (size, stride, offset) in expected.items():
-        assert info[name].receptive_field == deconv.ReceptiveField((size, size), (stride, stride), (offset, offset)), name
-    shapes = {"0": (8, 22, 22), "2": (8, 11, 11), "3": (12, 6, 6), "5": (12, 3, 3), "10": (16, 1, 1), "11": (16,), "15": (10,)}
+        assert info[name].receptive_field == deconv.ReceptiveField((size, size), (stride, stride), (offset, offset)), (
+            name
+        )
+    shapes = {
+        "0": (8, 22, 22),
+        "2": (8, 11, 11),
+        "3": (12, 6, 6),
+        "5": (12, 3, 3),
+        "10": (16, 1, 1),
+        "11": (16,),
+        "15": (10,),
+    }
     assert {name: info[name].shape for name in shapes} == shapes
     assert info["11"].receptive_field is None and info["15"].receptive_field is None
     assert (info["2"].kind, info["2"].mirror) == ("MaxPool2d", "Unpool2d")
@@ -165,7 +202,9 @@ def assert_crops(mirror: deconv.Mirror, images: torch.Tensor, selections: list, 
 
 
 @pytest.mark.parametrize("arch", ["zfnet", "odd_convs", "vgg_bn"])
-def test_crops_are_the_dense_projection_cut_to_the_receptive_field(arch: str, request: pytest.FixtureRequest, gen: torch.Generator) -> None:
+def test_crops_are_the_dense_projection_cut_to_the_receptive_field(
+    arch: str, request: pytest.FixtureRequest, gen: torch.Generator
+) -> None:
     model, images, taps = request.getfixturevalue(arch)
     mirror = deconv.build_mirror(model)
     selections = oracle.selections_at(model, images, mirror.layer_names, 3, gen, taps)
@@ -196,7 +235,9 @@ def pool_layer(draw, size: tuple[int, int], average: bool) -> nn.Module:
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
     if average:
-        return nn.AvgPool2d(kernel, stride, padding, draw(st.booleans()), draw(st.booleans()), draw(st.sampled_from([None, 1, 3])))
+        return nn.AvgPool2d(
+            kernel, stride, padding, draw(st.booleans()), draw(st.booleans()), draw(st.sampled_from([None, 1, 3]))
+        )
     return nn.MaxPool2d(kernel, stride, padding, dilation, ceil_mode=draw(st.booleans()))
 
 
@@ -287,9 +328,20 @@ def snapshot(model: nn.Module) -> dict:
         "training": {n: m.training for n, m in modules.items()},
         "state": [(k, v.clone()) for k, v in model.state_dict(keep_vars=True).items()],
         "parameters": [(n, p, p.requires_grad, p.grad) for n, p in model.named_parameters()],
-        "hooks": {n: [list(getattr(m, d).items()) for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
-                                                                "_backward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks")]
-                  for n, m in modules.items()},
+        "hooks": {
+            n: [
+                list(getattr(m, d).items())
+                for d in (
+                    "_forward_hooks",
+                    "_forward_pre_hooks",
+                    "_backward_hooks",
+                    "_backward_pre_hooks",
+                    "_state_dict_hooks",
+                    "_load_state_dict_pre_hooks",
+                )
+            ]
+            for n, m in modules.items()
+        },
         "children": {n: list(m._modules.items()) for n, m in modules.items()},
     }
 
@@ -299,7 +351,9 @@ def assert_same(before: dict, after: dict) -> None:
     assert [k for k, _ in after["state"]] == [k for k, _ in before["state"]]
     for (k, a), (_, b) in zip(after["state"], before["state"]):
         assert a.dtype == b.dtype and torch.equal(a, b), k
-    assert [(n, id(p), r, g) for n, p, r, g in after["parameters"]] == [(n, id(p), r, g) for n, p, r, g in before["parameters"]]
+    assert [(n, id(p), r, g) for n, p, r, g in after["parameters"]] == [
+        (n, id(p), r, g) for n, p, r, g in before["parameters"]
+    ]
     assert after["hooks"] == before["hooks"]
     assert after["children"] == before["children"]
 
@@ -307,8 +361,17 @@ def assert_same(before: dict, after: dict) -> None:
 def test_build_and_project_leave_a_training_model_alone(gen: torch.Generator) -> None:
     torch.manual_seed(5)
     model = nn.Sequential(
-        nn.Conv2d(2, 4, 3), batch_norm(4, gen), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.MaxPool2d(2),
-        nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout2d(0.3), nn.Flatten(), nn.Linear(100, 3),
+        nn.Conv2d(2, 4, 3),
+        batch_norm(4, gen),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout2d(0.3),
+        nn.Flatten(),
+        nn.Linear(100, 3),
     ).double()
     model.train()
     model[6].eval()  # a mixed state must come back as it was
@@ -337,7 +400,11 @@ def test_build_and_project_leave_a_training_model_alone(gen: torch.Generator) ->
 def test_projections_match_the_oracle_for_a_training_model(gen: torch.Generator) -> None:
     """Projections use the model in eval mode (running statistics, no dropout) whatever its flag."""
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3), batch_norm(4, gen), nn.ReLU(), nn.Dropout(0.9), nn.MaxPool2d(2)).double().train()
+    model = (
+        nn.Sequential(nn.Conv2d(2, 4, 3), batch_norm(4, gen), nn.ReLU(), nn.Dropout(0.9), nn.MaxPool2d(2))
+        .double()
+        .train()
+    )
     images = randn(gen, 2, 2, 12, 12)
     selections = oracle.selections_at(model, images, ["1", "3", "4"], 3, gen)
     actual = deconv.build_mirror(model).project_many(images, selections)
@@ -366,7 +433,9 @@ def test_a_failing_forward_walk_restores_the_training_flags(gen: torch.Generator
     with pytest.raises(deconv.NonFiniteError) as error:
         mirror.project(randn(gen, 2, 2, 9, 9), layer="4", channel=1)
     message = str(error.value)
-    assert ("'3'" in message or "'4'" in message) and "image 0" in message, message  # where it starts or where it was asked
+    assert ("'3'" in message or "'4'" in message) and "image 0" in message, (
+        message
+    )  # where it starts or where it was asked
     assert all(m.training for m in model.modules())
 
 
@@ -374,7 +443,9 @@ def test_a_failing_forward_walk_restores_the_training_flags(gen: torch.Generator
 @pytest.fixture
 def small(gen: torch.Generator) -> tuple[deconv.Mirror, torch.Tensor]:
     torch.manual_seed(7)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(144, 5)).double().eval()
+    model = (
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(144, 5)).double().eval()
+    )
     return deconv.build_mirror(model), randn(gen, 2, 3, 14, 14)
 
 
@@ -389,29 +460,32 @@ def test_unknown_layer_lists_the_valid_ones(small) -> None:
         mirror.receptive_field("conv9", 0, 0)
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda m, x: m.project(x, layer="0", channel=4, position=(0, 0)), ["channel 4", "'0'", "4 channels", "0..3"]),
-    (lambda m, x: m.project(x, layer="0", channel=-1), ["channel -1", "0..3"]),
-    (lambda m, x: m.project(x, layer="4", channel=5), ["channel 5", "'4'", "0..4"]),
-    (lambda m, x: m.project(x, layer="0", channel=0, position=(12, 0)), ["(12, 0)", "'0'", "12x12", "0..11"]),
-    (lambda m, x: m.project_many(x, [(0, "2", 0, 2, -1)]), ["(2, -1)", "'2'", "6x6", "0..5"]),
-    (lambda m, x: m.project_many(x, [(0, "2", 0)]), ["(None, None)", "'2'"]),
-    (lambda m, x: m.project(x, layer="4", channel=0, position=(0, 0)), ["'4'", "vectors", "position"]),
-    (lambda m, x: m.project(x, layer="3", channel=0, position="map"), ["'3'", "vectors"]),
-    (lambda m, x: m.project_many(x, [(0, "4", 1, 0, 0)]), ["'4'", "vectors"]),
-    (lambda m, x: m.project_many(x, [(2, "0", 1, 0, 0)]), ["image index 2", "2 images", "0..1"]),
-    (lambda m, x: m.project(x, layer="4", channel=0, target_class=1), ["target_class"]),
-    (lambda m, x: m.project(x, target_class=1, position=(0, 0)), ["target_class", "position"]),
-    (lambda m, x: m.project(x, target_class=5), ["channel 5", "0..4"]),
-    (lambda m, x: m.project(x, layer="0", channel=1.5), ["channel", "integer", "1.5"]),
-    (lambda m, x: m.project(x, layer="0", channel="3"), ["channel", "integer", "'3'"]),
-    (lambda m, x: m.project(x, layer="0", channel=True), ["channel", "integer", "True"]),
-    (lambda m, x: m.project(x, layer="0", channel=0, position=(1.5, 2.0)), ["position y", "integer", "1.5"]),
-    (lambda m, x: m.project(x, layer="0", channel=0, position="1,2"), ["position", "'1,2'", "(y, x)"]),
-    (lambda m, x: m.project(x, layer="0", channel=0, position=(1,)), ["position", "(1,)", "(y, x)"]),
-    (lambda m, x: m.project_many(x, [(0, "0")]), ["selection", "(image, layer, channel", "(0, '0')"]),
-    (lambda m, x: m.project_many(x, [(0, 3, 0)]), ["unknown layer 3", "valid layers"]),
-])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda m, x: m.project(x, layer="0", channel=4, position=(0, 0)), ["channel 4", "'0'", "4 channels", "0..3"]),
+        (lambda m, x: m.project(x, layer="0", channel=-1), ["channel -1", "0..3"]),
+        (lambda m, x: m.project(x, layer="4", channel=5), ["channel 5", "'4'", "0..4"]),
+        (lambda m, x: m.project(x, layer="0", channel=0, position=(12, 0)), ["(12, 0)", "'0'", "12x12", "0..11"]),
+        (lambda m, x: m.project_many(x, [(0, "2", 0, 2, -1)]), ["(2, -1)", "'2'", "6x6", "0..5"]),
+        (lambda m, x: m.project_many(x, [(0, "2", 0)]), ["(None, None)", "'2'"]),
+        (lambda m, x: m.project(x, layer="4", channel=0, position=(0, 0)), ["'4'", "vectors", "position"]),
+        (lambda m, x: m.project(x, layer="3", channel=0, position="map"), ["'3'", "vectors"]),
+        (lambda m, x: m.project_many(x, [(0, "4", 1, 0, 0)]), ["'4'", "vectors"]),
+        (lambda m, x: m.project_many(x, [(2, "0", 1, 0, 0)]), ["image index 2", "2 images", "0..1"]),
+        (lambda m, x: m.project(x, layer="4", channel=0, target_class=1), ["target_class"]),
+        (lambda m, x: m.project(x, target_class=1, position=(0, 0)), ["target_class", "position"]),
+        (lambda m, x: m.project(x, target_class=5), ["channel 5", "0..4"]),
+        (lambda m, x: m.project(x, layer="0", channel=1.5), ["channel", "integer", "1.5"]),
+        (lambda m, x: m.project(x, layer="0", channel="3"), ["channel", "integer", "'3'"]),
+        (lambda m, x: m.project(x, layer="0", channel=True), ["channel", "integer", "True"]),
+        (lambda m, x: m.project(x, layer="0", channel=0, position=(1.5, 2.0)), ["position y", "integer", "1.5"]),
+        (lambda m, x: m.project(x, layer="0", channel=0, position="1,2"), ["position", "'1,2'", "(y, x)"]),
+        (lambda m, x: m.project(x, layer="0", channel=0, position=(1,)), ["position", "(1,)", "(y, x)"]),
+        (lambda m, x: m.project_many(x, [(0, "0")]), ["selection", "(image, layer, channel", "(0, '0')"]),
+        (lambda m, x: m.project_many(x, [(0, 3, 0)]), ["unknown layer 3", "valid layers"]),
+    ],
+)
 def test_selection_errors_name_the_thing_and_what_is_valid(small, call, words: list[str]) -> None:
     mirror, images = small
     with pytest.raises(deconv.SelectionError) as error:
@@ -420,19 +494,37 @@ def test_selection_errors_name_the_thing_and_what_is_valid(small, call, words: l
     assert "\n" not in message and all(w in message for w in words), message
 
 
-@pytest.mark.parametrize("images, error, words", [
-    (torch.zeros(3, 14, 14, dtype=torch.float64), deconv.InputError, ["(3, 14, 14)", "(N, C, H, W)", "images[None]"]),
-    (torch.zeros(2, 1, 14, 14, dtype=torch.float64), deconv.InputError, ["1 channels", "'0'", "3"]),
-    (torch.zeros(2, 3, 14, 14, dtype=torch.uint8), deconv.InputError, ["torch.uint8", "float"]),
-    (torch.zeros(2, 3, 14, 14, dtype=torch.int64), deconv.InputError, ["torch.int64", "float"]),
-    (torch.zeros(2, 3, 14, 14).index_fill_(0, torch.tensor([1]), float("nan")), deconv.NonFiniteError, ["NaN", "image 1"]),
-    (torch.zeros(2, 3, 14, 14).index_fill_(0, torch.tensor([0]), float("inf")), deconv.NonFiniteError, ["inf", "image 0"]),
-    (torch.zeros(2, 3, 14, 14, device="meta"), deconv.InputError, ["meta device"]),
-    (torch.zeros(2, 3, 1, 1, dtype=torch.float64), deconv.InputError, ["layer '", "3, 1, 1)", "Kernel size"]),
-])
+@pytest.mark.parametrize(
+    "images, error, words",
+    [
+        (
+            torch.zeros(3, 14, 14, dtype=torch.float64),
+            deconv.InputError,
+            ["(3, 14, 14)", "(N, C, H, W)", "images[None]"],
+        ),
+        (torch.zeros(2, 1, 14, 14, dtype=torch.float64), deconv.InputError, ["1 channels", "'0'", "3"]),
+        (torch.zeros(2, 3, 14, 14, dtype=torch.uint8), deconv.InputError, ["torch.uint8", "float"]),
+        (torch.zeros(2, 3, 14, 14, dtype=torch.int64), deconv.InputError, ["torch.int64", "float"]),
+        (
+            torch.zeros(2, 3, 14, 14).index_fill_(0, torch.tensor([1]), float("nan")),
+            deconv.NonFiniteError,
+            ["NaN", "image 1"],
+        ),
+        (
+            torch.zeros(2, 3, 14, 14).index_fill_(0, torch.tensor([0]), float("inf")),
+            deconv.NonFiniteError,
+            ["inf", "image 0"],
+        ),
+        (torch.zeros(2, 3, 14, 14, device="meta"), deconv.InputError, ["meta device"]),
+        (torch.zeros(2, 3, 1, 1, dtype=torch.float64), deconv.InputError, ["layer '", "3, 1, 1)", "Kernel size"]),
+    ],
+)
 def test_bad_images_raise_input_errors(small, images: torch.Tensor, error: type, words: list[str]) -> None:
     mirror, _ = small
-    for call in (lambda: mirror.project(images, layer="1", channel=0), lambda: mirror.project_many(images, [(0, "1", 0, 0, 0)])):
+    for call in (
+        lambda: mirror.project(images, layer="1", channel=0),
+        lambda: mirror.project_many(images, [(0, "1", 0, 0, 0)]),
+    ):
         with pytest.raises(error) as raised:
             call()
         message = str(raised.value)
@@ -441,18 +533,28 @@ def test_bad_images_raise_input_errors(small, images: torch.Tensor, error: type,
 
 
 # ---------------------------------------------------------------- dtype and device
-@pytest.mark.parametrize("model_dtype, image_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64), (torch.float64, torch.float16)])
-def test_results_follow_the_model_dtype_and_device(zfnet: Arch, model_dtype: torch.dtype, image_dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(
+    "model_dtype, image_dtype",
+    [(torch.float64, torch.float32), (torch.float32, torch.float64), (torch.float64, torch.float16)],
+)
+def test_results_follow_the_model_dtype_and_device(
+    zfnet: Arch, model_dtype: torch.dtype, image_dtype: torch.dtype
+) -> None:
     model = zfnet.model.to(model_dtype)
     images = zfnet.images.to(image_dtype)
     mirror = deconv.build_mirror(model)
     device = next(model.parameters()).device
-    for result in (mirror.project(images, layer="4", channel=1), mirror.project_many(images, [(1, "15", 3)]),
-                   next(mirror.projections(images, [(0, "3", 2, 1, 1)], crop=True))[1]):
+    for result in (
+        mirror.project(images, layer="4", channel=1),
+        mirror.project_many(images, [(1, "15", 3)]),
+        next(mirror.projections(images, [(0, "3", 2, 1, 1)], crop=True))[1],
+    ):
         assert result.dtype == model_dtype and result.device == device
     if model_dtype == torch.float64:  # the float32/float16 images were converted, not projected at low precision
         selections = [(0, "4", 1, 2, 2), (2, "8", 3, 1, 1)]
-        oracle.assert_matches(mirror.project_many(images, selections), oracle.project(model, images.double(), selections))
+        oracle.assert_matches(
+            mirror.project_many(images, selections), oracle.project(model, images.double(), selections)
+        )
 
 
 # ---------------------------------------------------------------- memory budget and order

@@ -1,5 +1,6 @@
 """Fitting real models: Caffe-style preprocessing, model arguments, model files beside their config,
 torchvision weights from its cache (offline), and `project` on models that are not classifiers."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from deconv.cli import main
 from deconv.commands.common import preprocess_from
+from deconv.commands.main import main
 from deconv.data import Preprocess
-from deconv.models import load_model
+from deconv.zoo.models import load_model
 
 NET = """
 from torch import nn
@@ -41,7 +42,16 @@ def test_caffe_preprocessing_scales_to_255_and_orders_bgr() -> None:
 
 
 def _settings(**kw) -> dict:
-    base = {"model": "x", "mean": [], "std": [], "image_channels": 3, "resize": 0, "crop": 0, "pixel_scale": 1.0, "channel_order": "RGB"}
+    base = {
+        "model": "x",
+        "mean": [],
+        "std": [],
+        "image_channels": 3,
+        "resize": 0,
+        "crop": 0,
+        "pixel_scale": 1.0,
+        "channel_order": "RGB",
+    }
     return {**base, **kw}
 
 
@@ -106,13 +116,26 @@ def feature_net(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("flags", [["--top-classes", "3"], ["--target-class", "3"]])
-def test_project_refuses_class_flags_on_a_model_without_class_outputs(feature_net, flags, tmp_path: Path, capsys) -> None:
+def test_project_refuses_class_flags_on_a_model_without_class_outputs(
+    feature_net, flags, tmp_path: Path, capsys
+) -> None:
     net, image = feature_net
     assert main(["project", "--model", f"{net}:make", "--image", str(image), "--out", str(tmp_path / "o"), *flags]) == 2
     error = capsys.readouterr().err.strip()
     assert "class vector (N, K)" in error and "(N, 5, 8, 8)" in error and "\n" not in error
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.png"))
-    ok = ["project", "--model", f"{net}:make", "--model-args", "classes=4", "--image", str(image), "--out", str(tmp_path / "c"), *flags]
+    ok = [
+        "project",
+        "--model",
+        f"{net}:make",
+        "--model-args",
+        "classes=4",
+        "--image",
+        str(image),
+        "--out",
+        str(tmp_path / "c"),
+        *flags,
+    ]
     assert main(ok) == 0  # a classifier's output (N, K) is accepted
 
 
@@ -136,8 +159,23 @@ def test_resolved_config_round_trips_tables(tmp_path: Path, feature_net) -> None
     folder.mkdir()
     for n in range(3):
         Image.open(net.parent / "a.png").save(folder / f"img{n}.png")
-    args = ["top9", "--model", f"{net}:make", "--model-args", "width=6", "--data", str(folder), "--layers", "1", "4",
-            "--channels", "4=1-2", "--out", str(out), "--no-progress"]
+    args = [
+        "top9",
+        "--model",
+        f"{net}:make",
+        "--model-args",
+        "width=6",
+        "--data",
+        str(folder),
+        "--layers",
+        "1",
+        "4",
+        "--channels",
+        "4=1-2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     resolved = (out / "config.toml").read_text()
     assert 'model_args = {"width" = 6}' in resolved and 'channels = {"4" = "1-2"}' in resolved

@@ -1,16 +1,17 @@
 """The rules: deconvnet, guided backpropagation and the gradient as mirrors of the ReLU, each against
 its own autograd oracle at every layer of the chain architectures and torchvision's VGG and AlexNet;
 rules chosen per mirror and per call; rules registered by users."""
+
 from __future__ import annotations
 
+import oracle
 import pytest
 import torch
 import torchvision
+from builders.test_torchvision import TAPS, real
 from torch import nn
 
 import deconv
-import oracle
-from builders.test_torchvision import TAPS, real
 
 ARCHS = ["zfnet", "vgg_bn", "tiny_vgg", "odd_convs"]
 RULES = ["deconvnet", "guided", "gradient"]
@@ -18,7 +19,9 @@ RULES = ["deconvnet", "guided", "gradient"]
 
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_layer_matches_the_rules_oracle(arch: str, rule: str, request: pytest.FixtureRequest, gen: torch.Generator) -> None:
+def test_every_layer_matches_the_rules_oracle(
+    arch: str, rule: str, request: pytest.FixtureRequest, gen: torch.Generator
+) -> None:
     model, images, taps = request.getfixturevalue(arch)
     mirror = deconv.build_mirror(model, rule=rule)
     selections = oracle.selections_at(model, images, mirror.layer_names, 4, gen, taps)
@@ -48,7 +51,9 @@ def test_the_rules_differ_and_a_call_overrides_the_mirrors_rule(zfnet) -> None:
     results = {rule: plain.project(images, layer="8", channel=3, rule=rule) for rule in RULES}
     assert torch.equal(guided.project(images, layer="8", channel=3), results["guided"])
     assert torch.equal(guided.project(images, layer="8", channel=3, rule="deconvnet"), results["deconvnet"])
-    assert not torch.allclose(results["deconvnet"], results["guided"]) and not torch.allclose(results["guided"], results["gradient"])
+    assert not torch.allclose(results["deconvnet"], results["guided"]) and not torch.allclose(
+        results["guided"], results["gradient"]
+    )
     assert isinstance(guided.stack[-2], deconv.layers.GuidedRectify)  # the explicit stack shows the default rule
 
 
@@ -83,7 +88,9 @@ def test_users_register_rules_of_their_own(zfnet) -> None:
         mirror = deconv.build_mirror(model, rule="halved")
         assert mirror.rules == deconv.rules()
         rec = mirror.project(images, layer="0", channel=1, position=(5, 5))
-        assert torch.allclose(rec, mirror.project(images, layer="0", channel=1, position=(5, 5), rule="deconvnet"))  # no ReLU below
+        assert torch.allclose(
+            rec, mirror.project(images, layer="0", channel=1, position=(5, 5), rule="deconvnet")
+        )  # no ReLU below
         deep = mirror.project(images, layer="4", channel=1)
         assert not torch.allclose(deep, mirror.project(images, layer="4", channel=1, rule="deconvnet"))
     finally:

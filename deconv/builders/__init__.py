@@ -1,4 +1,5 @@
 """From a model to its mirror: the registry of mirrors and the walk over a network."""
+
 from . import builtins as _builtins  # noqa: F401  (registers the built-in mirrors)
 from .registry import (
     DEFAULT_RULE,

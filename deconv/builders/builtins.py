@@ -1,4 +1,5 @@
 """Mirrors of the layers a real CNN has, registered the way users register theirs."""
+
 from __future__ import annotations
 
 import operator
@@ -15,8 +16,8 @@ from ..layers import (
     Embed,
     GuidedRectify,
     PassThrough,
-    ReLUGradient,
     Rectify,
+    ReLUGradient,
     Scale,
     Split,
     TransposedAverage,
@@ -140,7 +141,9 @@ def _mul(call: Call) -> Scale:
     _only_signal(call, "a product")
     factor = next(a for a in call.args if a is not SIGNAL)
     if not isinstance(factor, (int, float, torch.Tensor)):
-        raise UnsupportedModuleError(f"a product with {factor!r}, which is computed in the forward pass; only constants are mirrored")
+        raise UnsupportedModuleError(
+            f"a product with {factor!r}, which is computed in the forward pass; only constants are mirrored"
+        )
     return Scale(factor)
 
 
@@ -185,7 +188,11 @@ def _piece(call: Call) -> Embed:
         dim, start, length = (list(call.args[1:]) + [call.kwargs.get(k) for k in ("dim", "start", "length")])[:3]
         if dim == 0:
             raise UnsupportedModuleError("narrow along the batch dimension cannot be mirrored")
-        return Embed(_along(dim, slice(start, start + length)), dim in (1, -3), f"narrow dim={dim}, start={start}, length={length}")
+        return Embed(
+            _along(dim, slice(start, start + length)),
+            dim in (1, -3),
+            f"narrow dim={dim}, start={start}, length={length}",
+        )
     if call.item is None:
         raise UnsupportedModuleError(f"{name} whose pieces are not taken one by one with [i]")
     dim = _dim(call, 2, 0)
@@ -196,7 +203,11 @@ def _piece(call: Call) -> Embed:
 
     def index(shape: tuple[int, ...]) -> tuple[Any, ...]:  # the forward pass's pieces, from the input's size
         axis = dim % (len(shape) + 1)
-        pieces = torch.arange(shape[axis - 1]).chunk(parts) if name == "chunk" else torch.arange(shape[axis - 1]).split(parts)
+        pieces = (
+            torch.arange(shape[axis - 1]).chunk(parts)
+            if name == "chunk"
+            else torch.arange(shape[axis - 1]).split(parts)
+        )
         taken = pieces[item]
         return _along(dim, slice(int(taken[0]), int(taken[-1]) + 1))(shape)
 
@@ -204,8 +215,15 @@ def _piece(call: Call) -> Embed:
 
 
 @register_mirror(
-    torch.Tensor.view, torch.reshape, torch.Tensor.reshape, torch.flatten, torch.Tensor.flatten,
-    torch.squeeze, torch.Tensor.squeeze, torch.unsqueeze, torch.Tensor.unsqueeze,
+    torch.Tensor.view,
+    torch.reshape,
+    torch.Tensor.reshape,
+    torch.flatten,
+    torch.Tensor.flatten,
+    torch.squeeze,
+    torch.Tensor.squeeze,
+    torch.unsqueeze,
+    torch.Tensor.unsqueeze,
 )
 def _reshape(call: Call) -> Unflatten:
     name = getattr(call.target, "__name__", call.target)

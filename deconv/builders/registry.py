@@ -1,4 +1,5 @@
 """The registry of mirrors: which mirror module each kind of layer or function gets, under each rule."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,4 @@
-"""Walks a model's forward pass into a :class:`~deconv.graph.Graph` of mirrored nodes, tracing it with ``torch.fx``.
+"""Walks a model's forward pass into a :class:`~deconv.engine.graph.Graph` of mirrored nodes, tracing it with ``torch.fx``.
 
 Containers (``nn.Sequential``, ResNet blocks, DenseNet blocks, Inception modules) are traced
 through; registered modules and torch's own layers stay whole. Every operation on a tensor computed
@@ -8,6 +8,7 @@ from the images becomes a node with a mirror from the registry, under every rule
 - a container whose output is a node: an alias of that node (``layer3.1``, ``features.denseblock2``);
 - a function with no module: its fx node name (``add_3``, ``cat``).
 """
+
 from __future__ import annotations
 
 import operator
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..engine.graph import IMAGES, Graph, Node
 from ..errors import UnsupportedGraphError, UnsupportedModuleError
-from ..graph import IMAGES, Graph, Node
 from .builtins import _FunctionalMaxPool
 from .registry import SIGNAL, Call, find_mirror_factory, rules
 
@@ -90,7 +91,11 @@ class _Tracer(fx.Tracer):
 
 def _call_name(node: fx.Node) -> str:
     target = node.target
-    return f"tensor.{target}" if isinstance(target, str) else f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
+    return (
+        f"tensor.{target}"
+        if isinstance(target, str)
+        else f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
+    )
 
 
 def _trace(model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, list[str]]]:
@@ -162,14 +167,24 @@ def walk(model: nn.Module, rule: str) -> Graph:
             )
         mirrors = _mirrors(target, name, call_node, rule)
         builtin = (
-            type(layer).__module__.startswith("torch.nn") if fx_node.op == "call_module"
+            type(layer).__module__.startswith("torch.nn")
+            if fx_node.op == "call_module"
             else call_node.target not in _LAYOUT_BOUND
         )
         index[fx_node] = len(nodes)
-        nodes.append(Node(
-            name, returned.get(fx_node, []), layer, mirrors[rule], mirrors,
-            tuple(index[s] for s in sources), builtin, fx_node, sources,
-        ))
+        nodes.append(
+            Node(
+                name,
+                returned.get(fx_node, []),
+                layer,
+                mirrors[rule],
+                mirrors,
+                tuple(index[s] for s in sources),
+                builtin,
+                fx_node,
+                sources,
+            )
+        )
     output = next(n for n in graph.nodes if n.op == "output")
     if not nodes:
         raise UnsupportedModuleError(f"{type(model).__name__} has no layers to mirror")

@@ -1,10 +1,11 @@
 """The ``deconv`` commands. Each module registers one with :func:`command`; the CLI reads the registry."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..config import Option
+from .config import Option
 
 __all__ = ["Command", "COMMANDS", "command", "all_options"]
 

@@ -1,4 +1,5 @@
 """What the commands share: the model, data and output settings and how they become objects."""
+
 from __future__ import annotations
 
 import sys
@@ -8,36 +9,90 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import option
-from ..data import Preprocess, open_dataset
-from ..distributed import local_device
 from ..builders import rules as registered_rules
+from ..data import Preprocess, open_dataset
 from ..errors import ConfigError
-from ..models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
-from ..run_folder import RunFolder
+from ..zoo.models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
+from .config import option
+from .distributed import local_device
+from .run_folder import RunFolder
 
 __all__ = [
-    "MODEL", "DATA", "RUN", "RULE", "RULES", "rules_from", "model_from", "preprocess_from", "dataset_from", "device_from", "run_folder", "require_at_least",
+    "MODEL",
+    "DATA",
+    "RUN",
+    "RULE",
+    "RULES",
+    "rules_from",
+    "model_from",
+    "preprocess_from",
+    "dataset_from",
+    "device_from",
+    "run_folder",
+    "require_at_least",
 ]
 
 BUNDLED = ASSETS / "t10k-images-idx3-ubyte.gz"
 
 MODEL = (
-    option("model", str, "", "the model as 'package.module:function' or 'file.py:function' (a file relative to the config file's folder; empty: the embedded default)"),
-    option("model_args", dict, {}, "keyword arguments for the model function, e.g. weights=IMAGENET1K_V1 (a table in a config)"),
-    option("checkpoint", str, "", "weights for the model: a state_dict (a whole saved model needs --trust-checkpoint) (empty: none)"),
-    option("trust_checkpoint", bool, False, "allow checkpoints that are whole pickled models: unpickling runs code from the file, so only for files you trust"),
+    option(
+        "model",
+        str,
+        "",
+        "the model as 'package.module:function' or 'file.py:function' (a file relative to the config file's folder; empty: the embedded default)",
+    ),
+    option(
+        "model_args",
+        dict,
+        {},
+        "keyword arguments for the model function, e.g. weights=IMAGENET1K_V1 (a table in a config)",
+    ),
+    option(
+        "checkpoint",
+        str,
+        "",
+        "weights for the model: a state_dict (a whole saved model needs --trust-checkpoint) (empty: none)",
+    ),
+    option(
+        "trust_checkpoint",
+        bool,
+        False,
+        "allow checkpoints that are whole pickled models: unpickling runs code from the file, so only for files you trust",
+    ),
     option("device", str, "auto", "'cpu', 'cuda', 'cuda:1', ... or 'auto' (cuda when available)"),
 )
 DATA = (
-    option("data", str, "", "a folder of images (searched recursively) or an idx file (empty: the bundled Fashion-MNIST test split)"),
+    option(
+        "data",
+        str,
+        "",
+        "a folder of images (searched recursively) or an idx file (empty: the bundled Fashion-MNIST test split)",
+    ),
     option("image_channels", int, 0, "1 (grey) or 3 (RGB); 0: what the model's first convolution takes"),
     option("resize", int, 0, "resize images so the shorter side has this many pixels (0: keep)"),
     option("crop", int, 0, "centre-crop images to this square size (0: keep)"),
-    option("mean", list, [], "per-channel mean to subtract, on the 0-1 scale (0-pixel_scale if set; empty: the embedded model's, or 0)", item=float),
-    option("std", list, [], "per-channel standard deviation to divide by, on the same scale (empty: the embedded model's, or 1)", item=float),
+    option(
+        "mean",
+        list,
+        [],
+        "per-channel mean to subtract, on the 0-1 scale (0-pixel_scale if set; empty: the embedded model's, or 0)",
+        item=float,
+    ),
+    option(
+        "std",
+        list,
+        [],
+        "per-channel standard deviation to divide by, on the same scale (empty: the embedded model's, or 1)",
+        item=float,
+    ),
     option("pixel_scale", float, 1.0, "pixel values run 0..pixel_scale before mean/std (255 for Caffe-style weights)"),
-    option("channel_order", str, "RGB", "channel order the model takes ('BGR' for Caffe-style weights)", choices=("RGB", "BGR")),
+    option(
+        "channel_order",
+        str,
+        "RGB",
+        "channel order the model takes ('BGR' for Caffe-style weights)",
+        choices=("RGB", "BGR"),
+    ),
     option("batch_size", int, 256, "images per forward pass"),
     option("workers", int, 0, "data-loading worker processes"),
 )
@@ -48,10 +103,18 @@ RUN = (
 )
 
 RULE = option(
-    "rule", str, "deconvnet",
+    "rule",
+    str,
+    "deconvnet",
     f"what the projection does at each ReLU: {', '.join(registered_rules())} or a rule registered by the model's module (docs/rules.md)",
 )
-RULES = option("rules", list, [], "several rules drawn side by side, one column or row each (overrides 'rule'; empty: only 'rule')", item=str)
+RULES = option(
+    "rules",
+    list,
+    [],
+    "several rules drawn side by side, one column or row each (overrides 'rule'; empty: only 'rule')",
+    item=str,
+)
 
 
 def rules_from(settings: dict[str, Any]) -> list[str]:
@@ -93,7 +156,9 @@ def device_from(settings: dict[str, Any]) -> torch.device:
 def model_from(settings: dict[str, Any]) -> nn.Module:
     """The configured model, in eval mode, on the configured device."""
     model = load_model(
-        settings["model"] or None, settings["checkpoint"] or None, settings["model_args"],
+        settings["model"] or None,
+        settings["checkpoint"] or None,
+        settings["model_args"],
         trust_checkpoint=settings["trust_checkpoint"],
     )
     return model.to(device_from(settings))
@@ -112,7 +177,8 @@ def preprocess_from(settings: dict[str, Any], model: nn.Module) -> Preprocess:
     if settings["pixel_scale"] == 1 and max(mean) > 1:
         print(
             f"warning: mean {mean} is above 1 but pixels run 0..1: a 0..255 (Caffe-style) mean needs pixel_scale = 255; "
-            "on the 0..1 scale ImageNet's mean is [0.485, 0.456, 0.406]", file=sys.stderr,
+            "on the 0..1 scale ImageNet's mean is [0.485, 0.456, 0.406]",
+            file=sys.stderr,
         )
     try:
         return Preprocess(
@@ -137,10 +203,15 @@ def dataset_from(settings: dict[str, Any], preprocess: Preprocess) -> Dataset:
 def run_folder(
     settings: dict[str, Any], command: str, *markers: str, outputs: tuple[str, ...] = (), replace_all: bool = False
 ) -> RunFolder:
-    """The configured output folder as a :class:`~deconv.run_folder.RunFolder` of ``command`` (see there)."""
+    """The configured output folder as a :class:`~deconv.commands.run_folder.RunFolder` of ``command`` (see there)."""
     if not settings["out"]:
         raise ConfigError("key 'out' must name an output folder, got ''")
     return RunFolder(
-        settings["out"], command, markers=markers, outputs=outputs, overwrite=settings["overwrite"],
-        resume=settings.get("resume", False), replace_all=replace_all,
+        settings["out"],
+        command,
+        markers=markers,
+        outputs=outputs,
+        overwrite=settings["overwrite"],
+        resume=settings.get("resume", False),
+        replace_all=replace_all,
     )

@@ -1,30 +1,60 @@
 """``deconv evolution``: the paper's Fig. 4, features of one layer across training checkpoints."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Any
 
-from ..config import option
+from ..analyses.evolution import evolve
 from ..errors import ConfigError
-from ..evolution import evolve
+from ..figures.draw import save_png
+from ..figures.evolution import figure4
 from ..mirror import build_mirror
-from ..models import ASSETS, WEIGHTS
-from ..render import figure4, save_png
-from ..run_folder import open_run
+from ..zoo.models import ASSETS, WEIGHTS
 from . import command
-from .common import DATA, MODEL, RULE, RUN, dataset_from, rules_from, model_from, preprocess_from, require_at_least, run_folder
+from .common import (
+    DATA,
+    MODEL,
+    RULE,
+    RUN,
+    dataset_from,
+    model_from,
+    preprocess_from,
+    require_at_least,
+    rules_from,
+    run_folder,
+)
+from .config import option
+from .run_folder import open_run
 from .top9 import conv_layers
 
 SHIPPED = ASSETS / "checkpoints"
 STRONGEST = 8
 
-OPTIONS = MODEL + DATA + RUN + (
-    option("checkpoints", list, [], "checkpoints in training order (empty: those shipped with the embedded default)", item=str),
-    option("layer", str, "", "the layer to follow (empty: the last convolution's rectified output)"),
-    option("channels", list, [], f"channels to follow (empty: the {STRONGEST} strongest at the last checkpoint)", item=int),
-    option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
-    RULE,
+OPTIONS = (
+    MODEL
+    + DATA
+    + RUN
+    + (
+        option(
+            "checkpoints",
+            list,
+            [],
+            "checkpoints in training order (empty: those shipped with the embedded default)",
+            item=str,
+        ),
+        option("layer", str, "", "the layer to follow (empty: the last convolution's rectified output)"),
+        option(
+            "channels",
+            list,
+            [],
+            f"channels to follow (empty: the {STRONGEST} strongest at the last checkpoint)",
+            item=int,
+        ),
+        option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
+        RULE,
+    )
 )
 
 
@@ -55,13 +85,26 @@ def run(settings: dict[str, Any]) -> int:
     total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))
     with open_run(run_folder(settings, "evolution", figure)) as folder:
         result = evolve(
-            mirrors, dataset, layer, settings["channels"] or None, indices=range(total),
-            batch_size=settings["batch_size"], num_workers=settings["workers"], progress=settings["progress"], rule=rule,
+            mirrors,
+            dataset,
+            layer,
+            settings["channels"] or None,
+            indices=range(total),
+            batch_size=settings["batch_size"],
+            num_workers=settings["workers"],
+            progress=settings["progress"],
+            rule=rule,
         )
         if not settings["channels"]:
             result = result.strongest(STRONGEST)
         save_png(
-            figure4(result, [label for label, _ in checkpoints], preprocess.denormalize, rule=rule, channel_order=preprocess.channel_order),
+            figure4(
+                result,
+                [label for label, _ in checkpoints],
+                preprocess.denormalize,
+                rule=rule,
+                channel_order=preprocess.channel_order,
+            ),
             folder.partial / figure,
         )
     path, report = folder.path / figure, folder.report

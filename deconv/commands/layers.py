@@ -1,4 +1,5 @@
 """``deconv layers``: the probe-able layers with output shapes and receptive fields."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,10 @@ def run(settings: dict[str, Any]) -> int:
     rows = [("layer", "type", "mirror", "output", "receptive field (size / stride / offset)")]
     for info in mirror.describe(tuple(torch.as_tensor(image).shape)):
         field = info.receptive_field
-        rf = "whole image" if field is None else (
-            f"{field.size[0]}x{field.size[1]} / {field.stride[0]} / {field.offset[0]},{field.offset[1]}"
+        rf = (
+            "whole image"
+            if field is None
+            else (f"{field.size[0]}x{field.size[1]} / {field.stride[0]} / {field.offset[0]},{field.offset[1]}")
         )
         rows.append((info.name, info.kind, info.mirror, "x".join(map(str, info.shape)), rf))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

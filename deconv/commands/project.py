@@ -1,4 +1,5 @@
 """``deconv project``: one image's projection from one activation or class, beside the image."""
+
 from __future__ import annotations
 
 import math
@@ -8,25 +9,53 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ..config import option
 from ..data import load_image
+from ..engine.graph import model_runs_on
 from ..errors import ConfigError
+from ..figures.draw import (
+    class_name,
+    column,
+    label_strip,
+    row,
+    save_png,
+    show_patch,
+    show_projection,
+    to_pil,
+    upscale,
+)
 from ..mirror import Mirror, Selection, build_mirror
-from ..render import class_name, column, label_strip, row, save_png, show_patch, show_projection, to_pil, upscale
-from ..run_folder import open_run
 from . import command
-from ..graph import model_runs_on
-from .common import DATA, MODEL, RULE, RULES, RUN, model_from, rules_from, preprocess_from, require_at_least, run_folder
-
-OPTIONS = MODEL + DATA + RUN + (
-    option("image", str, "", "the image file to project"),
-    option("layer", str, "", "the layer to project from (see `deconv layers`)"),
-    option("channel", int, -1, "the channel of that layer (-1: the image's strongest channel there)"),
-    option("position", str, "", "'Y,X' for one activation, 'map' for the whole feature map (empty: the strongest)"),
-    option("target_class", int, -1, "project from this class output instead of a layer (-1: no)"),
-    option("top_classes", int, 0, "instead, a sheet of the projections of the image's N most probable classes (0: no)"),
+from .common import (
+    DATA,
+    MODEL,
     RULE,
     RULES,
+    RUN,
+    model_from,
+    preprocess_from,
+    require_at_least,
+    rules_from,
+    run_folder,
+)
+from .config import option
+from .run_folder import open_run
+
+OPTIONS = (
+    MODEL
+    + DATA
+    + RUN
+    + (
+        option("image", str, "", "the image file to project"),
+        option("layer", str, "", "the layer to project from (see `deconv layers`)"),
+        option("channel", int, -1, "the channel of that layer (-1: the image's strongest channel there)"),
+        option("position", str, "", "'Y,X' for one activation, 'map' for the whole feature map (empty: the strongest)"),
+        option("target_class", int, -1, "project from this class output instead of a layer (-1: no)"),
+        option(
+            "top_classes", int, 0, "instead, a sheet of the projections of the image's N most probable classes (0: no)"
+        ),
+        RULE,
+        RULES,
+    )
 )
 
 
@@ -42,7 +71,9 @@ def _position(text: str) -> tuple[int, int] | str | None:
     return y, x
 
 
-@command("project", "project one activation, class or the top classes of one image to pixels, beside the image", OPTIONS)
+@command(
+    "project", "project one activation, class or the top classes of one image to pixels, beside the image", OPTIONS
+)
 def run(settings: dict[str, Any]) -> int:
     if not settings["image"]:
         raise ConfigError("key 'image' is required: the image file to project")
@@ -50,7 +81,9 @@ def run(settings: dict[str, Any]) -> int:
     target = settings["target_class"] if settings["target_class"] >= 0 else None
     top = settings["top_classes"]
     if not top and target is None and not settings["layer"]:
-        raise ConfigError("give --layer [--channel C] (with --position Y,X or map), --target-class K or --top-classes N")
+        raise ConfigError(
+            "give --layer [--channel C] (with --position Y,X or map), --target-class K or --top-classes N"
+        )
     if settings["position"] and (target is not None or top):
         raise ConfigError("--position goes with --layer/--channel, not with --target-class or --top-classes")
     model = model_from(settings)
@@ -85,17 +118,28 @@ def run(settings: dict[str, Any]) -> int:
     name += ("" if rules == ["deconvnet"] else "-" + "-".join(rules)) + ".png"  # the paper's rule keeps the plain name
     with open_run(run_folder(settings, "project", outputs=(name,))) as folder, model_runs_on(runs_on):
         if top:
-            save_png(_top_classes(mirror, image, shown, top, names, file.name, preprocess.channel_order), folder.partial / name)
+            save_png(
+                _top_classes(mirror, image, shown, top, names, file.name, preprocess.channel_order),
+                folder.partial / name,
+            )
         else:
             if target is None:
-                what = f"{settings['layer']} channel {settings['channel']}" + (f" at {settings['position']}" if settings["position"] else "")
-                source = {"layer": settings["layer"], "channel": settings["channel"], "position": _position(settings["position"])}
+                what = f"{settings['layer']} channel {settings['channel']}" + (
+                    f" at {settings['position']}" if settings["position"] else ""
+                )
+                source = {
+                    "layer": settings["layer"],
+                    "channel": settings["channel"],
+                    "position": _position(settings["position"]),
+                }
             else:
                 what = f"class {target}" + (f" ({names[target]})" if names and target < len(names) else "")
                 source = {"target_class": target}
             strips = []
             for rule in rules:  # one row per rule
-                shown_projection = show_projection(mirror.project(image, **source, rule=rule).cpu(), preprocess.channel_order)
+                shown_projection = show_projection(
+                    mirror.project(image, **source, rule=rule).cpu(), preprocess.channel_order
+                )
                 both = upscale(torch.cat([shown_projection, shown], 3), math.ceil(256 / image.shape[-2]))
                 strips.append(label_strip(to_pil(both[0]), f"{file.name}: projection of {what} ({rule})  |  image"))
             save_png(column(strips), folder.partial / name)
@@ -111,7 +155,12 @@ def _strongest_channel(mirror: Mirror, image: torch.Tensor, layer: str) -> int:
 
 
 def _top_classes(
-    mirror: Mirror, image: torch.Tensor, shown: torch.Tensor, top: int, names: Sequence[str] | None, title: str,
+    mirror: Mirror,
+    image: torch.Tensor,
+    shown: torch.Tensor,
+    top: int,
+    names: Sequence[str] | None,
+    title: str,
     channel_order: str = "RGB",
 ) -> Image.Image:
     """The image ``shown`` ``(1, 3, H, W)`` beside the projections of its ``top`` most probable classes
@@ -121,8 +170,16 @@ def _top_classes(
     scores = mirror.run(mirror.check_images(image), keep=[last], remember=False).outputs[last]
     probabilities, classes = scores.float().softmax(1)[0].topk(min(top, scores.shape[1]))
     projections = mirror.project_many(image, [Selection(0, mirror.steps[last].name, int(k)) for k in classes])
-    captions = [f"{n}. {class_name(int(k), names)}  {float(p):.1%}" for n, (k, p) in enumerate(zip(classes, probabilities), 1)]
+    captions = [
+        f"{n}. {class_name(int(k), names)}  {float(p):.1%}" for n, (k, p) in enumerate(zip(classes, probabilities), 1)
+    ]
     print("\n".join(captions))
-    tiles = upscale(torch.cat([shown, show_projection(projections.cpu(), channel_order)]), math.ceil(160 / image.shape[-2]))
+    tiles = upscale(
+        torch.cat([shown, show_projection(projections.cpu(), channel_order)]), math.ceil(160 / image.shape[-2])
+    )
     sheet = row([label_strip(to_pil(t), c) for t, c in zip(tiles, [title, *captions])])
-    return label_strip(sheet, f"projections of the {len(classes)} most probable classes, from the class output down (rule: {mirror.rule})", size=15)
+    return label_strip(
+        sheet,
+        f"projections of the {len(classes)} most probable classes, from the class output down (rule: {mirror.rule})",
+        size=15,
+    )

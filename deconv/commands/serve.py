@@ -1,4 +1,5 @@
 """``deconv serve``: a local web app to probe any activation of any image live (needs ``deconv[serve]``)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -6,16 +7,27 @@ import secrets
 import socket
 from typing import Any
 
-from ..config import option
 from ..errors import ConfigError, DeconvError
 from ..mirror import build_mirror
 from . import command
 from .common import DATA, MODEL, dataset_from, model_from, preprocess_from
+from .config import option
 
-OPTIONS = MODEL + DATA + (
-    option("run", str, "", "a `deconv top9` run folder of the same model and data: each channel links to its top-9 panel"),
-    option("port", int, 8765, "the port to listen on (0: any free port)"),
-    option("host", str, "127.0.0.1", "the address to listen on; anything but loopback exposes the model to the network"),
+OPTIONS = (
+    MODEL
+    + DATA
+    + (
+        option(
+            "run",
+            str,
+            "",
+            "a `deconv top9` run folder of the same model and data: each channel links to its top-9 panel",
+        ),
+        option("port", int, 8765, "the port to listen on (0: any free port)"),
+        option(
+            "host", str, "127.0.0.1", "the address to listen on; anything but loopback exposes the model to the network"
+        ),
+    )
 )
 
 
@@ -28,14 +40,18 @@ def _socket(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on host {host!r} port {port} ({error.strerror or error})") from None
 
 
-@command("serve", "a local web app: pick an image, a layer, a channel and a position, and see its projection live", OPTIONS)
+@command(
+    "serve", "a local web app: pick an image, a layer, a channel and a position, and see its projection live", OPTIONS
+)
 def run(settings: dict[str, Any]) -> int:
     try:
         import uvicorn
 
         from ..serve.app import create_app
     except ImportError as error:
-        raise DeconvError(f"deconv serve needs the web packages ({error.name} is missing): pip install 'deconv[serve]'") from None
+        raise DeconvError(
+            f"deconv serve needs the web packages ({error.name} is missing): pip install 'deconv[serve]'"
+        ) from None
     from ..serve.records import Run
     from ..serve.session import Session
 
@@ -53,7 +69,10 @@ def run(settings: dict[str, Any]) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"deconv serve: open http://{shown}:{port}/?token={token}  (Ctrl-C to stop)", flush=True)
     if not ipaddress.ip_address(host).is_loopback:
-        print(f"deconv serve: warning: listening on {host}, reachable from other machines; anyone with the token can use it", flush=True)
+        print(
+            f"deconv serve: warning: listening on {host}, reachable from other machines; anyone with the token can use it",
+            flush=True,
+        )
     server = uvicorn.Server(uvicorn.Config(create_app(session, token, records), log_level="warning", lifespan="off"))
     server.run(sockets=[listening])
     return 0

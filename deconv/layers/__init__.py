@@ -1,4 +1,5 @@
 """The deconvnet's modules: each maps a reconstruction at a layer's output back to its input."""
+
 from .base import POINTWISE, Geometry, MirrorModule
 from .channel_scale import ChannelScale
 from .distribute import Distribute

@@ -1,4 +1,5 @@
 """What every mirror module shares: its geometry and the memory it keeps from the forward pass."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Batch normalisation in evaluation mode, in reverse: its per-channel scale."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Addition in reverse: every operand receives the signal."""
+
 from __future__ import annotations
 
 from typing import Any

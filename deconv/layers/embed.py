@@ -1,4 +1,5 @@
 """Slicing in reverse: the signal put back into its place among zeros."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

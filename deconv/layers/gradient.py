@@ -1,4 +1,5 @@
 """The ReLU's own backward pass: the plain gradient (Simonyan et al. 2013 saliency)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Guided backpropagation's ReLU going down (Springenberg et al. 2014)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Layers that do nothing at inference: their mirror does nothing too."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Rectification: the paper's ReLU on the reconstruction going down."""
+
 from __future__ import annotations
 
 import torch

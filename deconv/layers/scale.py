@@ -1,4 +1,5 @@
 """Multiplication by a constant, in reverse."""
+
 from __future__ import annotations
 
 import torch
@@ -25,4 +26,8 @@ class Scale(MirrorModule):
         return signal * self.factor
 
     def extra_repr(self) -> str:
-        return f"factor={self.factor}" if not isinstance(self.factor, torch.Tensor) else f"factor={tuple(self.factor.shape)}"
+        return (
+            f"factor={self.factor}"
+            if not isinstance(self.factor, torch.Tensor)
+            else f"factor={tuple(self.factor.shape)}"
+        )

@@ -1,4 +1,5 @@
 """Concatenation in reverse: the signal split back into its parts."""
+
 from __future__ import annotations
 
 from typing import Any

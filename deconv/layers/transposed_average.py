@@ -1,4 +1,5 @@
 """Average pooling in reverse: the transpose of averaging."""
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -59,8 +60,13 @@ def average_axis_pool(
 
     def pool(eye: torch.Tensor, axis: int) -> torch.Tensor:
         return F.avg_pool2d(
-            eye, (kernel_size[axis], 1), (stride[axis], 1), (padding[axis], 0),
-            ceil_mode, count_include_pad, divisor_override if axis == 0 else (None if divisor_override is None else 1),
+            eye,
+            (kernel_size[axis], 1),
+            (stride[axis], 1),
+            (padding[axis], 0),
+            ceil_mode,
+            count_include_pad,
+            divisor_override if axis == 0 else (None if divisor_override is None else 1),
         )
 
     return pool

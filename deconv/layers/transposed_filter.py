@@ -1,4 +1,5 @@
 """Filtering in reverse: transposed convolution with the convolution's own filters."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,8 +58,10 @@ class TransposedFilter(MirrorModule):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         if isinstance(conv.padding, str):  # "same" / "valid": resolve to numbers
-            padding = (0, 0) if conv.padding == "valid" else tuple(
-                d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation)
+            padding = (
+                (0, 0)
+                if conv.padding == "valid"
+                else tuple(d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
             )
         else:
             padding = pair(conv.padding)
@@ -74,7 +77,10 @@ class TransposedFilter(MirrorModule):
         return size, (0, 0)
 
     def forward(
-        self, signal: torch.Tensor, input_size: tuple[int, int], padding: tuple[int, int],
+        self,
+        signal: torch.Tensor,
+        input_size: tuple[int, int],
+        padding: tuple[int, int],
         factors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``padding``: rows and columns of the full transposed output that lie before the input's first;
@@ -85,14 +91,17 @@ class TransposedFilter(MirrorModule):
             return fit(_spread(F.conv_transpose2d(signal, weight, groups=self.groups), g.stride), padding, input_size)
         if weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
             return fit(_sub_pixel(signal, weight, g.stride), padding, input_size)
-        extra = [
-            input_size[a] - ((signal.shape[2 + a] - 1) * g.stride[a] - 2 * padding[a] + g.span(a))
-            for a in (0, 1)
-        ]
+        extra = [input_size[a] - ((signal.shape[2 + a] - 1) * g.stride[a] - 2 * padding[a] + g.span(a)) for a in (0, 1)]
         cut = [min(e, 0) for e in extra]  # conv padding "same" can ask for a smaller output than full
         out = F.conv_transpose2d(
-            signal, weight, None, g.stride, padding,
-            [max(e, 0) for e in extra], self.groups, g.dilation,
+            signal,
+            weight,
+            None,
+            g.stride,
+            padding,
+            [max(e, 0) for e in extra],
+            self.groups,
+            g.dilation,
         )
         if cut != [0, 0]:
             out = out[..., : input_size[0], : input_size[1]]

@@ -1,4 +1,5 @@
 """A fully-connected layer in reverse: multiplication by its transposed weight."""
+
 from __future__ import annotations
 
 import torch

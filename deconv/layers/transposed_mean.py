@@ -1,4 +1,5 @@
 """A mean over dimensions, in reverse: the transpose of averaging."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Reshaping in reverse: the shape the forward pass had before a flatten, view or reshape."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Permuting dimensions, in reverse."""
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -30,7 +31,9 @@ class Unpermute(MirrorModule):
     def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
         dims = tuple(d % x.dim() for d in self.order(x.dim()))
         if dims[0] != 0:
-            raise InputError(f"{self.description or 'a permutation'} moves the batch dimension; only the others can be mirrored")
+            raise InputError(
+                f"{self.description or 'a permutation'} moves the batch dimension; only the others can be mirrored"
+            )
         return (tuple(sorted(range(len(dims)), key=dims.__getitem__)),)
 
     def forward(self, signal: torch.Tensor, inverse: tuple[int, ...]) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Unpooling with switches: the approximate inverse of max pooling."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,9 +35,7 @@ class Unpool2d(MirrorModule):
         self.adaptive = adaptive
         self.ceil_mode = ceil_mode
         if adaptive is None:
-            self.geometry = Geometry(
-                pair(kernel_size), pair(stride or kernel_size), pair(padding), pair(dilation)
-            )
+            self.geometry = Geometry(pair(kernel_size), pair(stride or kernel_size), pair(padding), pair(dilation))
         else:
             self.geometry = None
 
@@ -106,12 +105,16 @@ class Unpool2d(MirrorModule):
         (s_y, s_x), (k_y, k_x), (d_y, d_x) = g.stride, g.kernel, g.dilation
         full = g.reads((h, w))
         t_y = torch.div(taps, k_x, rounding_mode="floor").long()
-        starts = (torch.arange(h, device=signal.device).view(-1, 1) * (s_y * full[1])
-                  + torch.arange(w, device=signal.device).view(1, -1) * s_x)
+        starts = (
+            torch.arange(h, device=signal.device).view(-1, 1) * (s_y * full[1])
+            + torch.arange(w, device=signal.device).view(1, -1) * s_x
+        )
         # tap t = t_y * k_x + t_x of output (i, j) reads full[t_y * d_y + i * s_y, t_x * d_x + j * s_x]
         index = t_y.mul_(d_y * full[1] - d_x * k_x).add_(taps.long().mul_(d_x)).add_(starts)
         like = torch.empty(k, c, *full, dtype=signal.dtype, device=signal.device, memory_format=layout(signal))
-        out = torch.ops.aten.max_pool2d_with_indices_backward(signal, like, [k_y, k_x], [s_y, s_x], [0, 0], [d_y, d_x], False, index)
+        out = torch.ops.aten.max_pool2d_with_indices_backward(
+            signal, like, [k_y, k_x], [s_y, s_x], [0, 0], [d_y, d_x], False, index
+        )
         return fit(out, padding, input_size)
 
     @property

@@ -4,6 +4,7 @@ Every request needs the token, as the query parameter ``token=`` or the header `
 without it: 403. Errors are JSON ``{"error": "<one line>"}`` with a 4xx status. Torch work runs in a
 thread pool under one lock, so the server answers other requests while a projection runs.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -56,7 +57,9 @@ class Guard:
             header = request.headers.get("authorization", "")
             given = request.query_params.get("token") or (header[6:] if header.lower().startswith("token ") else "")
             if not secrets.compare_digest(given.encode(), self.token):
-                await _error(403, "missing or wrong token: add ?token=... from the URL deconv serve printed")(scope, receive, send)
+                await _error(403, "missing or wrong token: add ?token=... from the URL deconv serve printed")(
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)
 
@@ -109,16 +112,23 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
         return _json({"layers": await work(session.layers), "rules": list(session.rules)})
 
     async def dataset(request: Request) -> Response:
-        return _json({
-            "images": len(session.dataset), "image_shape": session.image_shape, "classes": session.classes,
-            "run": run is not None, "max_upload_bytes": MAX_UPLOAD_BYTES,
-        })
+        return _json(
+            {
+                "images": len(session.dataset),
+                "image_shape": session.image_shape,
+                "classes": session.classes,
+                "run": run is not None,
+                "max_upload_bytes": MAX_UPLOAD_BYTES,
+            }
+        )
 
     async def images(request: Request) -> Response:
         label, start, count = _optional_int(request, "class"), _int(request, "start", 0), _int(request, "count", 24)
         if start < 0 or not 1 <= count <= 200:
             raise HTTPException(400, f"start must be >= 0 and count in 1..200, got start={start}, count={count}")
-        found = await work(lambda: [{"image": str(i), "label": session.label(str(i))} for i in session.find(start, count, label)])
+        found = await work(
+            lambda: [{"image": str(i), "label": session.label(str(i))} for i in session.find(start, count, label)]
+        )
         return _json(found)
 
     async def upload(request: Request) -> Response:
@@ -150,7 +160,9 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
 
         def draw() -> bytes:
             p = session.patch(ref, layer, y, x)
-            return pictures.patch(p.pixels, p.inside, session.preprocess.denormalize, pictures.factor(max(p.pixels.shape[-2:]), 256))
+            return pictures.patch(
+                p.pixels, p.inside, session.preprocess.denormalize, pictures.factor(max(p.pixels.shape[-2:]), 256)
+            )
 
         return _png(await work(draw))
 
@@ -161,8 +173,14 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
             m = session.maps(ref, layer)
             columns, (th, tw) = pictures.layout(m)
             return {
-                "layer": layer, "channels": m.channels.tolist(), "peaks": m.peaks.tolist(), "vectors": m.vectors,
-                "map_shape": list(m.maps.shape[1:]), "columns": columns, "tile": [th, tw], "gap": pictures.GAP,
+                "layer": layer,
+                "channels": m.channels.tolist(),
+                "peaks": m.peaks.tolist(),
+                "vectors": m.vectors,
+                "map_shape": list(m.maps.shape[1:]),
+                "columns": columns,
+                "tile": [th, tw],
+                "gap": pictures.GAP,
                 "top9": [] if run is None else run.channels(layer),
             }
 
@@ -187,7 +205,9 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
         order = session.preprocess.channel_order
         target = _optional_int(request, "target_class")
         if target is not None:
-            return _png(await work(lambda: pictures.projection(session.project(ref, target_class=target, rule=rule), order)))
+            return _png(
+                await work(lambda: pictures.projection(session.project(ref, target_class=target, rule=rule), order))
+            )
         layer, channel = _text(request, "layer"), _int(request, "channel")
         y, x = _optional_int(request, "y"), _optional_int(request, "x")
         if request.query_params.get("map") is not None:
@@ -196,7 +216,9 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
             raise HTTPException(400, "give both y and x (or neither, for the strongest activation)")
         else:
             position = None if y is None else (y, x)
-        return _png(await work(lambda: pictures.projection(session.project(ref, layer, channel, position, rule=rule), order)))
+        return _png(
+            await work(lambda: pictures.projection(session.project(ref, layer, channel, position, rule=rule), order))
+        )
 
     async def classes(request: Request) -> Response:
         ref = _text(request, "image")
@@ -219,7 +241,9 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
         if error.status_code in (404, 405) and error.detail in ("Not Found", "Method Not Allowed"):  # the router's own
-            return _error(error.status_code, f"no {request.method} {request.url.path} here: the API is listed in docs/serve.md")
+            return _error(
+                error.status_code, f"no {request.method} {request.url.path} here: the API is listed in docs/serve.md"
+            )
         return _error(error.status_code, error.detail)
 
     routes = [

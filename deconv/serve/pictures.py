@@ -1,4 +1,5 @@
-"""The pictures of ``deconv serve``, drawn by deconv's renderer (:mod:`deconv.render`), as PNG bytes."""
+"""The pictures of ``deconv serve``, drawn by deconv's renderer (:mod:`deconv.figures.draw`), as PNG bytes."""
+
 from __future__ import annotations
 
 import io
@@ -8,11 +9,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from ..figures.draw import colormap, show_patch, show_projection, to_pil, upscale
+from ..figures.draw import grid as render_grid
 from ..mirror import Box
-from ..render import colormap, grid as render_grid, show_patch, show_projection, to_pil, upscale
 from .session import Maps
 
-__all__ = ["TILE", "GAP", "WIDTH", "png", "projection", "picture", "patch", "layout", "tiles", "grid", "feature_map", "factor"]
+__all__ = [
+    "TILE",
+    "GAP",
+    "WIDTH",
+    "png",
+    "projection",
+    "picture",
+    "patch",
+    "layout",
+    "tiles",
+    "grid",
+    "feature_map",
+    "factor",
+]
 
 TILE = 40  # feature maps in the grid are at most this many pixels on a side
 GAP = 2
@@ -33,11 +48,13 @@ def factor(size: int, target: int) -> int:
 
 def projection(p: torch.Tensor, channel_order: str = "RGB") -> bytes:
     """A projection ``(1, C, H, W)`` of a model that takes ``channel_order`` as deconv shows it
-    (:func:`~deconv.render.show_projection`), pixel for pixel."""
+    (:func:`~deconv.figures.draw.show_projection`), pixel for pixel."""
     return png(to_pil(show_projection(p.float().cpu(), channel_order)[0]))
 
 
-def picture(image: torch.Tensor, denormalize: Callable[[torch.Tensor], torch.Tensor], scale: int, box: Box | None) -> bytes:
+def picture(
+    image: torch.Tensor, denormalize: Callable[[torch.Tensor], torch.Tensor], scale: int, box: Box | None
+) -> bytes:
     """An image ``(1, C, H, W)`` in true colours, enlarged ``scale`` times, with ``box`` drawn."""
     shown = to_pil(upscale(show_patch(image.float().cpu(), denormalize)[0], scale))
     if box is not None:
@@ -47,7 +64,9 @@ def picture(image: torch.Tensor, denormalize: Callable[[torch.Tensor], torch.Ten
     return png(shown)
 
 
-def patch(pixels: torch.Tensor, inside: torch.Tensor, denormalize: Callable[[torch.Tensor], torch.Tensor], scale: int) -> bytes:
+def patch(
+    pixels: torch.Tensor, inside: torch.Tensor, denormalize: Callable[[torch.Tensor], torch.Tensor], scale: int
+) -> bytes:
     """A receptive-field patch ``(1, C, h, w)``, the part outside the image hatched, enlarged ``scale`` times."""
     return png(to_pil(upscale(show_patch(pixels.float(), denormalize, inside)[0], scale)))
 

@@ -2,6 +2,7 @@
 
 Files are opened only where the run's own ``top9.json`` and layout put them; nothing a client sends names a file.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ConfigError, SelectionError
-from ..report import panels_per_sheet, sheet_panels
+from ..figures.report import panels_per_sheet, sheet_panels
 
 __all__ = ["Run"]
 
@@ -26,19 +27,27 @@ class Run:
         try:
             records = json.loads(file.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"key 'run': {self.out} holds no top9.json (give the folder of a `deconv top9` run)") from None
+            raise ConfigError(
+                f"key 'run': {self.out} holds no top9.json (give the folder of a `deconv top9` run)"
+            ) from None
         except (OSError, ValueError) as error:
             raise ConfigError(f"key 'run': cannot read {file} ({' '.join(str(error).split())})") from None
         self.records: dict[tuple[str, int], list[dict]] = {}
         try:
             for r in records:
                 if r["layer"] not in layers:
-                    raise ConfigError(f"key 'run': {file} has records of layer {r['layer']!r}, which the served model does not have")
+                    raise ConfigError(
+                        f"key 'run': {file} has records of layer {r['layer']!r}, which the served model does not have"
+                    )
                 if not 0 <= r["index"] < images:
-                    raise ConfigError(f"key 'run': {file} has a record of image {r['index']}, beyond the served dataset's {images}")
+                    raise ConfigError(
+                        f"key 'run': {file} has a record of image {r['index']}, beyond the served dataset's {images}"
+                    )
                 self.records.setdefault((r["layer"], r["channel"]), []).append({k: r[k] for k in FIELDS})
         except (KeyError, TypeError) as error:
-            raise ConfigError(f"key 'run': {file} is not a list of top9 records ({type(error).__name__}: {error})") from None
+            raise ConfigError(
+                f"key 'run': {file} is not a list of top9 records ({type(error).__name__}: {error})"
+            ) from None
         for rs in self.records.values():
             rs.sort(key=lambda r: r["rank"])
         self.per_sheet = panels_per_sheet(self.out)

@@ -3,6 +3,7 @@ projections, as tensors and plain data (no web, no pictures).
 
 An image is named by a *reference*: a dataset index (``"12"``) or an upload (``"upload-<hash>"``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,12 +18,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..cone import crop
 from ..data import Preprocess, UnreadableImage, load_image
+from ..engine.graph import Trace
+from ..engine.windows import crop
 from ..errors import InputError, SelectionError
-from ..graph import Trace
+from ..figures.draw import class_name
 from ..mirror import Box, Mirror, Position
-from ..render import class_name
 
 __all__ = ["Viewed", "Views", "Maps", "Patch", "Session"]
 
@@ -42,7 +43,10 @@ class Viewed:
     def nbytes(self) -> int:
         tensors = {id(self.image): self.image}
         if self.trace is not None:
-            kept = [*self.trace.outputs.values(), *(m for memory in self.trace.memory for entry in memory.values() for m in entry)]
+            kept = [
+                *self.trace.outputs.values(),
+                *(m for memory in self.trace.memory for entry in memory.values() for m in entry),
+            ]
             tensors.update((id(t), t) for t in kept if isinstance(t, torch.Tensor))
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
@@ -125,7 +129,9 @@ class Session:
             self.uploads.move_to_end(ref)
             return self.uploads[ref]
         if ref.startswith("upload-"):
-            raise SelectionError(f"image {ref!r}: no such upload (uploads are kept while the server runs, the last {UPLOADS})")
+            raise SelectionError(
+                f"image {ref!r}: no such upload (uploads are kept while the server runs, the last {UPLOADS})"
+            )
         index = self._index(ref)
         try:
             return self.dataset[index][0]
@@ -135,7 +141,9 @@ class Session:
     def _index(self, ref: str) -> int:
         n = len(self.dataset)
         if not (ref.isascii() and ref.isdigit()) or int(ref) >= n:
-            raise SelectionError(f"image {ref!r} is not in the dataset: give an index in 0..{n - 1} or an upload's name")
+            raise SelectionError(
+                f"image {ref!r} is not in the dataset: give an index in 0..{n - 1} or an upload's name"
+            )
         return int(ref)
 
     def label(self, ref: str) -> int:
@@ -256,7 +264,11 @@ class Session:
         """Every probe-able layer: ``[{"name", "kind", "shape", "receptive_field"}]`` (field size in pixels or null)."""
         infos = self.mirror.describe(self.image_shape)
         return [
-            {"name": i.name, "kind": i.kind, "shape": list(i.shape),
-             "receptive_field": None if i.receptive_field is None else list(i.receptive_field.size)}
+            {
+                "name": i.name,
+                "kind": i.kind,
+                "shape": list(i.shape),
+                "receptive_field": None if i.receptive_field is None else list(i.receptive_field.size),
+            }
             for i in infos
         ]

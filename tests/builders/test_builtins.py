@@ -1,27 +1,56 @@
 """The built-in mirrors: every registered torch layer against the oracle, and the configurations they refuse."""
+
 from __future__ import annotations
 
+import oracle
 import pytest
 import torch
+from conftest import batch_norm
 from torch import nn
 
 import deconv
-import oracle
-from conftest import batch_norm
 from deconv import layers
 
 BUILTIN = [t for t in deconv.registered_types() if isinstance(t, type) and t.__module__.startswith("torch.nn")]
 
 # type -> (model around one such layer, input size (C, H, W), expected mirror type)
 EXAMPLES = {
-    nn.Conv2d: (lambda g: nn.Sequential(nn.Conv2d(2, 4, (3, 2), stride=2, padding=1, dilation=(1, 2))), (2, 9, 9), layers.TransposedFilter),
+    nn.Conv2d: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 4, (3, 2), stride=2, padding=1, dilation=(1, 2))),
+        (2, 9, 9),
+        layers.TransposedFilter,
+    ),
     nn.ReLU: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU()), (2, 6, 6), layers.Rectify),
-    nn.MaxPool2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.MaxPool2d(3, 2, 1, ceil_mode=True)), (2, 10, 9), layers.Unpool2d),
-    nn.AdaptiveMaxPool2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.AdaptiveMaxPool2d((3, 2))), (2, 9, 8), layers.Unpool2d),
-    nn.AvgPool2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)), (2, 10, 9), layers.TransposedAverage),
-    nn.AdaptiveAvgPool2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.AdaptiveAvgPool2d((4, 3))), (2, 7, 8), layers.TransposedAverage),
-    nn.Linear: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 5)), (2, 5, 5), layers.TransposedLinear),
-    nn.Flatten: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 5)), (2, 5, 5), layers.Unflatten),
+    nn.MaxPool2d: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
+        (2, 10, 9),
+        layers.Unpool2d,
+    ),
+    nn.AdaptiveMaxPool2d: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.AdaptiveMaxPool2d((3, 2))),
+        (2, 9, 8),
+        layers.Unpool2d,
+    ),
+    nn.AvgPool2d: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False)),
+        (2, 10, 9),
+        layers.TransposedAverage,
+    ),
+    nn.AdaptiveAvgPool2d: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.AdaptiveAvgPool2d((4, 3))),
+        (2, 7, 8),
+        layers.TransposedAverage,
+    ),
+    nn.Linear: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 5)),
+        (2, 5, 5),
+        layers.TransposedLinear,
+    ),
+    nn.Flatten: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 5)),
+        (2, 5, 5),
+        layers.Unflatten,
+    ),
     nn.BatchNorm2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), batch_norm(3, g)), (2, 6, 6), layers.ChannelScale),
     nn.Dropout: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout(0.9)), (2, 6, 6), layers.PassThrough),
     nn.Dropout2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout2d(0.9)), (2, 6, 6), layers.PassThrough),
@@ -42,7 +71,9 @@ def test_builtin_mirror_matches_the_oracle(kind: type, gen: torch.Generator) -> 
     assert any(type(s.layer) is kind and type(s.mirror) is mirror_type for s in mirror.steps)
     images = torch.randn(3, *shape, generator=gen, dtype=torch.float64)
     selections = oracle.selections_at(model, images, mirror.layer_names, 5, gen)
-    oracle.assert_matches(mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.8)
+    oracle.assert_matches(
+        mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.8
+    )
 
 
 def test_weighted_mirrors_share_their_weights() -> None:
@@ -54,11 +85,14 @@ def test_weighted_mirrors_share_their_weights() -> None:
     assert sum(isinstance(s.mirror, (layers.TransposedFilter, layers.TransposedLinear)) for s in mirror.steps) == 3
 
 
-@pytest.mark.parametrize("layer, words", [
-    (nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), ["'1'", "padding_mode='reflect'", "zeros"]),
-    (nn.BatchNorm2d(3, track_running_stats=False), ["'1'", "BatchNorm2d", "track_running_stats=False"]),
-    (nn.Flatten(2), ["'1'", "start_dim=2", "start_dim=1"]),
-])
+@pytest.mark.parametrize(
+    "layer, words",
+    [
+        (nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), ["'1'", "padding_mode='reflect'", "zeros"]),
+        (nn.BatchNorm2d(3, track_running_stats=False), ["'1'", "BatchNorm2d", "track_running_stats=False"]),
+        (nn.Flatten(2), ["'1'", "start_dim=2", "start_dim=1"]),
+    ],
+)
 def test_configurations_that_cannot_be_mirrored_are_named(layer: nn.Module, words: list[str]) -> None:
     with pytest.raises(deconv.UnsupportedModuleError) as error:
         deconv.build_mirror(nn.Sequential(nn.Conv2d(3, 3, 1), layer))

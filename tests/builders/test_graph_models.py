@@ -5,15 +5,16 @@ concatenations, Inception branches, Fire modules, ShuffleNet's chunks and channe
 must equal autograd with the rule's ReLU backward, seeded with each activation's own value, at
 block outputs, at a leaf inside a block and for a class projection. float64 at small input sizes.
 """
+
 from __future__ import annotations
 
+import oracle
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import deconv
-import oracle
 from builders.test_torchvision import materialized
 
 
@@ -35,7 +36,11 @@ MODELS = {
     "resnet152": (32, "layer3.30.bn3", ["layer2.7", "layer3.35", "layer4.2"]),
     "resnext50_32x4d": (32, "layer2.1.conv2", ["layer1.2", "layer3.5", "layer4.2"]),
     "wide_resnet50_2": (32, "layer1.1.relu", ["layer1.2", "layer4.2"]),
-    "densenet121": (32, "features.denseblock2.denselayer3.conv1", ["features.denseblock1", "features.transition2", "features.denseblock4"]),
+    "densenet121": (
+        32,
+        "features.denseblock2.denselayer3.conv1",
+        ["features.denseblock1", "features.transition2", "features.denseblock4"],
+    ),
     "densenet161": (32, "features.denseblock1.denselayer2", ["features.denseblock1", "features.denseblock3"]),
     "densenet169": (32, "features.transition1.pool", ["features.denseblock2", "features.denseblock4"]),
     "densenet201": (32, "features.denseblock3.denselayer40.relu2", ["features.transition1", "features.denseblock3"]),
@@ -82,13 +87,23 @@ def test_each_rule_on_branching_cnns(name: str, rule: str, gen: torch.Generator)
 def test_block_outputs_are_probe_points_named_as_the_model_names_them() -> None:
     mirror = deconv.build_mirror(real("resnet18"))
     names = mirror.layer_names
-    assert names.index("layer1.0.relu") < names.index("layer1.0.relu:1") < names.index("layer1.0") < names.index("layer1.1")
+    assert (
+        names.index("layer1.0.relu")
+        < names.index("layer1.0.relu:1")
+        < names.index("layer1.0")
+        < names.index("layer1.1")
+    )
     assert mirror.index("layer1.0") == mirror.index("layer1.0.relu:1")  # the block returns its second ReLU call
     assert mirror.blocks() == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
     dense = deconv.build_mirror(real("densenet121"))
     assert dense.blocks() == [
-        "features.denseblock1", "features.transition1", "features.denseblock2", "features.transition2",
-        "features.denseblock3", "features.transition3", "features.denseblock4",
+        "features.denseblock1",
+        "features.transition1",
+        "features.denseblock2",
+        "features.transition2",
+        "features.denseblock3",
+        "features.transition3",
+        "features.denseblock4",
     ]
     assert "features.denseblock2.denselayer1" in dense.layer_names  # a nested block is a probe point too
 
@@ -124,12 +139,16 @@ def test_cropped_cone_projections_equal_the_dense_result(gen: torch.Generator) -
         for k, crop in zip(where.tolist(), crops):
             s = selections[k]
             box = mirror.receptive_field(s[1], s[3], s[4])
-            padded = torch.nn.functional.pad(whole[k], (max(0, -box.left), max(0, box.right - 48), max(0, -box.top), max(0, box.bottom - 48)))
+            padded = torch.nn.functional.pad(
+                whole[k], (max(0, -box.left), max(0, box.right - 48), max(0, -box.top), max(0, box.bottom - 48))
+            )
             top, left = box.top + max(0, -box.top), box.left + max(0, -box.left)
             assert torch.allclose(crop, padded[:, top : top + crop.shape[1], left : left + crop.shape[2]], atol=1e-12)
 
 
-def test_reverse_passes_split_into_parts_give_the_same_projections(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reverse_passes_split_into_parts_give_the_same_projections(
+    gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Selections go on in parts where a step would write a tensor over the work size, or where their
     shared window would waste work: the projections are those of one pass over all of them."""
     model = real("resnet18")
@@ -139,23 +158,25 @@ def test_reverse_passes_split_into_parts_give_the_same_projections(gen: torch.Ge
     selections += [(0, "layer2.0", 1, 0, 0), (1, "layer2.0", 2, 3, 3), (0, "layer2.0", 3, 5, 5)]  # a corner, the centre
 
     def everything() -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
-        crops = {k: c for where, cs in mirror.projections(images, selections, crop=True) for k, c in zip(where.tolist(), cs)}
+        crops = {
+            k: c for where, cs in mirror.projections(images, selections, crop=True) for k, c in zip(where.tolist(), cs)
+        }
         maps = mirror.project(images, layer="layer2.0", channel=3, position="map")
         return mirror.project_many(images, selections), crops, maps
 
     parts: list[int] = []
-    part = deconv.reverse._part
+    part = deconv.engine.reverse._part
 
-    def counted(w: deconv.reverse.Window, which: slice | torch.Tensor) -> deconv.reverse.Window:
+    def counted(w: deconv.engine.reverse.Window, which: slice | torch.Tensor) -> deconv.engine.reverse.Window:
         got = part(w, which)
         parts.append(got.signal.shape[0])
         return got
 
-    monkeypatch.setattr(deconv.reverse, "_part", counted)
-    monkeypatch.setattr(deconv.reverse, "WASTE", float("inf"))
+    monkeypatch.setattr(deconv.engine.reverse, "_part", counted)
+    monkeypatch.setattr(deconv.engine.reverse, "WASTE", float("inf"))
     together = everything()
     assert not parts  # small images, no waste allowed for: one pass each
-    monkeypatch.setattr(deconv.reverse, "WASTE", 1.0)  # any waste: groups by window area
+    monkeypatch.setattr(deconv.engine.reverse, "WASTE", 1.0)  # any waste: groups by window area
     grouped = everything()
     assert parts  # the corner's and the centre's windows differ: they go on apart
     parts.clear()

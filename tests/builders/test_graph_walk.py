@@ -1,17 +1,18 @@
 """Hand-written branching nets: functional additions, concatenations, chunks, slices, permutes, reshapes,
 constant products and means, fan-out, against the oracle; random branching nets from hypothesis; refusals."""
+
 from __future__ import annotations
 
+import oracle
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import batch_norm
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 import deconv
-import oracle
-from conftest import batch_norm
 
 
 class TutorialNet(nn.Module):
@@ -51,13 +52,15 @@ class Branchy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.stem(x))
-        a, b = torch.chunk(x, 2, dim=1)                        # pieces, used twice each below
+        a, b = torch.chunk(x, 2, dim=1)  # pieces, used twice each below
         y = torch.cat([F.relu(self.left(x)) + torch.cat([a, a], 1), self.right(x) * 0.5], 1)  # fan-out, add, cat
         y = F.relu(self.bn(y))
         n, c, h, w = y.size()
         y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)  # channel shuffle
-        y = y[:, :8] + torch.add(y[:, 8:].permute(0, 1, 3, 2).permute(0, 1, 3, 2), b.mean(1, keepdim=True))  # slices, permutes, broadcast
-        z = F.relu(self.mix(y)) * self.gain                   # a constant buffer
+        y = y[:, :8] + torch.add(
+            y[:, 8:].permute(0, 1, 3, 2).permute(0, 1, 3, 2), b.mean(1, keepdim=True)
+        )  # slices, permutes, broadcast
+        z = F.relu(self.mix(y)) * self.gain  # a constant buffer
         z = self.pool(z)
         v = z.mean((2, 3), keepdim=True)
         v = torch.cat([v.squeeze(3).squeeze(2), z[:, :, 0, 0] / 2], 1)  # squeeze, a slice of one position
@@ -71,7 +74,9 @@ def test_the_pytorch_tutorial_cnn(gen: torch.Generator) -> None:
     assert "view" in mirror.layer_names
     layers = ["conv1", "pool", "pool:1", "fc1", "fc3"]
     selections = oracle.selections_at(model, images, layers, 2, gen)
-    oracle.assert_matches(mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.8)
+    oracle.assert_matches(
+        mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.8
+    )
 
 
 @pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
@@ -111,7 +116,9 @@ class RandomNet(nn.Module):
                 c = 2 * w
             elif kind == "chunk":
                 even = c + c % 2
-                self.blocks.append(nn.ModuleList([nn.Conv2d(c, even, 1), nn.Conv2d(even // 2, even // 2, 3, padding=1)]))
+                self.blocks.append(
+                    nn.ModuleList([nn.Conv2d(c, even, 1), nn.Conv2d(even // 2, even // 2, 3, padding=1)])
+                )
                 c = even
             else:  # "down"
                 self.blocks.append(nn.ModuleList([nn.Conv2d(c, w, 3, stride=2, padding=1)]))
@@ -197,10 +204,13 @@ def test_mobilenet_is_refused_naming_its_first_relu6_until_one_is_registered() -
         deconv.unregister_mirror(nn.ReLU6)
 
 
-@pytest.mark.parametrize("model, words", [
-    (Gate(), ["'mul'", "input-dependent", "gate"]),
-    (Swish(), ["'silu'", "torch.nn.functional.silu", "register_mirror"]),
-])
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        (Gate(), ["'mul'", "input-dependent", "gate"]),
+        (Swish(), ["'silu'", "torch.nn.functional.silu", "register_mirror"]),
+    ],
+)
 def test_operations_without_a_mirror_are_named(model: nn.Module, words: list[str]) -> None:
     with pytest.raises(deconv.UnsupportedModuleError) as error:
         deconv.build_mirror(model)

@@ -1,14 +1,15 @@
 """register_mirror / unregister_mirror / find_mirror_factory: users extend the registry the way the built-ins do."""
+
 from __future__ import annotations
 
 from typing import Iterator
 
+import oracle
 import pytest
 import torch
 from torch import nn
 
 import deconv
-import oracle
 from deconv.builders import find_mirror_factory
 from deconv.layers import MirrorModule, TransposedFilter
 
@@ -53,7 +54,11 @@ def scale_registered() -> Iterator[list]:
 
 def model_with(layer: nn.Module) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 4, 3), layer, nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 3, 2), nn.ReLU()).double().eval()
+    return (
+        nn.Sequential(nn.Conv2d(2, 4, 3), layer, nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 3, 2), nn.ReLU())
+        .double()
+        .eval()
+    )
 
 
 def assert_oracle(model: nn.Module, gen: torch.Generator) -> deconv.Mirror:
@@ -78,7 +83,9 @@ def test_unsupported_torch_layers_are_named(layer: nn.Module) -> None:
         deconv.build_mirror(model_with(layer))
     message = str(error.value)
     assert isinstance(error.value, deconv.UnsupportedModuleError)
-    assert "\n" not in message and "'1'" in message and type(layer).__name__ in message and "register_mirror" in message, message
+    assert (
+        "\n" not in message and "'1'" in message and type(layer).__name__ in message and "register_mirror" in message
+    ), message
 
 
 def test_a_registered_mirror_is_used(scale_registered: list, gen: torch.Generator) -> None:
@@ -95,7 +102,11 @@ def test_subclasses_are_found_through_the_mro(scale_registered: list, gen: torch
             return super().forward(x)
 
     torch.manual_seed(1)
-    model = nn.Sequential(MyConv(2, 4, 3, stride=2, padding=1), DoubleScale(0.5), nn.ReLU(), MyConv(4, 3, 3)).double().eval()
+    model = (
+        nn.Sequential(MyConv(2, 4, 3, stride=2, padding=1), DoubleScale(0.5), nn.ReLU(), MyConv(4, 3, 3))
+        .double()
+        .eval()
+    )
     mirror = assert_oracle(model, gen)
     assert isinstance(mirror.steps[0].mirror, TransposedFilter) and mirror.steps[0].mirror.weight is model[0].weight
     assert isinstance(mirror.steps[1].mirror, ScaleMirror)

@@ -4,15 +4,16 @@ The models are torchvision's own classes, forward passes and feature stacks. To 
 quick they are built on the meta device and their classifier's hidden widths cut from 4096 to 32
 (same layers, same order); ``test_vgg11_as_shipped`` runs one model with nothing changed.
 """
+
 from __future__ import annotations
 
+import oracle
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import deconv
-import oracle
 
 TAPS = {"flatten": "<classifier"}  # the torch.flatten(x, 1) in torchvision's forward
 
@@ -65,7 +66,12 @@ MODELS = {
 
 def expected_names(model: nn.Module) -> list[str]:
     features = [f"features.{i}" for i in range(len(model.features))]
-    return features + ["features", "avgpool", "flatten"] + [f"classifier.{i}" for i in range(len(model.classifier))] + ["classifier"]
+    return (
+        features
+        + ["features", "avgpool", "flatten"]
+        + [f"classifier.{i}" for i in range(len(model.classifier))]
+        + ["classifier"]
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -93,6 +99,12 @@ def test_vgg11_as_shipped(gen: torch.Generator) -> None:
     mirror = deconv.build_mirror(model)
     assert mirror.layer_names == expected_names(model)
     found = oracle.activations(model, images, {"classifier.4": "classifier.4", "logits": ""})
-    selections = [(0, "features.3", 5, 4, 9), (0, "features.18", 7, 1, 0), (0, "classifier.4", int(found["classifier.4"][0].argmax())),
-                  (0, "classifier.6", int(found["logits"][0].argmax()))]
-    oracle.assert_matches(mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.75)
+    selections = [
+        (0, "features.3", 5, 4, 9),
+        (0, "features.18", 7, 1, 0),
+        (0, "classifier.4", int(found["classifier.4"][0].argmax())),
+        (0, "classifier.6", int(found["logits"][0].argmax())),
+    ]
+    oracle.assert_matches(
+        mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.75
+    )

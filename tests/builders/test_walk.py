@@ -1,24 +1,29 @@
 """The walk: nested Sequentials, functional calls, in-place and reused ReLUs, torchvision-style
 models, a residual block; each checked against the oracle at every layer. Containers whose output is a
 node are probe points too; untraceable forward passes and operations with no mirror are refused."""
+
 from __future__ import annotations
 
+import oracle
 import pytest
 import torch
 import torch.nn.functional as F
+from oracle import Call
 from torch import nn
 
 import deconv
-import oracle
-from oracle import Call
 
 
-def every_layer(model: nn.Module, images: torch.Tensor, gen: torch.Generator, taps: dict | None = None) -> deconv.Mirror:
+def every_layer(
+    model: nn.Module, images: torch.Tensor, gen: torch.Generator, taps: dict | None = None
+) -> deconv.Mirror:
     """Asserts that every layer's projections match the oracle; returns the mirror."""
     mirror = deconv.build_mirror(model)
     selections = oracle.selections_at(model, images, mirror.layer_names, 4, gen, taps)
     assert {s[1] for s in selections} == set(mirror.layer_names)
-    oracle.assert_matches(mirror.project_many(images, selections), oracle.project(model, images, selections, taps), min_nonzero=0.8)
+    oracle.assert_matches(
+        mirror.project_many(images, selections), oracle.project(model, images, selections, taps), min_nonzero=0.8
+    )
     return mirror
 
 
@@ -28,11 +33,16 @@ def images(gen: torch.Generator, *shape: int) -> torch.Tensor:
 
 def test_nested_sequentials_keep_their_module_names(gen: torch.Generator) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU()),
-        nn.Sequential(nn.Sequential(nn.MaxPool2d(3, 2), nn.Conv2d(5, 6, 3, padding=1)), nn.ReLU()),
-        nn.Flatten(), nn.Linear(6 * 4 * 4, 7),
-    ).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU()),
+            nn.Sequential(nn.Sequential(nn.MaxPool2d(3, 2), nn.Conv2d(5, 6, 3, padding=1)), nn.ReLU()),
+            nn.Flatten(),
+            nn.Linear(6 * 4 * 4, 7),
+        )
+        .double()
+        .eval()
+    )
     mirror = every_layer(model, images(gen, 3, 3, 11, 11), gen)
     assert mirror.layer_names == ["0.0", "0.1", "0", "1.0.0", "1.0.1", "1.0", "1.1", "1", "2", "3"]
     assert mirror.index("1") == mirror.index("1.1") and mirror.blocks() == []  # plain Sequentials are no blocks
@@ -41,7 +51,9 @@ def test_nested_sequentials_keep_their_module_names(gen: torch.Generator) -> Non
 def test_an_empty_sequential_is_no_layer(gen: torch.Generator) -> None:
     """An empty container (a configurable block switched off) passes its input on: nothing to mirror."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(), nn.ReLU(), nn.Sequential(nn.Sequential())).double().eval()
+    model = (
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(), nn.ReLU(), nn.Sequential(nn.Sequential())).double().eval()
+    )
     mirror = every_layer(model, images(gen, 2, 3, 7, 7), gen)
     assert mirror.layer_names == ["0", "2"]
 
@@ -92,16 +104,50 @@ class ReusedReLU(nn.Module):
 
 
 FUNCTIONAL = {
-    "A": (FunctionalA, 14, ["conv1", "relu", "max_pool2d", "conv2", "relu_1", "max_pool2d_1", "view", "fc"],
-          {"relu": Call(F.relu), "max_pool2d": Call(F.max_pool2d), "relu_1": Call(F.relu, 1),
-           "max_pool2d_1": Call(F.max_pool2d, 1), "view": Call(torch.Tensor.view)}),
-    "B": (FunctionalB, 10, ["conv", "relu", "avg_pool2d", "relu_1", "adaptive_max_pool2d", "adaptive_avg_pool2d",
-                            "flatten", "dropout", "fc", "relu_2"],
-          {"relu": Call(torch.relu), "avg_pool2d": Call(F.avg_pool2d), "relu_1": Call(torch.Tensor.relu),
-           "adaptive_max_pool2d": Call(F.adaptive_max_pool2d), "adaptive_avg_pool2d": Call(F.adaptive_avg_pool2d),
-           "flatten": Call(torch.flatten), "dropout": Call(F.dropout), "relu_2": Call(F.relu)}),
-    "reused": (ReusedReLU, 7, ["conv", "relu", "relu:1", "reshape", "flatten", "fc", "relu:2"],
-               {"reshape": Call(torch.Tensor.reshape), "flatten": Call(torch.Tensor.flatten)}),
+    "A": (
+        FunctionalA,
+        14,
+        ["conv1", "relu", "max_pool2d", "conv2", "relu_1", "max_pool2d_1", "view", "fc"],
+        {
+            "relu": Call(F.relu),
+            "max_pool2d": Call(F.max_pool2d),
+            "relu_1": Call(F.relu, 1),
+            "max_pool2d_1": Call(F.max_pool2d, 1),
+            "view": Call(torch.Tensor.view),
+        },
+    ),
+    "B": (
+        FunctionalB,
+        10,
+        [
+            "conv",
+            "relu",
+            "avg_pool2d",
+            "relu_1",
+            "adaptive_max_pool2d",
+            "adaptive_avg_pool2d",
+            "flatten",
+            "dropout",
+            "fc",
+            "relu_2",
+        ],
+        {
+            "relu": Call(torch.relu),
+            "avg_pool2d": Call(F.avg_pool2d),
+            "relu_1": Call(torch.Tensor.relu),
+            "adaptive_max_pool2d": Call(F.adaptive_max_pool2d),
+            "adaptive_avg_pool2d": Call(F.adaptive_avg_pool2d),
+            "flatten": Call(torch.flatten),
+            "dropout": Call(F.dropout),
+            "relu_2": Call(F.relu),
+        },
+    ),
+    "reused": (
+        ReusedReLU,
+        7,
+        ["conv", "relu", "relu:1", "reshape", "flatten", "fc", "relu:2"],
+        {"reshape": Call(torch.Tensor.reshape), "flatten": Call(torch.Tensor.flatten)},
+    ),
 }
 
 
@@ -121,7 +167,9 @@ def test_functional_settings_are_kept() -> None:
     steps = {s.name: s.layer for s in deconv.build_mirror(FunctionalB()).steps}
     assert isinstance(steps["avg_pool2d"], nn.AvgPool2d) and steps["avg_pool2d"].count_include_pad is False
     mirrors = {s.name: s.mirror for s in deconv.build_mirror(FunctionalB()).steps}
-    assert isinstance(mirrors["dropout"], deconv.layers.PassThrough) and isinstance(mirrors["flatten"], deconv.layers.Unflatten)
+    assert isinstance(mirrors["dropout"], deconv.layers.PassThrough) and isinstance(
+        mirrors["flatten"], deconv.layers.Unflatten
+    )
 
 
 def test_reused_module_steps_share_the_module() -> None:
@@ -133,10 +181,21 @@ def test_reused_module_steps_share_the_module() -> None:
 def test_in_place_relus_give_oracle_results(gen: torch.Generator) -> None:
     """In-place ReLUs after every layer kind: the mirror's forward walk must not lose the pre-ReLU values."""
     torch.manual_seed(2)
-    model = nn.Sequential(
-        nn.Conv2d(3, 6, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.ReLU(inplace=True),
-        nn.Conv2d(6, 6, 3), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.Dropout(inplace=True), nn.ReLU(inplace=True),
-    ).double().eval()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 6, 3),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(6, 6, 3),
+            nn.BatchNorm2d(6),
+            nn.ReLU(inplace=True),
+            nn.Dropout(inplace=True),
+            nn.ReLU(inplace=True),
+        )
+        .double()
+        .eval()
+    )
     with torch.no_grad():
         model[5].running_var.uniform_(0.5, 2.0)
         model[5].weight.uniform_(-1.0, 1.0)
@@ -164,8 +223,19 @@ def test_torchvision_style_model(gen: torch.Generator) -> None:
     torch.manual_seed(3)
     model = TorchvisionStyle().double().eval()
     mirror = every_layer(model, images(gen, 2, 3, 9, 9), gen, {"flatten": "<classifier"})
-    assert mirror.layer_names == ["features.0", "features.1", "features.2", "features", "avgpool", "flatten",
-                                  "classifier.0", "classifier.1", "classifier.2", "classifier.3", "classifier"]
+    assert mirror.layer_names == [
+        "features.0",
+        "features.1",
+        "features.2",
+        "features",
+        "avgpool",
+        "flatten",
+        "classifier.0",
+        "classifier.1",
+        "classifier.2",
+        "classifier.3",
+        "classifier",
+    ]
 
 
 class Residual(nn.Module):
@@ -193,7 +263,12 @@ def test_a_residual_model_matches_the_oracle(gen: torch.Generator) -> None:
     """Fan-out (y feeds conv2 and the addition) and the addition itself, at every layer."""
     torch.manual_seed(4)
     model = Residual().double().eval()
-    mirror = every_layer(model, images(gen, 2, 3, 9, 9), gen, {"relu": Call(F.relu), "add": Call(torch.Tensor.add), "relu_1": Call(F.relu, 1)})
+    mirror = every_layer(
+        model,
+        images(gen, 2, 3, 9, 9),
+        gen,
+        {"relu": Call(F.relu), "add": Call(torch.Tensor.add), "relu_1": Call(F.relu, 1)},
+    )
     assert mirror.layer_names == ["conv1", "relu", "conv2", "add", "relu_1"]
 
 
@@ -202,12 +277,15 @@ def test_an_untraceable_model_is_refused() -> None:
         deconv.build_mirror(Untraceable())
 
 
-@pytest.mark.parametrize("forward, words", [
-    (lambda self, x: torch.sigmoid(self.conv(x)), ["'sigmoid'", "torch.sigmoid", "register_mirror"]),
-    (lambda self, x: self.conv(x) * self.conv(x), ["'mul'", "input-dependent"]),
-    (lambda self, x: self.conv(x).flatten(), ["'flatten'", "batch"]),
-    (lambda self, x: torch.cat([self.conv(x), self.conv(x)], 0), ["'cat'", "batch"]),
-])
+@pytest.mark.parametrize(
+    "forward, words",
+    [
+        (lambda self, x: torch.sigmoid(self.conv(x)), ["'sigmoid'", "torch.sigmoid", "register_mirror"]),
+        (lambda self, x: self.conv(x) * self.conv(x), ["'mul'", "input-dependent"]),
+        (lambda self, x: self.conv(x).flatten(), ["'flatten'", "batch"]),
+        (lambda self, x: torch.cat([self.conv(x), self.conv(x)], 0), ["'cat'", "batch"]),
+    ],
+)
 def test_unsupported_functions_are_named(forward, words: list[str]) -> None:
     model = type("Custom", (nn.Module,), {"forward": forward})()
     model.conv = nn.Conv2d(3, 4, 3)

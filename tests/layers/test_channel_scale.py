@@ -1,10 +1,11 @@
 """ChannelScale: channel c times weight[c] / sqrt(running_var[c] + eps); mean and bias are a shift."""
+
 import torch
+from conftest import batch_norm
 from torch import nn
 
 import deconv
 from deconv.layers import ChannelScale
-from conftest import batch_norm
 
 
 def test_channel_scale_by_hand() -> None:
@@ -17,7 +18,7 @@ def test_channel_scale_by_hand() -> None:
     mirror = deconv.builders.find_mirror_factory(bn)(bn)
     assert isinstance(mirror, ChannelScale)
     out = mirror(torch.ones(1, 2, 2, 2, dtype=torch.float64))
-    assert out[0, 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]      # 2 / sqrt(3 + 1)
+    assert out[0, 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]  # 2 / sqrt(3 + 1)
     assert out[0, 1].tolist() == [[-0.25, -0.25], [-0.25, -0.25]]  # -1 / sqrt(15 + 1)
 
 

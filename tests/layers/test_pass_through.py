@@ -1,4 +1,5 @@
 """PassThrough: Dropout, Dropout2d and Identity do nothing at inference, so their mirror does nothing."""
+
 import pytest
 import torch
 from torch import nn

@@ -1,13 +1,14 @@
 """Rectify: R_{l-1} = max(R_l, 0), whatever the forward pass did (the worked example in the seeds)."""
+
+import oracle
 import torch
 from torch import nn
 
 import deconv
-import oracle
 from deconv.layers import Rectify
 
-X = torch.tensor([[[[1.0, -2.0], [-4.0, 5.0]]]], dtype=torch.float64)   # forward input
-R = torch.tensor([[[[-2.0, -2.0], [4.0, 8.0]]]], dtype=torch.float64)   # reconstruction arriving from above
+X = torch.tensor([[[[1.0, -2.0], [-4.0, 5.0]]]], dtype=torch.float64)  # forward input
+R = torch.tensor([[[[-2.0, -2.0], [4.0, 8.0]]]], dtype=torch.float64)  # reconstruction arriving from above
 DECONV = torch.tensor([[[[0.0, 0.0], [4.0, 8.0]]]], dtype=torch.float64)
 SALIENCY = torch.tensor([[[[-2.0, 0.0], [0.0, 8.0]]]], dtype=torch.float64)  # plain backprop: R * (x > 0)
 

@@ -1,4 +1,5 @@
 """TransposedAverage: each value spread back over its window with the weights the average used."""
+
 import pytest
 import torch
 from torch import nn
@@ -14,8 +15,11 @@ HAND = {
     "padded-inclusive": (nn.AvgPool2d(2, 2, padding=1), 3, [[1, 2, 2], [3, 4, 4], [3, 4, 4]]),
     # ceil_mode: the last window holds only row/column 2, divided by what it holds
     "ceil": (nn.AvgPool2d(2, 2, ceil_mode=True), 3, [[1, 1, 4], [1, 1, 4], [6, 6, 16]]),
-    "divisor-override": (nn.AvgPool2d(2, 2, divisor_override=2), 4,
-                         [[2, 2, 4, 4], [2, 2, 4, 4], [6, 6, 8, 8], [6, 6, 8, 8]]),
+    "divisor-override": (
+        nn.AvgPool2d(2, 2, divisor_override=2),
+        4,
+        [[2, 2, 4, 4], [2, 2, 4, 4], [6, 6, 8, 8], [6, 6, 8, 8]],
+    ),
     # adaptive 3 -> 2: windows rows/cols {0, 1} and {1, 2}, each divided by 4, overlapping in the middle
     "adaptive": (nn.AdaptiveAvgPool2d(2), 3, [[1, 3, 2], [4, 10, 6], [3, 7, 4]]),
 }
@@ -43,7 +47,10 @@ POOLS = {
     "overlapping-ceil-exclusive": (nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False), (9, 8)),
     "non-square": (nn.AvgPool2d((2, 3), (1, 2), padding=(1, 1)), (7, 9)),
     "divisor-padded": (nn.AvgPool2d(3, 2, padding=1, divisor_override=5), (8, 7)),
-    "divisor-ceil-exclusive": (nn.AvgPool2d((3, 2), (2, 3), padding=(1, 1), ceil_mode=True, count_include_pad=False, divisor_override=3), (10, 8)),
+    "divisor-ceil-exclusive": (
+        nn.AvgPool2d((3, 2), (2, 3), padding=(1, 1), ceil_mode=True, count_include_pad=False, divisor_override=3),
+        (10, 8),
+    ),
     "ceil-inclusive": (nn.AvgPool2d(2, 3, padding=1, ceil_mode=True), (8, 10)),
     "adaptive-mixed": (nn.AdaptiveAvgPool2d((3, 5)), (7, 4)),
     "adaptive-none": (nn.AdaptiveAvgPool2d((None, 3)), (5, 7)),

@@ -1,4 +1,5 @@
 """TransposedFilter: transposed convolution with the conv's own filters, output sized like the conv's input."""
+
 import pytest
 import torch
 from torch import nn
@@ -50,16 +51,24 @@ ADJOINT_CASES = {
     "grouped": dict(cin=4, cout=6, kernel_size=3, groups=2, stride=2, size=(8, 9)),
     "depthwise": dict(cin=3, cout=3, kernel_size=(3, 1), groups=3, padding=(1, 0), size=(6, 5)),
     "same-even": dict(cin=2, cout=3, kernel_size=(4, 2), padding="same", size=(7, 6)),
-    "same-even-dilated": dict(cin=2, cout=4, kernel_size=(2, 3), padding="same", dilation=(3, 2), groups=2, size=(9, 8)),
+    "same-even-dilated": dict(
+        cin=2, cout=4, kernel_size=(2, 3), padding="same", dilation=(3, 2), groups=2, size=(9, 8)
+    ),
     "valid": dict(cin=2, cout=2, kernel_size=3, padding="valid", size=(6, 7)),
-    "output-padding": dict(cin=1, cout=2, kernel_size=3, stride=3, size=(10, 14)),        # 10 = 9 + 1, 14 = 12 + 2
-    "stride-over-kernel": dict(cin=1, cout=2, kernel_size=2, stride=4, size=(11, 13)),   # unread rows and columns
-    "everything": dict(cin=2, cout=2, kernel_size=(3, 2), stride=(4, 3), padding=(1, 1), dilation=(2, 1), size=(13, 12)),
+    "output-padding": dict(cin=1, cout=2, kernel_size=3, stride=3, size=(10, 14)),  # 10 = 9 + 1, 14 = 12 + 2
+    "stride-over-kernel": dict(cin=1, cout=2, kernel_size=2, stride=4, size=(11, 13)),  # unread rows and columns
+    "everything": dict(
+        cin=2, cout=2, kernel_size=(3, 2), stride=(4, 3), padding=(1, 1), dilation=(2, 1), size=(13, 12)
+    ),
     # strided filters into few channels run as one sub-pixel convolution; 1x1 strided ones spread their output
     "image-layer": dict(cin=3, cout=8, kernel_size=7, stride=2, padding=3, size=(15, 16)),  # ResNet's stem
-    "image-layer-wide-stride": dict(cin=3, cout=5, kernel_size=11, stride=4, padding=2, size=(31, 29)),  # AlexNet's conv1
+    "image-layer-wide-stride": dict(
+        cin=3, cout=5, kernel_size=11, stride=4, padding=2, size=(31, 29)
+    ),  # AlexNet's conv1
     "pointwise-strided": dict(cin=6, cout=4, kernel_size=1, stride=2, size=(9, 8)),  # ResNet's downsample
-    "pointwise-strided-grouped-padded": dict(cin=4, cout=6, kernel_size=1, stride=(2, 3), padding=1, groups=2, size=(9, 10)),
+    "pointwise-strided-grouped-padded": dict(
+        cin=4, cout=6, kernel_size=1, stride=(2, 3), padding=1, groups=2, size=(9, 10)
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """TransposedLinear: signal @ W with the layer's own weight, no bias."""
+
 import torch
 from torch import nn
 

@@ -1,4 +1,5 @@
 """Unflatten: (N, C*H*W) -> (N, C, H, W), the shape the forward pass flattened."""
+
 import torch
 from torch import nn
 

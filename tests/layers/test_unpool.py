@@ -1,11 +1,12 @@
 """Unpool2d: each value goes to the input position its pool window chose; overlapping choices add."""
+
+import oracle
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import deconv
-import oracle
 from deconv.layers import Unpool2d
 
 # MaxPool2d(2, stride=1) on X: 9 windows; windows (0,0)/(0,1), (1,0)/(2,0) and (2,1)/(2,2) share their switch.
@@ -62,8 +63,13 @@ def test_unpool_is_the_adjoint_of_selecting_the_switches(pool: nn.Module, gen: t
     """With the switches fixed, pooling is a selection matrix S; the mirror is S^T (so collisions add)."""
     mirror = deconv.builders.find_mirror_factory(pool)(pool)
     z = torch.randn(2, 3, 7, 5, generator=gen, dtype=torch.float64)
-    pooled, switches = (F.adaptive_max_pool2d(z, pool.output_size, return_indices=True) if isinstance(pool, nn.AdaptiveMaxPool2d)
-                        else F.max_pool2d(z, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, return_indices=True))
+    pooled, switches = (
+        F.adaptive_max_pool2d(z, pool.output_size, return_indices=True)
+        if isinstance(pool, nn.AdaptiveMaxPool2d)
+        else F.max_pool2d(
+            z, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, return_indices=True
+        )
+    )
     memory = mirror.remember(z, pool(z))
     assert torch.equal(memory[0], switches)
     for _ in range(3):
@@ -78,10 +84,15 @@ def test_unpool_is_the_adjoint_of_selecting_the_switches(pool: nn.Module, gen: t
     torch.testing.assert_close(mirror(y, *memory), torch.autograd.grad(pool(zz), zz, y)[0], rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("pool", [p for p in POOLS.values() if isinstance(p, nn.MaxPool2d)] + [nn.MaxPool2d(16, 3, padding=2)],
-                         ids=[k for k, p in POOLS.items() if isinstance(p, nn.MaxPool2d)] + ["kernel-256"])
+@pytest.mark.parametrize(
+    "pool",
+    [p for p in POOLS.values() if isinstance(p, nn.MaxPool2d)] + [nn.MaxPool2d(16, 3, padding=2)],
+    ids=[k for k, p in POOLS.items() if isinstance(p, nn.MaxPool2d)] + ["kernel-256"],
+)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
-def test_compact_memory_unpools_like_torch_backward(pool: nn.MaxPool2d, channels_last: bool, gen: torch.Generator) -> None:
+def test_compact_memory_unpools_like_torch_backward(
+    pool: nn.MaxPool2d, channels_last: bool, gen: torch.Generator
+) -> None:
     """The 1-byte taps the forward walk keeps instead of switches: same pooled output, same unpooling."""
     mirror = deconv.builders.find_mirror_factory(pool)(pool)
     z = torch.randn(2, 3, 19, 18, generator=gen, dtype=torch.float64)

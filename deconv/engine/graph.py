@@ -1,0 +1,241 @@
+"""The forward graph of a CNN, each node with its mirrors, and the forward trace that projections go down.
+
+A :class:`Graph` is the model's ``torch.fx`` graph with every node that carries the signal (every
+tensor computed from the images) turned into a :class:`Node` with its mirror module per rule.
+Nodes are numbered in forward (topological) order; the other fx nodes (shape queries, sizes,
+parameters) are only computed. :meth:`Graph.run` walks the graph over images and keeps what the
+mirrors need to go back: a :class:`Trace`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..errors import InputError, NonFiniteError
+
+__all__ = ["IMAGES", "Node", "Graph", "Trace", "evaluating", "first_non_finite", "model_runs_on"]
+
+IMAGES = -1
+"""The index that stands for the images in :attr:`Node.inputs`."""
+
+# in-place calls run out of place: the walk keeps its inputs (switches, kept outputs, other users)
+_OUT_OF_PLACE = {
+    operator.iadd: operator.add,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    torch.relu_: torch.relu,
+    F.relu_: F.relu,
+    "relu_": "relu",
+    "add_": "add",
+    "mul_": "mul",
+    "div_": "div",
+}
+
+
+@dataclass(eq=False)
+class Node:
+    """One operation of the forward pass that carries the signal, with its mirror per rule.
+
+    ``name`` is its probe name (the module's name, ``name:1`` for a module's second call, the fx
+    name of a function); ``aliases`` the containers whose output it is (``layer3.1``). ``layer``
+    is the module it calls or stands for (``nn.ReLU()`` for ``F.relu``), ``None`` for other
+    functions. ``inputs`` are the nodes (or :data:`IMAGES`) of its tensor inputs, in order, and
+    ``sources`` their fx nodes. ``builtin``: torch's own operation, which takes any memory layout.
+    """
+
+    name: str
+    aliases: list[str]
+    layer: nn.Module | None
+    mirror: nn.Module
+    mirrors: dict[str, nn.Module]
+    inputs: tuple[int, ...]
+    builtin: bool
+    fx_node: fx.Node = field(repr=False)
+    sources: tuple[fx.Node, ...] = field(repr=False, default=())
+
+
+@dataclass
+class Trace:
+    """What a forward walk keeps, per node: its input shapes and output shape (batch left out), the
+    mirrors' memory per rule; and the outputs of the nodes asked for."""
+
+    inputs: list[tuple[tuple[int, ...], ...]]
+    shapes: list[tuple[int, ...]]
+    memory: list[dict[str, tuple[Any, ...]]]
+    outputs: dict[int, torch.Tensor]
+    images: int
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Runs the block with ``model`` in eval mode and no autograd, then restores every module's flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def model_runs_on(what: str) -> Iterator[None]:
+    """Turns errors from running the model on ``what`` (``"dataset images 0..7 of shape (1, 3, 3)"``;
+    torch's own, or a layer's failure the walk named) into one :class:`InputError` naming it."""
+    try:
+        yield
+    except NonFiniteError:
+        raise
+    except (RuntimeError, InputError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise InputError(f"the model fails on {what}: {type(error).__name__}: {reason}") from None
+
+
+def first_non_finite(x: torch.Tensor) -> int | None:
+    """The first image of ``x`` ``(N, ...)`` holding NaN or inf, or ``None``: one cheap sum, then a closer look."""
+    if bool(torch.isfinite(x.sum())):
+        return None
+    bad = (~torch.isfinite(x).flatten(1).all(1)).nonzero()
+    return int(bad[0]) if len(bad) else None  # a finite sum that overflowed
+
+
+class Graph:
+    """The model's forward graph: ``nodes`` in forward order, and the fx graph they came from."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph, nodes: list[Node]) -> None:
+        self.model = model
+        self.fx_graph = graph
+        self.nodes = nodes
+        self._index = {n.fx_node: i for i, n in enumerate(nodes)}
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        # the fx position after which each fx node's value is no longer read
+        self._last_use = {n: max((order[u] for u in n.users), default=order[n]) for n in graph.nodes}
+        for node in nodes:  # a piece of a chunk reads the chunked tensor itself (its remember does)
+            for source in node.sources:
+                self._last_use[source] = max(self._last_use[source], order[node.fx_node])
+        self.output = self._index[next(n for n in graph.nodes if n.op == "output").args[0]]
+        """The node whose output is the model's."""
+
+    def run(
+        self,
+        images: torch.Tensor,
+        keep: Iterable[int] = (),
+        until: int | None = None,
+        rules: Iterable[str] = (),
+        check: bool = True,
+    ) -> Trace:
+        """Forward walk over checked ``images`` up to node ``until`` (default: the output).
+
+        Keeps the outputs of nodes ``keep`` and the memory of each node's mirror for ``rules``
+        (none: a walk only for activations). With ``check``, raises ``NonFiniteError`` naming the
+        layer and image where a kept output is not finite. A layer that fails on the images (too
+        small for a kernel, say) raises ``InputError`` naming it and the shape it got.
+        """
+        keep = set(keep)
+        rules = tuple(rules)
+        until = self.output if until is None else until
+        n = len(self.nodes)
+        inputs: list[tuple[tuple[int, ...], ...]] = [()] * n
+        shapes: list[tuple[int, ...]] = [()] * n
+        memory: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(n)]
+        outputs: dict[int, torch.Tensor] = {}
+        env: dict[fx.Node, Any] = {}
+        kept_nodes = {self.nodes[i].fx_node for i in keep}
+        with evaluating(self.model):
+            for position, fx_node in enumerate(self.fx_graph.nodes):
+                if fx_node.op == "output":
+                    break
+                i = self._index.get(fx_node)
+                if fx_node.op == "placeholder":
+                    env[fx_node] = images if not env else None  # extra inputs (defaults) stay None
+                    continue
+                args = fx.node.map_arg(fx_node.args, env.__getitem__)
+                kwargs = fx.node.map_arg(fx_node.kwargs, env.__getitem__)
+                if i is None:
+                    env[fx_node] = self._call(fx_node, args, kwargs)
+                else:
+                    node = self.nodes[i]
+                    tensors = [env[a] for a in node.sources]
+                    env[fx_node] = y = self._step(
+                        i, node, fx_node, position, args, kwargs, tensors, rules, memory, kept_nodes
+                    )
+                    inputs[i] = tuple(tuple(t.shape[1:]) for t in tensors)
+                    shapes[i] = tuple(y.shape[1:])
+                    if i in keep:
+                        bad = first_non_finite(y) if check else None
+                        if bad is not None:
+                            raise NonFiniteError(f"layer {node.name!r} has NaN or inf activations for image {bad}")
+                        outputs[i] = y
+                    if i >= until:
+                        break
+                read = fx_node.all_input_nodes + (list(self.nodes[i].sources) if i is not None else [])
+                for used in read:  # free what nothing later reads (a chunk's pieces read the chunked tensor)
+                    if self._last_use[used] <= position and used not in kept_nodes:
+                        env.pop(used, None)
+        return Trace(inputs, shapes, memory, outputs, images.shape[0])
+
+    def _step(
+        self,
+        i: int,
+        node: Node,
+        fx_node: fx.Node,
+        position: int,
+        args: Any,
+        kwargs: Any,
+        tensors: list[torch.Tensor],
+        rules: tuple[str, ...],
+        memory: list[dict[str, tuple[Any, ...]]],
+        kept: set[fx.Node],
+    ) -> torch.Tensor:
+        """Runs one signal node and records its mirrors' memory."""
+        mirrors = {rule: node.mirrors[rule] for rule in rules}
+        computing = next((m for m in mirrors.values() if m.computes_forward), None)
+        try:
+            if computing is not None:
+                y, remembered = computing.remember_forward(tensors[0])
+            else:
+                if getattr(node.layer, "inplace", False) and fx_node.op == "call_module":
+                    # an in-place module would overwrite its input: copy it unless nothing reads it again
+                    source = fx_node.all_input_nodes[0]
+                    if self._last_use[source] > position or source in kept or source.op == "placeholder":
+                        args = (args[0].clone(), *args[1:])
+                y = self._call(fx_node, args, kwargs)
+                remembered = None
+            if not isinstance(y, torch.Tensor):
+                raise InputError(f"layer {node.name!r} returned a {type(y).__name__}, not a tensor")
+            done: dict[int, tuple[Any, ...]] = {}
+            for rule, mirror in mirrors.items():
+                if id(mirror) not in done:
+                    done[id(mirror)] = remembered if mirror is computing else tuple(mirror.remember(*tensors, y))
+                memory[i][rule] = done[id(mirror)]
+        except InputError as error:  # from a mirror's remember: a batch-mixing reshape, say
+            raise InputError(f"layer {node.name!r}: {error}") from None
+        except RuntimeError as error:
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+            reason = " ".join(str(error).split())[:200]
+            raise InputError(f"layer {node.name!r} fails on its input of shape {shapes}: {reason}") from None
+        return y
+
+    def _call(self, fx_node: fx.Node, args: Any, kwargs: Any) -> Any:
+        """What one fx node computes; in-place functions run out of place."""
+        target = _OUT_OF_PLACE.get(fx_node.target, fx_node.target) if fx_node.op != "call_module" else fx_node.target
+        if fx_node.op == "call_module":
+            return self.model.get_submodule(target)(*args, **kwargs)
+        if fx_node.op == "get_attr":
+            value: Any = self.model
+            for part in str(target).split("."):
+                value = getattr(value, part)
+            return value
+        if kwargs.get("inplace"):
+            kwargs = {**kwargs, "inplace": False}
+        if fx_node.op == "call_method":
+            return getattr(args[0], target)(*args[1:], **kwargs)
+        return target(*args, **kwargs)

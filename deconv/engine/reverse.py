@@ -1,0 +1,308 @@
+"""The reverse pass: a signal goes down the graph of mirrors, from a node to pixel space.
+
+Each node's output collects the signals that come back from its uses (fan-out sums), then its
+mirror maps them to its inputs. A signal is either whole maps or a *window* per selection: the
+cone of positions its activation can reach, cut to the map, of one size shared by the K selections
+(:mod:`deconv.engine.windows`). Each mirror maps its window to the whole input window its geometry reads, and
+the part of that outside the map or the cone is cut away, so no position outside a map is ever
+computed on. Where branches meet, their windows merge into the box that holds both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..layers.base import POINTWISE, layout
+from .graph import IMAGES, Graph, Trace
+from .windows import add_at, clip, descend, place, reach, shift, window
+
+__all__ = ["Window", "cones", "reverse"]
+
+WASTE = 2.0
+"""Selections go on in groups where one shared window would be this much bigger than their own."""
+
+Box = tuple[torch.Tensor, tuple[int, int]] | None
+"""Windows at one node: top-left corners ``(K, 2)`` and a shared size; ``None`` for whole maps."""
+
+
+@dataclass
+class Window:
+    """The signal at a node's output: ``signal`` ``(K, C, h, w)`` at ``origin`` ``(K, 2)`` in maps of
+    ``(H, W)`` (whole maps where ``origin`` is ``None``), and the geometric cone it lies in. ``owned``:
+    nothing else holds ``signal``, so it may change in place; ``rectified``: already through a ReLU;
+    ``factors`` ``(C,)``: per-channel factors still to multiply ``signal`` by (left for a mirror to take)."""
+
+    signal: torch.Tensor
+    origin: torch.Tensor | None
+    size: tuple[int, int]
+    cone: torch.Tensor | None
+    cone_size: tuple[int, int]
+    owned: bool = True
+    rectified: bool = False
+    factors: torch.Tensor | None = None
+
+
+def union(a: Box, b: Box) -> Box:
+    """The box that holds both (``None``, whole maps, holds everything); sizes shared over K."""
+    if a is None or b is None:
+        return None
+    lo = torch.minimum(a[0], b[0])
+    hi = torch.maximum(a[0] + a[0].new_tensor(a[1]), b[0] + b[0].new_tensor(b[1]))
+    size = (hi - lo).amax(0)
+    return lo, (int(size[0]), int(size[1]))
+
+
+def cones(graph: Graph, top: int, origin: torch.Tensor | None, size: tuple[int, int]) -> dict[int, Box]:
+    """The geometric cone of windows at ``top`` at every node's output below it (and at
+    :data:`~deconv.engine.graph.IMAGES`, the receptive field): the union over all paths of what each reads."""
+    found: dict[int, Box] = {top: None if origin is None else (origin, size)}
+    for i in range(top, -1, -1):
+        if i not in found:
+            continue
+        box = found[i]
+        geometry = graph.nodes[i].mirror.geometry
+        below = None if box is None or geometry is None else descend(geometry, *box)
+        for j in graph.nodes[i].inputs:
+            found[j] = union(found[j], below) if j in found else below
+    return found
+
+
+def _select(memory: Any, image: torch.Tensor) -> Any:
+    """A memory entry for the traced images ``image``: per-image tensors are picked, the rest kept."""
+    return memory.index_select(0, image) if isinstance(memory, torch.Tensor) else memory
+
+
+def _whole(w: Window, shape: tuple[int, ...]) -> Window:
+    if w.origin is None:
+        return w
+    return Window(place(w.signal, w.origin, tuple(shape[-2:])), None, w.size, w.cone, w.cone_size, factors=w.factors)
+
+
+def _settle(w: Window) -> Window:
+    """Multiplies in pending channel factors (in place on a signal of our own)."""
+    if w.factors is not None:
+        factors = w.factors.view(-1, *([1] * (w.signal.dim() - 2)))
+        w.signal = w.signal.mul_(factors) if w.owned else w.signal * factors
+        w.owned, w.rectified, w.factors = True, False, None
+    return w
+
+
+def _merge(a: Window, b: Window, shape: tuple[int, ...]) -> Window:
+    """Two signals at one node's output, added: windows into the box that holds both, in place
+    in one that is our own and already that box."""
+    a, b = _settle(a), _settle(b)
+    if a.origin is None or b.origin is None:
+        a, b = _whole(a, shape), _whole(b, shape)
+        if b.owned and not a.owned:
+            a, b = b, a
+        return Window(a.signal.add_(b.signal) if a.owned else a.signal + b.signal, None, a.size, a.cone, a.cone_size)
+    lo, size = union((a.origin, a.size), (b.origin, b.size))  # type: ignore[misc]
+    lo = torch.minimum(lo, lo.new_tensor([shape[-2] - size[0], shape[-1] - size[1]]))  # stay in the map
+    cone, cone_size = union((a.cone, a.cone_size), (b.cone, b.cone_size))  # type: ignore[arg-type,misc]
+
+    def fills(w: Window) -> bool:
+        return w.owned and w.size == size and bool((w.origin == lo).all())
+
+    if fills(b) and not fills(a):
+        a, b = b, a
+    if fills(a):
+        signal = a.signal
+    else:
+        k, c = a.signal.shape[:2]
+        signal = torch.empty(
+            k, c, *size, dtype=a.signal.dtype, device=a.signal.device, memory_format=torch.channels_last
+        ).zero_()
+        add_at(signal, a.signal, a.origin - lo)
+    return Window(add_at(signal, b.signal, b.origin - lo), lo, size, cone, cone_size)
+
+
+@torch.no_grad()  # a projection is not differentiated: keep no graph (and no saved windows)
+def reverse(
+    graph: Graph,
+    trace: Trace,
+    rule: str,
+    top: int,
+    image: torch.Tensor,
+    signal: torch.Tensor,
+    origin: torch.Tensor | None,
+    work_bytes: int | None = None,
+) -> list[tuple[torch.Tensor, Window]]:
+    """Runs the mirrors from the output of node ``top`` down to pixels under ``rule``.
+
+    ``signal`` is ``(K, C, h, w)`` windows at ``origin`` ``(K, 2)``, or whole outputs with
+    ``origin=None``; ``image`` ``(K,)`` says which traced image each belongs to. Returns the signal
+    at the images, a window in the receptive field or whole images, in parts: which selections
+    ``(k,)`` and their window. The selections go on in halves where a step would write a tensor over
+    ``work_bytes``, and in groups of like windows where one shared window would waste work (:data:`WASTE`).
+    """
+    if origin is not None:
+        signal = signal.contiguous(memory_format=torch.channels_last)
+    size = (signal.shape[-2], signal.shape[-1])
+    pending = {top: Window(signal, origin, size, origin, size)}
+    return _run(graph, trace, rule, pending, top, image, torch.arange(len(image), device=image.device), work_bytes)
+
+
+def _written(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]]) -> int:
+    """Elements per selection of the largest tensor a step writes from window ``w``: each input's
+    window (what the geometry reads, cut to the map), or its whole map."""
+    largest = 0
+    for s in ins:
+        n = int(torch.Size(s).numel())
+        if w.origin is not None and geometry is not None and len(s) == 3:
+            read = geometry.reads(w.size)
+            n = s[0] * min(read[0], s[1]) * min(read[1], s[2])
+        largest = max(largest, n)
+    return largest
+
+
+def _part(w: Window, which: slice | torch.Tensor) -> Window:
+    """Some of a window's selections (a slice: views, the parts hold disjoint memory)."""
+
+    def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[which]
+
+    return Window(w.signal[which], cut(w.origin), w.size, cut(w.cone), w.cone_size, w.owned, w.rectified, w.factors)
+
+
+def _groups(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]], k: int, work_bytes: int | None) -> list[Any]:
+    """How a step's selections go on: together (``[]``), in halves where it would write a tensor over
+    ``work_bytes``, or in two groups by window area where their shared input window wastes work."""
+    if k < 2:
+        return []
+    if work_bytes is not None and k * _written(geometry, w, ins) * w.signal.element_size() > work_bytes:
+        return [slice(0, k // 2), slice(k // 2, k)]
+    if w.origin is None or geometry is None or geometry == POINTWISE or any(len(s) != 3 for s in ins):
+        return []
+    read, read_size = descend(geometry, w.origin, w.size)
+    cone, cone_size = descend(geometry, w.cone, w.cone_size)
+    reached = (reach(cone, cone_size, read, read_size, s[-2:]) for s in ins)
+    extent = torch.stack([hi - lo for lo, hi in reached]).clamp(min=1).amax(0)  # (K, 2)
+    area = extent.prod(1)  # (K,) what each selection needs, against k times the shared window
+    if k * int(extent.amax(0).prod()) <= WASTE * int(area.sum()):
+        return []
+    order = area.argsort(stable=True)
+    return [order[: k // 2], order[k // 2 :]]
+
+
+def _run(
+    graph: Graph,
+    trace: Trace,
+    rule: str,
+    pending: dict[int, Window],
+    start: int,
+    image: torch.Tensor,
+    which: torch.Tensor,
+    work_bytes: int | None,
+) -> list[tuple[torch.Tensor, Window]]:
+    nodes = graph.nodes
+    for i in range(start, -1, -1):
+        w = pending.get(i)
+        if w is None:
+            continue
+        node = nodes[i]
+        mirror = node.mirrors[rule]
+        ins, out_shape = trace.inputs[i], trace.shapes[i]
+        geometry = mirror.geometry
+        groups = _groups(geometry, w, ins, len(image), work_bytes)
+        if groups:
+            return [
+                part
+                for g in groups
+                for part in _run(
+                    graph, trace, rule, {j: _part(v, g) for j, v in pending.items()}, i, image[g], which[g], work_bytes
+                )
+            ]
+        del pending[i]
+        memory = trace.memory[i][rule]
+        if w.origin is not None and (
+            geometry is None
+            or any(len(s) != 3 for s in ins)
+            or (geometry == POINTWISE and any(s[-2:] != out_shape[-2:] for s in ins))
+        ):
+            w = _whole(w, out_shape)
+        factors = mirror.channel_factors()
+        if factors is not None and len(node.inputs) == 1:  # left pending for the mirror below to take
+            if w.factors is not None:
+                factors = factors * w.factors
+            _send(
+                pending,
+                node.inputs[0],
+                Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned, factors=factors),
+                ins[0],
+            )
+            continue
+        takes = {"factors": w.factors} if w.factors is not None and mirror.takes_factors else {}
+        if not takes:
+            _settle(w)
+        if mirror.rectifies:  # pointwise: windows stay; in place on a signal of our own
+            if not w.rectified:
+                _rectify(w)
+            _send(pending, node.inputs[0], Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned), ins[0])
+            continue
+        rectified = False
+        if mirror.disjoint and not takes and len(node.inputs) == 1 and node.inputs[0] != IMAGES:
+            below = nodes[node.inputs[0]]
+            if below.mirrors[rule].rectifies and len(below.fx_node.users) == 1:
+                _rectify(w)  # relu commutes with placing apart
+                rectified = True
+        if w.origin is None:
+            out = mirror(w.signal, *(_select(m, image) for m in memory), **takes)
+            outs = out if isinstance(out, tuple) else (out,)
+            sent = [Window(t, None, w.size, w.cone, w.cone_size) for t in outs]
+        else:
+            cut = tuple(
+                window(m, image, w.origin, w.size, channels_last=True)
+                if isinstance(m, torch.Tensor) and m.dim() == 4
+                else _select(m, image)
+                for m in memory
+            )
+            if geometry == POINTWISE:  # windows stay where they are
+                out = mirror(w.signal, *mirror.restrict(cut, w.origin, w.size), **takes)
+                outs = out if isinstance(out, tuple) else (out,)
+                sent = [Window(t, w.origin, w.size, w.cone, w.cone_size) for t in outs]
+            else:
+                read, read_size = descend(geometry, w.origin, w.size)
+                cone, cone_size = descend(geometry, w.cone, w.cone_size)
+                out = mirror(w.signal, *mirror.restrict(cut, read, read_size), **takes)
+                outs = out if isinstance(out, tuple) else (out,)
+                sent = []
+                for j, t, shape in zip(node.inputs, outs, ins):
+                    o, s = clip(cone, cone_size, read, read_size, tuple(shape[-2:]))
+                    sent.append(
+                        Window(shift(t if j == IMAGES else _channels_last(t), o - read, s), o, s, cone, cone_size)
+                    )
+        storage = [_storage(p.signal) for p in sent]
+        for k, (j, piece) in enumerate(zip(node.inputs, sent)):
+            # a signal may change in place if no other holds its memory: not the pending one (unless
+            # that was ours), nor a sibling (fan-out sends one tensor twice, a split sends views)
+            piece.owned = (w.owned or storage[k] != _storage(w.signal)) and storage.count(storage[k]) == 1
+            piece.rectified = rectified
+            _send(pending, j, piece, ins[k])
+    return [(which, _settle(pending[IMAGES]))]
+
+
+def _rectify(w: Window) -> None:
+    """``relu`` of the signal: in place on a compact signal of our own, else into a compact new one (a
+    window cut from a bigger one would otherwise be copied again by the convolution it goes to)."""
+    if w.owned and w.signal.is_contiguous(memory_format=layout(w.signal)):
+        w.signal.relu_()
+    else:
+        w.signal, w.owned = torch.relu(w.signal), True
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """Windows stay channels-last, the layout oneDNN's convolutions run fastest on: a mirror's compact
+    output in the default layout is laid out again (a convolution of 1x1 windows returns one)."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_contiguous() else t
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _send(pending: dict[int, Window], j: int, w: Window, shape: tuple[int, ...]) -> None:
+    """Adds ``w`` to what node ``j``'s output has received."""
+    pending[j] = _merge(pending[j], w, shape) if j in pending else w

@@ -1,0 +1,275 @@
+"""Drawing primitives: projections and image patches as pictures, grids, labels, colour maps. Pure
+tensor code, then PIL at the edge.
+
+Display convention: each projection is scaled on its own so that zero is mid-grey and the 99.5th
+percentile of its magnitudes reaches black or white (``0.5 + 0.5 * p / q``, clipped); image patches are shown in
+their true colours (normalisation undone), with the part of the box outside the image hatched.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ..io import atomic_write
+
+__all__ = [
+    "as_uint8",
+    "show_projection",
+    "show_patch",
+    "grid",
+    "upscale",
+    "to_pil",
+    "channel_panel",
+    "sheets",
+    "label_strip",
+    "save_png",
+    "hatch",
+    "colormap",
+    "colour_bar",
+    "legend",
+    "row",
+    "column",
+    "class_name",
+]
+
+BACKGROUND = 1.0  # white paper between tiles
+CLIP = 0.995  # projections reach black/white at this quantile of |p|: a few extreme pixels do not grey out the rest
+OUTSIDE = (0.30, 0.30, 0.34)  # hatch colour for box parts beyond the image
+
+
+def as_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] as uint8 0..255."""
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def show_projection(projection: torch.Tensor, channel_order: str = "RGB") -> torch.Tensor:
+    """``(K, C, h, w)`` projections -> ``(K, 3, h, w)`` in [0, 1], each scaled on its own around grey;
+    the channels of a model that takes ``"BGR"`` are shown as RGB."""
+    peak = torch.quantile(projection.flatten(1).abs(), CLIP, dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    shown = _rgb((0.5 + 0.5 * projection / peak).clamp(0, 1))
+    return shown.flip(1) if channel_order == "BGR" and projection.shape[1] == 3 else shown
+
+
+def show_patch(
+    patch: torch.Tensor, denormalize: Callable[[torch.Tensor], torch.Tensor], valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(K, C, h, w)`` normalised image patches -> ``(K, 3, h, w)`` true colours in [0, 1].
+
+    ``valid`` ``(K, 1, h, w)`` marks pixels inside the image; the rest is hatched.
+    """
+    shown = _rgb(denormalize(patch).clamp(0, 1))
+    return shown if valid is None else hatch(shown, valid)
+
+
+def hatch(tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(K, 3, h, w)`` in [0, 1] with the pixels outside ``valid`` ``(K, 1, h, w)`` hatched."""
+    h, w = tiles.shape[-2:]
+    stripes = ((torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 6 < 3).to(tiles)
+    lines = torch.tensor(OUTSIDE).view(3, 1, 1).to(tiles) * (0.8 + 0.4 * stripes)
+    return torch.where(valid.to(torch.bool), tiles, lines)
+
+
+def _rgb(x: torch.Tensor) -> torch.Tensor:
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+
+
+def upscale(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-neighbour enlargement of ``(..., h, w)`` by an integer ``factor``."""
+    return x if factor == 1 else x.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+
+def grid(tiles: torch.Tensor, columns: int, gap: int = 2, fill: float = BACKGROUND) -> torch.Tensor:
+    """``(K, 3, h, w)`` tiles -> one ``(3, H, W)`` image, row by row, ``gap`` pixels apart (``fill``
+    between them; white for uint8 tiles)."""
+    fill = 255 if tiles.dtype == torch.uint8 else fill
+    k, c, h, w = tiles.shape
+    rows = max(1, math.ceil(k / columns))
+    out = tiles.new_full((c, rows * (h + gap) - gap, columns * (w + gap) - gap), fill)
+    for i in range(k):
+        r, q = divmod(i, columns)
+        out[:, r * (h + gap) : r * (h + gap) + h, q * (w + gap) : q * (w + gap) + w] = tiles[i]
+    return out
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """``(3, H, W)`` in [0, 1] (or uint8) -> an RGB PIL image."""
+    pixels = image if image.dtype == torch.uint8 else as_uint8(image)
+    array = pixels.permute(1, 2, 0).contiguous().cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def label_strip(image: Image.Image, text: str, size: int = 13) -> Image.Image:
+    """``image`` with ``text`` written above it."""
+    height = size + 6
+    out = Image.new("RGB", (image.width, image.height + height), "white")
+    ImageDraw.Draw(out).text((2, 2), text, fill=(20, 20, 20), font=_font(size))
+    out.paste(image, (0, height))
+    return out
+
+
+def channel_panel(
+    projections: torch.Tensor | Sequence[torch.Tensor],
+    patches: torch.Tensor,
+    label: str,
+    gap: int = 6,
+    spacing: int = 2,
+    captions: Sequence[str] = (),
+) -> Image.Image:
+    """The paper's Fig. 2 cell: 3x3 projections beside the 3x3 image patches that caused them.
+
+    ``projections`` and ``patches`` are ``(k, 3, h, w)`` display tiles (``k <= 9``; uint8 or in [0, 1]),
+    best first, ``spacing`` pixels apart; the grids ``gap`` pixels apart. Several ``projections``
+    grids (one per rule) are drawn side by side, left of the patches, each under its caption.
+    """
+    grids = [projections] if isinstance(projections, torch.Tensor) else list(projections)
+    k, _, h, w = patches.shape
+    columns = 3 if k > 1 else 1
+    rows = math.ceil(k / columns)
+    side = columns * (w + spacing) - spacing
+    top = label_strip(Image.new("RGB", (1, 1)), "", size=11).height - 1 if captions else 0
+    out = Image.new("RGB", (len(grids) * (side + gap) + side, top + rows * (h + spacing) - spacing), "white")
+    for n, tiles in enumerate([*grids, patches]):
+        left = n * (side + gap)
+        pixels = (tiles if tiles.dtype == torch.uint8 else as_uint8(tiles)).permute(0, 2, 3, 1).cpu().numpy()
+        for i, tile in enumerate(pixels):
+            r, q = divmod(i, columns)
+            out.paste(Image.fromarray(tile, "RGB"), (left + q * (w + spacing), top + r * (h + spacing)))
+    draw = ImageDraw.Draw(out)
+    for n, caption in enumerate(captions):
+        draw.text((n * (side + gap) + 1, 1), caption, fill=INK, font=_font(11))
+    return label_strip(out, label)
+
+
+def sheets(panels: Sequence[Image.Image], title: str, per_sheet: int = 64, margin: int = 10) -> list[Image.Image]:
+    """Lays panels out on sheets of at most ``per_sheet`` each (a square-ish grid), titled."""
+    out = []
+    total = math.ceil(len(panels) / per_sheet)
+    for s in range(total):
+        part = panels[s * per_sheet : (s + 1) * per_sheet]
+        columns = math.ceil(math.sqrt(len(part)))
+        w = max(p.width for p in part)
+        h = max(p.height for p in part)
+        rows = math.ceil(len(part) / columns)
+        sheet = Image.new("RGB", (columns * (w + margin) + margin, rows * (h + margin) + margin), "white")
+        for i, panel in enumerate(part):
+            r, q = divmod(i, columns)
+            sheet.paste(panel, (margin + q * (w + margin), margin + r * (h + margin)))
+        name = title if total == 1 else f"{title} (sheet {s + 1} of {total})"
+        out.append(label_strip(sheet, name, size=18))
+    return out
+
+
+def save_png(image: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Writes ``image`` as PNG, atomically."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+VIRIDIS = (
+    torch.tensor(
+        [
+            (68, 1, 84),
+            (71, 44, 122),
+            (59, 81, 139),
+            (44, 113, 142),
+            (33, 144, 141),
+            (39, 173, 129),
+            (92, 200, 99),
+            (170, 220, 50),
+            (253, 231, 37),
+        ]
+    )
+    / 255.0
+)
+"""Anchors of the viridis colour map, low to high (perceptually even; readable in greyscale)."""
+CATEGORIES = (
+    torch.tensor(
+        [
+            (31, 119, 180),
+            (255, 127, 14),
+            (44, 160, 44),
+            (214, 39, 40),
+            (148, 103, 189),
+            (140, 86, 75),
+            (227, 119, 194),
+            (127, 127, 127),
+            (188, 189, 34),
+            (23, 190, 207),
+        ]
+    )
+    / 255.0
+)
+"""Colours of categorical maps, one per class in order of first use (they repeat after ten)."""
+INK = (20, 20, 20)
+
+
+def colormap(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``(H, W)`` values -> ``(3, H, W)`` viridis colours in [0, 1]; ``low`` is dark blue, ``high`` yellow."""
+    t = ((values.float() - low) / max(high - low, 1e-12)).clamp(0, 1) * (len(VIRIDIS) - 1)
+    i = t.floor().long().clamp(max=len(VIRIDIS) - 2)
+    f = (t - i)[..., None]
+    return (VIRIDIS[i] * (1 - f) + VIRIDIS[i + 1] * f).permute(2, 0, 1)
+
+
+def colour_bar(height: int, low: float, high: float, mark: float | None = None, width: int = 14) -> Image.Image:
+    """A vertical colour bar for :func:`colormap`, ``high`` at the top, its ends written beside it;
+    ``mark`` is drawn as a white line with a triangle pointing at it."""
+    ramp = torch.linspace(high, low, height)[:, None].expand(height, width)
+    font = _font(12)
+    labels = [f"{high:.3g}", f"{low:.3g}"]
+    out = Image.new("RGB", (width + 12 + max(round(font.getlength(t)) for t in labels), height), "white")
+    out.paste(to_pil(colormap(ramp, low, high)), (0, 0))
+    draw = ImageDraw.Draw(out)
+    draw.text((width + 10, 0), labels[0], fill=INK, font=font)
+    draw.text((width + 10, height - 14), labels[1], fill=INK, font=font)
+    if mark is not None:
+        y = min(max(round((high - mark) / max(high - low, 1e-12) * (height - 1)), 0), height - 1)
+        draw.line([(0, y), (width - 1, y)], fill="white", width=2)
+        draw.polygon([(width, y), (width + 7, y - 5), (width + 7, y + 5)], fill=INK)
+    return out
+
+
+def legend(entries: Sequence[tuple[torch.Tensor, str]], size: int = 14) -> Image.Image:
+    """Colour swatches ``(3,)`` in [0, 1] with their names, one per line."""
+    font = _font(12)
+    width = size + 8 + max((round(font.getlength(name)) for _, name in entries), default=0)
+    out = Image.new("RGB", (width, len(entries) * (size + 6)), "white")
+    draw = ImageDraw.Draw(out)
+    for n, (colour, name) in enumerate(entries):
+        y = n * (size + 6)
+        draw.rectangle([0, y, size - 1, y + size - 1], fill=tuple(int(v * 255) for v in colour.tolist()))
+        draw.text((size + 6, y), name, fill=INK, font=font)
+    return out
+
+
+def row(images: Sequence[Image.Image], gap: int = 12) -> Image.Image:
+    """Images side by side, top-aligned, ``gap`` pixels apart on white."""
+    out = Image.new(
+        "RGB", (sum(i.width for i in images) + gap * (len(images) - 1), max(i.height for i in images)), "white"
+    )
+    x = 0
+    for image in images:
+        out.paste(image, (x, 0))
+        x += image.width + gap
+    return out
+
+
+def column(images: Sequence[Image.Image], gap: int = 12) -> Image.Image:
+    """Images one below the other, left-aligned, ``gap`` pixels apart on white."""
+    return row([i.transpose(Image.Transpose.TRANSPOSE) for i in images], gap).transpose(Image.Transpose.TRANSPOSE)
+
+
+def class_name(k: int, names: Sequence[str] | None) -> str:
+    """``names[k]``, or ``"class k"`` where the model names no classes."""
+    return names[k] if names and 0 <= k < len(names) else f"class {k}"

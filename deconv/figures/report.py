@@ -1,0 +1,270 @@
+"""``index.html``: a static page over a run folder, opened from the file system (no server, no network).
+
+It shows what the commands left in the folder: per layer of ``top9.json`` every channel as a
+thumbnail cut from its Fig. 2 sheet (a click shows it enlarged with its records and a link to
+the sheet; a run of several rules shows each rule's projections beside the patches on its own,
+one link per rule), then the figures of ``deconv occlusion``, ``deconv evolution`` and ``deconv project``.
+All links are relative; the page has no scripts.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import tomllib
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
+
+from PIL import Image
+
+from ..io import write_text
+from .draw import label_strip
+
+__all__ = ["write_report", "panel_boxes", "sheet_panels", "panels_per_sheet"]
+
+MARGIN = 10  # render.sheets' margin around and between panels
+GAP = 6  # render.channel_panel's gap between the grids of a panel
+THUMB = 240  # widest thumbnail, in pixels: a few tens of KB as JPEG
+DETAIL = 1000  # a channel's detail view is enlarged by an integer factor up to about this width
+TITLE = label_strip(Image.new("RGB", (1, 1)), "", size=18).height - 1  # a sheet's title strip
+LABEL = label_strip(Image.new("RGB", (1, 1)), "").height - 1  # a panel's label strip
+FIGURES = (  # section id, heading, the files it shows
+    ("occlusion", "Occlusion sensitivity (Fig. 7)", "occlusion/*.png"),
+    ("evolution", "Feature evolution (Fig. 4)", "evolution/*.png"),
+    ("projections", "Projections", "project-*.png"),
+)
+INTRO = (
+    "<p>Per channel, the projections of its strongest activations over the dataset (left; {rules}) beside the "
+    "image patches that caused them (right), best first, with the largest activation. Click a channel "
+    "for it enlarged, its records and its sheet.</p>"
+)
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 48px;color:#222;background:#fafafa}
+h1{margin:16px 0 4px}h2{margin:28px 0 8px;border-bottom:1px solid #ccc}h2 small{font-weight:normal;color:#666}
+nav a{margin-right:12px}pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto}
+.grid{display:flex;flex-wrap:wrap;gap:10px}
+.thumb{display:block;text-decoration:none;color:#333;background:#fff;border:1px solid #ddd;padding:4px;font-size:12px}
+.thumb:hover{border-color:#36c}.thumb img{display:block}
+.detail{display:none;position:fixed;inset:0;background:rgba(0,0,0,.55);overflow:auto}
+.detail:target{display:block}.detail>div{background:#fff;margin:32px auto;padding:16px 24px;max-width:1100px;overflow:auto}
+.detail img{image-rendering:pixelated;max-width:none}.panel{overflow:hidden;max-width:100%}.close{float:right}
+table{border-collapse:collapse;margin-top:8px}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}
+figure{margin:0 0 20px}figure img{max-width:100%;border:1px solid #ddd;background:#fff}
+"""
+
+
+def panel_boxes(sheet: tuple[int, int], count: int) -> list[tuple[int, int, int, int]]:
+    """Where :func:`~deconv.figures.draw.sheets` put ``count`` panels on a sheet of size ``(width, height)``:
+    one ``(left, top, right, bottom)`` box per panel, below its label, in order."""
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    width = (sheet[0] - MARGIN) // columns - MARGIN
+    height = (sheet[1] - TITLE - MARGIN) // rows - MARGIN
+    boxes = []
+    for i in range(count):
+        r, q = divmod(i, columns)
+        left, top = MARGIN + q * (width + MARGIN), TITLE + MARGIN + r * (height + MARGIN)
+        boxes.append((left, top + LABEL, left + width, top + height))
+    return boxes
+
+
+def _href(path: Path | str) -> str:
+    return html.escape(quote(os.fsencode(Path(path).as_posix())))  # a name that is not UTF-8 keeps its bytes
+
+
+def _save_thumbnail(image: Image.Image, path: Path) -> None:
+    """Writes a panel as a small JPEG thumbnail (at most ``THUMB`` wide; Pillow's Lanczos filter),
+    quickly (no fsync), yet never half-written (temp file, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if image.width > THUMB:
+        image = image.resize((THUMB, max(1, round(image.height * THUMB / image.width))), Image.Resampling.LANCZOS)
+    temp = path.with_name(f".{path.name}.tmp")
+    image.save(temp, "JPEG", quality=85)
+    os.replace(temp, path)
+
+
+def sheet_panels(
+    out: Path, layer: str, channels: list[int], per_sheet: int
+) -> Iterator[tuple[Path, Image.Image, dict[int, tuple[int, int, int, int]]]]:
+    """Each sheet of ``layer`` that exists in ``out``, opened (header only until cropped), with the box of each
+    of its ``channels``' panels: ``(sheet relative to out, image, {channel: box})``. ``channels`` in sheet order."""
+    for s in range(math.ceil(len(channels) / per_sheet)):
+        sheet = Path("sheets") / f"{layer}-{s + 1}.png"
+        if not (out / sheet).is_file():
+            continue
+        part = channels[s * per_sheet : (s + 1) * per_sheet]
+        with Image.open(out / sheet) as image:
+            yield sheet, image, dict(zip(part, panel_boxes(image.size, len(part))))
+
+
+def panels_per_sheet(out: Path) -> int:
+    """How many panels each sheet of the run in ``out`` holds (its ``config.toml``; top9's default 64 without one)."""
+    config = out / "config.toml"
+    return int(tomllib.loads(config.read_text()).get("per_sheet", 64)) if config.is_file() else 64
+
+
+def _thumbnails(
+    out: Path, layer: str, channels: list[int], per_sheet: int
+) -> dict[int, tuple[Path, Path, tuple[int, int, int, int], tuple[int, int]]]:
+    """Cuts each channel's panel from the layer's sheets into a thumbnail in ``thumbs/`` where it is
+    missing or older than its sheet: ``{channel: (thumbnail, sheet, panel box, sheet size)}``, paths
+    relative to ``out``."""
+    found = {}
+    for sheet, image, boxes in sheet_panels(out, layer, channels, per_sheet):
+        for c, box in boxes.items():
+            thumb = Path("thumbs") / layer / f"{c}.jpg"
+            if not (out / thumb).is_file() or (out / thumb).stat().st_mtime < (out / sheet).stat().st_mtime:
+                _save_thumbnail(image.crop(box), out / thumb)
+            found[c] = (thumb, sheet, box, image.size)
+    return found
+
+
+def _layer(out: Path, layer: str, records: list[dict], per_sheet: int, rules: list[str]) -> tuple[str, str]:
+    """The gallery section of one layer and its channels' detail overlays (one more per rule when the run drew several)."""
+    by_channel: dict[int, list[dict]] = {}
+    for record in sorted(records, key=lambda r: (r["channel"], r["rank"])):
+        by_channel.setdefault(record["channel"], []).append(record)
+    thumbs = _thumbnails(out, layer, list(by_channel), per_sheet)
+    sheets = dict.fromkeys(sheet for _, sheet, _, _ in thumbs.values())
+    links = " ".join(f'<a href="{_href(sheet)}">sheet {n}</a>' for n, sheet in enumerate(sheets, 1))
+    cells, details = [], []
+    for channel, (thumb, sheet, box, size) in thumbs.items():
+        width, height = box[2] - box[0], box[3] - box[1]
+        small = (min(width, THUMB), round(height * min(width, THUMB) / width))
+        f = max(1, DETAIL // width)  # the panel cut from its sheet, enlarged f times by the browser
+        rs = by_channel[channel]
+        files = "<th>image file</th>" if rs[0]["path"] is not None else ""
+        anchor = html.escape(f"{layer}/{channel}")
+        cells.append(
+            f'<a class="thumb" href="#{anchor}" title="{html.escape(layer)} channel {channel}">'
+            f'<img src="{_href(thumb)}" width="{small[0]}" height="{small[1]}" alt="channel {channel}">'
+            f"<b>{channel}</b> top {rs[0]['value']:.3g}</a>"
+        )
+        details.append(
+            f'<section class="detail" id="{anchor}"><div><a class="close" href="#layer-{html.escape(layer)}">close &times;</a>'
+            f"<h3>{html.escape(layer)} channel {channel}</h3>"
+            f"{_switch(layer, channel, rules, '')}{_crop(sheet, size, box, f, f'channel {channel}, enlarged {f}x')}"
+            f"<p>Projections of the top {len(rs)} activations ({_named(rules)}) beside the image patches that caused them; "
+            f'<a href="{_href(sheet)}">the full sheet</a>.</p>'
+            f"<table><tr><th>rank</th><th>activation</th><th>image index</th><th>y, x</th>{files}</tr>"
+            f"{''.join(_row(out, r) for r in rs)}</table></div></section>"
+        )
+        side = (width - GAP * len(rules)) // (len(rules) + 1)  # the panel's grids: one per rule, then the patches
+        for n, rule in enumerate(rules if len(rules) > 1 else ()):
+            columns = [
+                (box[0] + k * (side + GAP), box[1], box[0] + k * (side + GAP) + side, box[3]) for k in (n, len(rules))
+            ]
+            g = max(1, DETAIL // (2 * side))
+            details.append(
+                f'<section class="detail" id="{anchor}/{html.escape(rule)}"><div><a class="close" href="#layer-{html.escape(layer)}">close &times;</a>'
+                f"<h3>{html.escape(layer)} channel {channel}: {html.escape(rule)}</h3>{_switch(layer, channel, rules, rule)}"
+                f'<div class="grid">{"".join(_crop(sheet, size, c, g, f"channel {channel}, {rule}, enlarged {g}x") for c in columns)}</div>'
+                f"<p>Projections of the top {len(rs)} activations by the {html.escape(rule)} rule beside the image patches that caused them.</p>"
+                "</div></section>"
+            )
+    section = (
+        f'<section id="layer-{html.escape(layer)}"><h2>{html.escape(layer)} <small>{len(by_channel)} channels &middot; '
+        f'{links}</small></h2><div class="grid">{"".join(cells)}</div></section>'
+    )
+    return section, "".join(details)
+
+
+def _crop(sheet: Path, size: tuple[int, int], box: tuple[int, int, int, int], f: int, alt: str) -> str:
+    """The ``box`` of a ``sheet`` of ``size`` enlarged ``f`` times by the browser."""
+    return (
+        f'<div class="panel" style="width:{(box[2] - box[0]) * f}px;height:{(box[3] - box[1]) * f}px"><img src="{_href(sheet)}" '
+        f'width="{size[0] * f}" height="{size[1] * f}" style="margin:{-box[1] * f}px 0 0 {-box[0] * f}px" alt="{html.escape(alt)}"></div>'
+    )
+
+
+def _switch(layer: str, channel: int, rules: list[str], current: str) -> str:
+    """Links between a channel's views when the run drew several rules: all side by side, or one rule."""
+    if len(rules) < 2:
+        return ""
+    views = [("", "all rules"), *((r, r) for r in rules)]
+    links = (
+        f"<b>{html.escape(name)}</b>"
+        if view == current
+        else f'<a href="#{html.escape(f"{layer}/{channel}" + (f"/{view}" if view else ""))}">{html.escape(name)}</a>'
+        for view, name in views
+    )
+    return f"<nav>rule: {' '.join(links)}</nav>"
+
+
+def _named(rules: list[str]) -> str:
+    return f"rule {rules[0]}" if len(rules) == 1 else f"rules {', '.join(rules)}, left to right"
+
+
+def _rules(records: list[dict]) -> list[str]:
+    """The rules a top9 run drew, from its records (runs from before rules were named: the deconvnet)."""
+    rule = records[0].get("rule", "deconvnet") if records else "deconvnet"
+    return [rule] if isinstance(rule, str) else list(rule)
+
+
+def _row(out: Path, record: dict) -> str:
+    """One record of ``top9.json`` as a table row, linking to its image file where it has one."""
+    where = "" if record["y"] is None else f"{record['y']}, {record['x']}"
+    path = record["path"]
+    source = (
+        ""
+        if path is None
+        else f'<td><a href="{_href(os.path.relpath(path, out))}">{html.escape(Path(path).name)}</a></td>'
+    )
+    return (
+        f"<tr><td>{record['rank'] + 1}</td><td>{record['value']:.4g}</td><td>{record['index']}</td>"
+        f"<td>{where}</td>{source}</tr>"
+    )
+
+
+def _figures(out: Path, pattern: str) -> str:
+    """Each PNG matching ``pattern`` as a figure linking to itself, with the raw data beside it
+    (the ``.npy`` files in the folder named after it)."""
+    figures = []
+    for path in sorted(out.glob(pattern)):
+        relative = path.relative_to(out)
+        data = sorted(path.with_suffix("").glob("*.npy"))
+        raw = ", ".join(f'<a href="{_href(p.relative_to(out))}">{html.escape(p.name)}</a>' for p in data)
+        with Image.open(path) as image:
+            width, height = image.size
+        figures.append(
+            f'<figure><a href="{_href(relative)}"><img src="{_href(relative)}" width="{width}" height="{height}" '
+            f'alt="{html.escape(path.stem)}"></a><figcaption>{html.escape(relative.as_posix())}'
+            f"{' &middot; raw: ' + raw if raw else ''}</figcaption></figure>"
+        )
+    return "".join(figures)
+
+
+def write_report(out_dir: Path) -> Path:
+    """Writes ``out_dir/index.html`` (and per-channel thumbnails in ``out_dir/thumbs/``) from the
+    ``top9.json``, ``sheets/``, ``config.toml`` and figures found in ``out_dir``; returns its path."""
+    out = Path(out_dir)
+    config = (out / "config.toml").read_text() if (out / "config.toml").is_file() else ""
+    records = json.loads((out / "top9.json").read_text()) if (out / "top9.json").is_file() else []
+    layers: dict[str, list[dict]] = {}
+    for record in records:
+        layers.setdefault(record["layer"], []).append(record)
+    sections, details, nav = [], [], []
+    for layer, rs in layers.items():
+        section, detail = _layer(out, layer, rs, panels_per_sheet(out), _rules(records))
+        sections.append(section)
+        details.append(detail)
+        nav.append(f'<a href="#layer-{html.escape(layer)}">{html.escape(layer)}</a>')
+    for key, heading, pattern in FIGURES:
+        figures = _figures(out, pattern)
+        if figures:
+            sections.append(f'<section id="{key}"><h2>{heading}</h2>{figures}</section>')
+            nav.append(f'<a href="#{key}">{heading}</a>')
+    settings = (
+        f"<details><summary>settings (config.toml)</summary><pre>{html.escape(config)}</pre></details>"
+        if config
+        else ""
+    )
+    page = (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>deconv: {html.escape(out.resolve().name)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>deconv: {html.escape(out.resolve().name)}</h1>"
+        f"<nav>{''.join(nav)}</nav>{settings}{INTRO.format(rules=html.escape(_named(_rules(records)))) if layers else ''}{''.join(sections)}{''.join(details)}</body></html>\n"
+    )
+    return write_text(out / "index.html", page.encode("utf-8", "replace").decode())  # shows such a name's bytes as "?"
