@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DatasetError, SelectionError
+from .errors import DatasetError, SelectionError, one_line
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -51,7 +51,7 @@ class UnreadableImage(DatasetError):
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+    text = one_line(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -18,7 +18,13 @@ __all__ = [
     "ModelLoadError",
     "StateError",
     "OutputError",
-]
+]  # and one_line, a helper kept out of deconv's namespace
+
+
+def one_line(error: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line (white space folded), cut to ``limit`` characters if given."""
+    text = " ".join(str(error).split())
+    return text if limit is None else text[:limit]
 
 
 class DeconvError(Exception):

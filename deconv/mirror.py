@@ -7,9 +7,8 @@ This module is the public face: it checks what users pass once, then hands the w
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -17,12 +16,14 @@ from torch import nn
 from .builders import rules as registered_rules
 from .builders import walk
 from .builders.registry import DEFAULT_RULE
-from .engine.graph import IMAGES, Graph, Node, Trace, evaluating, first_non_finite
+from .engine.graph import IMAGES, Graph, Node, Trace, channels_last, evaluating, first_non_finite
 from .engine.plan import WORK_TENSOR_BYTES, Footprint, chunks, selection_bytes
 from .engine.reverse import Window, cones, reverse
 from .engine.windows import crop as _crop
 from .engine.windows import place
 from .errors import InputError, NonFiniteError, SelectionError
+from .selection import Position, Selection, check, integer, parse
+from .selection import position as as_position
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
@@ -39,21 +40,6 @@ __all__ = [
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Bytes that batched projections may hold at once (about 2 GB)."""
-
-Position = tuple[int, int] | Literal["map"] | None
-
-
-class Selection(NamedTuple):
-    """One activation: channel ``channel`` of ``layer`` at ``(y, x)`` for image ``image``.
-
-    ``y`` and ``x`` are ``None`` for layers that output vectors ``(N, F)``.
-    """
-
-    image: int
-    layer: str
-    channel: int
-    y: int | None = None
-    x: int | None = None
 
 
 class Box(NamedTuple):
@@ -121,20 +107,6 @@ def _check_rule(rule: Any) -> str:
     return rule
 
 
-def _integer(value: Any, what: str) -> int:
-    """``value`` as an int, refusing bools, floats and strings in one line."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if (
-            isinstance(value, torch.Tensor)
-            and value.numel() == 1
-            and not value.is_floating_point()
-            and value.dtype != torch.bool
-        ):
-            return int(value)
-        raise SelectionError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
-    return int(value)
-
-
 class Mirror(nn.Module):
     """A deconvnet attached to a CNN. Build it with :func:`build_mirror`.
 
@@ -167,6 +139,36 @@ class Mirror(nn.Module):
     def output(self) -> int:
         """The index of the node whose output is the model's."""
         return self.graph.output
+
+    @property
+    def output_layer(self) -> str:
+        """The probe point whose output is the model's (the class output of a classifier)."""
+        return self.steps[self.graph.output].name
+
+    def module(self, layer: str) -> nn.Module | None:
+        """The module at probe point ``layer``: the layer its node calls (``nn.ReLU()`` for ``F.relu``), the
+        container for a container's name (``"layer3.1"``), ``None`` for other functions."""
+        node = self.steps[self.index(layer)]
+        if layer != node.name:
+            return self.model.get_submodule(layer.partition(":")[0])
+        return node.layer
+
+    def shape(self, layer: str, image_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape of ``layer`` (batch left out), ``(C, H, W)`` or ``(F,)``, for images of ``image_shape``."""
+        return self.shapes(tuple(image_shape))[self.index(layer)]
+
+    def activations(self, images: torch.Tensor, layers: Sequence[str], check: bool = True) -> dict[str, torch.Tensor]:
+        """The outputs of ``layers`` for ``images`` ``(N, C, H, W)``: one forward walk that stops at the deepest
+        and keeps no memory for projections. Where every layer up to there is torch's own, the walk runs
+        channels-last (faster on the CPU; values agree with the default layout to rounding). With ``check``,
+        ``NonFiniteError`` names the layer and image of a NaN or inf activation."""
+        tops = {layer: self.index(layer) for layer in layers}
+        images = self.check_images(images)
+        deepest = max(tops.values())
+        if all(node.builtin for node in self.steps[: deepest + 1]):
+            images = channels_last(images)
+        outputs = self.graph.run(images, tops.values(), deepest, (), check).outputs
+        return {layer: outputs[top] for layer, top in tops.items()}
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -302,11 +304,10 @@ class Mirror(nn.Module):
 
     def receptive_field(self, layer: str, y: int, x: int, image_shape: tuple[int, ...] | None = None) -> Box:
         """Pixel box of activation ``(y, x)`` of ``layer`` (the whole image for layers past a global one)."""
-        top = self.index(layer)
-        self._check(Selection(0, layer, 0, y, x), self.shapes(self._image_shape_or(image_shape))[top], 1)
+        check(Selection(0, layer, 0, y, x), self.shapes(self._image_shape_or(image_shape))[self.index(layer)], 1)
         origin, (h, w) = self.receptive_fields(layer, torch.tensor([[y, x]]), image_shape)
-        t, l = origin[0].tolist()
-        return Box(t, l, t + h, l + w)
+        top, left = origin[0].tolist()
+        return Box(top, left, top + h, left + w)
 
     def receptive_fields(
         self, layer: str, positions: torch.Tensor, image_shape: tuple[int, ...] | None = None
@@ -343,15 +344,15 @@ class Mirror(nn.Module):
                 raise SelectionError(
                     "target_class projects from the class output; do not also pass layer, channel or position"
                 )
-            layer, channel = self.steps[self.output].name, _integer(target_class, "target_class")
+            layer, channel = self.steps[self.output].name, integer(target_class, "target_class")
         elif layer is None or channel is None:
             raise SelectionError("pass layer= and channel= (or target_class=)")
         images = self.check_images(images)
         top = self.index(layer)
-        channel = _integer(channel, "channel")
+        channel = integer(channel, "channel")
         shape = self.shapes(tuple(images.shape[1:]))[top]
         n = images.shape[0]
-        self._check(Selection(0, layer, channel), shape, n, need_position=False)
+        check(Selection(0, layer, channel), shape, n, need_position=False)
         if trace is not None:
             self._check_trace(trace, images, [top], rule)
         if isinstance(position, str) and position == "map":
@@ -371,7 +372,7 @@ class Mirror(nn.Module):
                 raise SelectionError(
                     f"layer {layer!r} outputs vectors {shape}; it has no positions (leave position=None)"
                 )
-            y, x = self._position(position)
+            y, x = as_position(position)
             selections = [Selection(i, layer, channel, y, x) for i in range(n)]
         else:
             out = (trace or self.run(images, keep=[top], until=top, remember=False)).outputs[top][:, channel]
@@ -390,12 +391,6 @@ class Mirror(nn.Module):
             top not in trace.outputs or rule not in trace.memory[top] for top in tops
         ):
             raise SelectionError("trace= must come from mirror.trace(images) of these images and layers")
-
-    @staticmethod
-    def _position(position: Any) -> tuple[int, int]:
-        if not isinstance(position, (tuple, list)) or len(position) != 2:
-            raise SelectionError(f"position must be None, 'map' or a pair (y, x) of integers, got {position!r}")
-        return _integer(position[0], "position y"), _integer(position[1], "position x")
 
     def project_many(
         self,
@@ -444,17 +439,9 @@ class Mirror(nn.Module):
         """Selections as :class:`Selection`, each checked against the layers and ``images``: one-line errors."""
         shapes = self.shapes(tuple(images.shape[1:]))
         parsed = []
-        for s in selections:
-            if not isinstance(s, (tuple, list)) or not 3 <= len(s) <= 5:
-                raise SelectionError(f"a selection is (image, layer, channel[, y, x]), got {s!r}")
-            image, layer, channel = _integer(s[0], "image index"), s[1], _integer(s[2], "channel")
-            y, x = (
-                (None if len(s) < 4 or s[3] is None else _integer(s[3], "y")),
-                (None if len(s) < 5 or s[4] is None else _integer(s[4], "x")),
-            )
-            selection = Selection(image, layer, channel, y, x)
-            self._check(selection, shapes[self.index(layer)], images.shape[0])
-            parsed.append(selection)
+        for s in map(parse, selections):
+            check(s, shapes[self.index(s.layer)], images.shape[0])
+            parsed.append(s)
         return parsed
 
     def _projections(
@@ -552,24 +539,3 @@ class Mirror(nn.Module):
 
         parts = reverse(self.graph, trace, rule, top, image, signal, origin, WORK_TENSOR_BYTES)
         return _assemble(len(part), ((which, finished(which, result)) for which, result in parts))
-
-    def _check(self, s: Selection, shape: tuple[int, ...], n: int, need_position: bool = True) -> None:
-        """Raises ``SelectionError`` for an image, channel or position out of range."""
-        if not 0 <= s.image < n:
-            raise SelectionError(f"image index {s.image} is out of range for {n} images (valid: 0..{n - 1})")
-        if not 0 <= s.channel < shape[0]:
-            raise SelectionError(
-                f"channel {s.channel} is out of range for layer {s.layer!r} with {shape[0]} channels (valid: 0..{shape[0] - 1})"
-            )
-        given = s.y is not None or s.x is not None
-        if len(shape) == 1 and given:
-            raise SelectionError(f"layer {s.layer!r} outputs vectors {shape}; it has no positions (leave them None)")
-        if (
-            len(shape) == 3
-            and (given or need_position)
-            and not (s.y is not None and s.x is not None and 0 <= s.y < shape[1] and 0 <= s.x < shape[2])
-        ):
-            raise SelectionError(
-                f"position ({s.y}, {s.x}) is out of range for layer {s.layer!r} whose maps are "
-                f"{shape[1]}x{shape[2]} (valid: y in 0..{shape[1] - 1}, x in 0..{shape[2] - 1})"
-            )

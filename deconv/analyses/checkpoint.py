@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..data import IdxDataset, ImageFolder, Preprocess
-from ..errors import StateError
+from ..errors import StateError, one_line
 from ..io import atomic_write
 from .top9 import ScanState
 
@@ -99,7 +99,7 @@ class Checkpoint:
             payload = torch.load(self.path, map_location="cpu", weights_only=True)
             saved, state = payload["fingerprint"], ScanState.from_state_dict(payload["state"])
         except Exception as error:  # noqa: BLE001 - torch.load raises many types on damaged files
-            reason = " ".join(str(error).split())[:120]
+            reason = one_line(error, 120)
             raise StateError(
                 f"{self.path}: damaged scan state ({type(error).__name__}: {reason}); use --overwrite to start over"
             ) from None

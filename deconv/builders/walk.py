@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..engine.graph import IMAGES, Graph, Node
-from ..errors import UnsupportedGraphError, UnsupportedModuleError
+from ..errors import UnsupportedGraphError, UnsupportedModuleError, one_line
 from .builtins import _FunctionalMaxPool
 from .registry import SIGNAL, Call, find_mirror_factory, rules
 
@@ -106,7 +106,7 @@ def _trace(model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, list[str]]]:
         graph = tracer.trace(model)
     except Exception as error:  # fx raises many types for untraceable code
         raise UnsupportedGraphError(
-            f"cannot trace {type(model).__name__}.forward with torch.fx ({type(error).__name__}: {' '.join(str(error).split())[:300]}); "
+            f"cannot trace {type(model).__name__}.forward with torch.fx ({type(error).__name__}: {one_line(error, 300)}); "
             "mirrors need a forward pass without data-dependent control flow"
         ) from None
     finally:

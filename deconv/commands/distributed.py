@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..errors import DeconvError
+from ..errors import DeconvError, one_line
 
 __all__ = ["DistributedError", "Group", "process_group", "local_device"]
 
@@ -79,11 +79,7 @@ def _collective() -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:  # DistBackendError and friends: a peer died or timed out
-        raise DistributedError(f"another process of this run failed or timed out ({_one_line(error)})") from None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:200]
+        raise DistributedError(f"another process of this run failed or timed out ({one_line(error, 200)})") from None
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -111,7 +107,7 @@ def process_group(device: torch.device) -> Iterator[Group]:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     except (RuntimeError, ValueError) as error:
         raise DistributedError(
-            f"cannot join the process group of {size} processes (start it with torchrun): {_one_line(error)}"
+            f"cannot join the process group of {size} processes (start it with torchrun): {one_line(error, 200)}"
         ) from None
     try:
         yield Group(dist.get_rank(), dist.get_world_size())

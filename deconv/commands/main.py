@@ -12,7 +12,7 @@ from typing import NoReturn, Sequence
 
 import torch
 
-from ..errors import DeconvError
+from ..errors import DeconvError, one_line
 from ..zoo.models import spec_beside
 from . import COMMANDS, all_options
 from .config import Option, load_config, parse_pair, resolve
@@ -87,7 +87,7 @@ SHRINK = ("batch_size", "memory_budget_mb", "top", "workers", "limit")  # settin
 
 def _out_of_memory(error: BaseException, options: Sequence[Option]) -> str:
     """One line: what ran out (torch's message, e.g. the bytes it tried to allocate) and the settings that shrink it."""
-    what = " ".join(str(error).split())[:160] or "an allocation failed"
+    what = one_line(error, 160) or "an allocation failed"
     keys = [f"--{k.replace('_', '-')}" for k in SHRINK if k in {o.key for o in options}]
     return f"out of memory ({type(error).__name__}: {what})" + (f"; lower {', '.join(keys)}" if keys else "")
 

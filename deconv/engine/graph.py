@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..errors import InputError, NonFiniteError
+from ..errors import InputError, NonFiniteError, one_line
 
-__all__ = ["IMAGES", "Node", "Graph", "Trace", "evaluating", "first_non_finite", "model_runs_on"]
+__all__ = ["IMAGES", "Node", "Graph", "Trace", "channels_last", "evaluating", "first_non_finite", "model_runs_on"]
 
 IMAGES = -1
 """The index that stands for the images in :attr:`Node.inputs`."""
@@ -95,7 +95,7 @@ def model_runs_on(what: str) -> Iterator[None]:
     except NonFiniteError:
         raise
     except (RuntimeError, InputError) as error:
-        reason = " ".join(str(error).split())[:200]
+        reason = one_line(error, 200)
         raise InputError(f"the model fails on {what}: {type(error).__name__}: {reason}") from None
 
 
@@ -105,6 +105,15 @@ def first_non_finite(x: torch.Tensor) -> int | None:
         return None
     bad = (~torch.isfinite(x).flatten(1).all(1)).nonzero()
     return int(bad[0]) if len(bad) else None  # a finite sum that overflowed
+
+
+def channels_last(images: torch.Tensor) -> torch.Tensor:
+    """``images`` ``(N, C, H, W)`` laid out channels-last, also for ``C = 1`` (whose contiguous strides
+    would pass for both layouts and keep torch's kernels in the default one)."""
+    n, c, h, w = images.shape
+    return torch.empty_strided(images.shape, (c * h * w, 1, w * c, c), dtype=images.dtype, device=images.device).copy_(
+        images
+    )
 
 
 class Graph:
@@ -220,7 +229,7 @@ class Graph:
             raise InputError(f"layer {node.name!r}: {error}") from None
         except RuntimeError as error:
             shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-            reason = " ".join(str(error).split())[:200]
+            reason = one_line(error, 200)
             raise InputError(f"layer {node.name!r} fails on its input of shape {shapes}: {reason}") from None
         return y
 

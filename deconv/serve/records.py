@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import ConfigError, SelectionError
+from ..errors import ConfigError, SelectionError, one_line
 from ..figures.report import panels_per_sheet, sheet_panels
 
 __all__ = ["Run"]
@@ -31,7 +31,7 @@ class Run:
                 f"key 'run': {self.out} holds no top9.json (give the folder of a `deconv top9` run)"
             ) from None
         except (OSError, ValueError) as error:
-            raise ConfigError(f"key 'run': cannot read {file} ({' '.join(str(error).split())})") from None
+            raise ConfigError(f"key 'run': cannot read {file} ({one_line(error)})") from None
         self.records: dict[tuple[str, int], list[dict]] = {}
         try:
             for r in records:

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..data import Preprocess, UnreadableImage, load_image
 from ..engine.graph import Trace
 from ..engine.windows import crop
-from ..errors import InputError, SelectionError
+from ..errors import InputError, SelectionError, one_line
 from ..figures.draw import class_name
 from ..mirror import Box, Mirror, Position
 
@@ -179,7 +179,7 @@ class Session:
                 reason = error.reason.replace(f"'{path}'", "").replace(str(path), "")  # no server path to the client
                 raise InputError(f"uploaded file: cannot read image: {reason}") from None
             except Image.DecompressionBombWarning as error:
-                raise InputError(f"uploaded file: {' '.join(str(error).split())}") from None
+                raise InputError(f"uploaded file: {one_line(error)}") from None
         try:
             self.mirror.shapes(tuple(pixels.shape))
         except RuntimeError:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data import IdxDataset, Preprocess
-from ..errors import CheckpointError, ModelLoadError
+from ..errors import CheckpointError, ModelLoadError, one_line
 
 __all__ = [
     "ASSETS",
@@ -272,7 +272,7 @@ def _read_checkpoint(path: Path, trust: bool = False) -> Any:
 
 def _reason(error: BaseException, limit: int = 160) -> str:
     """``"Type: first sentence of the message"``, at most ``limit`` characters, one line."""
-    text = " ".join(str(error).split()).split(". ")[0]
+    text = one_line(error).split(". ")[0]
     text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
