@@ -8,12 +8,12 @@ plus its largest step; a reverse pass what its largest step reads and writes ins
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
+from .field import cones
 from .graph import IMAGES, Graph, Trace
-from .reverse import cones
 
 __all__ = ["WORK_TENSOR_BYTES", "PART_TENSORS", "Chunk", "Footprint", "selection_bytes", "chunks"]
 
@@ -37,7 +37,7 @@ class Chunk:
     per part, a node and the selections (indices into the caller's list) projected from it at once."""
 
     images: list[int]
-    parts: list[tuple[int, list[int]]]
+    parts: list[tuple[Any, list[int]]]
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -75,11 +75,14 @@ class Footprint:
         return memory + kept + 3 * 2 * largest * item, largest * item
 
 
-def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: bool) -> tuple[int, int]:
+def selection_bytes(
+    graph: Graph, trace: Footprint, top: int, item: int, crop: bool, whole: bool = False
+) -> tuple[int, int]:
     """Rough peak bytes one selection's reverse pass from node ``top`` costs (its largest step with
-    the window it reads, the windows it writes and copies), and the bytes of the largest tensor it writes."""
+    the window it reads, the windows it writes and copies), and the bytes of the largest tensor it writes.
+    ``whole``: the selection is a whole feature map, not one activation."""
     shape = trace.shapes[top]
-    origin = torch.tensor([[shape[-2] // 2, shape[-1] // 2]]) if len(shape) == 3 else None
+    origin = torch.tensor([[shape[-2] // 2, shape[-1] // 2]]) if len(shape) == 3 and not whole else None
     boxes = cones(graph, top, origin, (1, 1))
 
     def held(i: int, shape: tuple[int, ...]) -> int:  # a window at the output of node i (or IMAGES)
@@ -107,16 +110,16 @@ def selection_bytes(graph: Graph, trace: Footprint, top: int, item: int, crop: b
 
 def chunks(
     images: Sequence[int],
-    tops: Sequence[int],
+    tops: Sequence[Any],
     per_image: tuple[int, int],
-    per_selection: dict[int, tuple[int, int]],
+    per_selection: dict[Any, tuple[int, int]],
     budget: int,
     keys: Sequence[tuple[int, ...]],
 ) -> Iterator[Chunk]:
-    """Groups selections (given by their ``images`` and ``tops``; sorted by ``keys`` within a node,
-    so that selections whose windows have the same size go together) into chunks: a forward walk over at most as many images as half
-    the ``budget`` holds (each of its tensors kept to :data:`WORK_TENSOR_BYTES`), and reverse passes
-    over as many selections as the rest holds, at most :data:`PART_TENSORS` work tensors' worth of
+    """Groups selections (given by their ``images`` and ``tops``, a node or a sortable key per node; sorted by
+    ``keys`` within one, so that selections whose windows have the same size go together) into chunks: a forward
+    walk over at most as many images as half the ``budget`` holds (each of its tensors kept to
+    :data:`WORK_TENSOR_BYTES`), and reverse passes over as many selections as the rest holds, at most :data:`PART_TENSORS` work tensors' worth of
     their largest step (the pass goes on in halves below that, :func:`deconv.engine.reverse.reverse`)."""
     order = sorted(range(len(images)), key=lambda k: (images[k], tops[k]))  # chunks share forward passes
     image_bytes, image_largest = per_image

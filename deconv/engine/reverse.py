@@ -16,16 +16,14 @@ from typing import Any, Sequence
 import torch
 
 from ..layers.base import POINTWISE, layout
+from .field import descend, union
 from .graph import IMAGES, Graph, Trace
-from .windows import add_at, clip, descend, place, reach, shift, window
+from .windows import add_at, clip, place, reach, shift, window
 
-__all__ = ["Window", "cones", "reverse"]
+__all__ = ["Window", "reverse"]
 
 WASTE = 2.0
 """Selections go on in groups where one shared window would be this much bigger than their own."""
-
-Box = tuple[torch.Tensor, tuple[int, int]] | None
-"""Windows at one node: top-left corners ``(K, 2)`` and a shared size; ``None`` for whole maps."""
 
 
 @dataclass
@@ -43,31 +41,6 @@ class Window:
     owned: bool = True
     rectified: bool = False
     factors: torch.Tensor | None = None
-
-
-def union(a: Box, b: Box) -> Box:
-    """The box that holds both (``None``, whole maps, holds everything); sizes shared over K."""
-    if a is None or b is None:
-        return None
-    lo = torch.minimum(a[0], b[0])
-    hi = torch.maximum(a[0] + a[0].new_tensor(a[1]), b[0] + b[0].new_tensor(b[1]))
-    size = (hi - lo).amax(0)
-    return lo, (int(size[0]), int(size[1]))
-
-
-def cones(graph: Graph, top: int, origin: torch.Tensor | None, size: tuple[int, int]) -> dict[int, Box]:
-    """The geometric cone of windows at ``top`` at every node's output below it (and at
-    :data:`~deconv.engine.graph.IMAGES`, the receptive field): the union over all paths of what each reads."""
-    found: dict[int, Box] = {top: None if origin is None else (origin, size)}
-    for i in range(top, -1, -1):
-        if i not in found:
-            continue
-        box = found[i]
-        geometry = graph.nodes[i].mirror.geometry
-        below = None if box is None or geometry is None else descend(geometry, *box)
-        for j in graph.nodes[i].inputs:
-            found[j] = union(found[j], below) if j in found else below
-    return found
 
 
 def _select(memory: Any, image: torch.Tensor) -> Any:

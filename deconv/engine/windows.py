@@ -1,25 +1,17 @@
-"""Windows of feature maps: the cone of positions one activation reaches on the way down.
+"""Cutting and placing windows of feature maps: the tensor work behind cones (:mod:`deconv.engine.field`).
 
 A window is a top-left ``origin`` ``(K, 2)`` per selection and a ``size`` ``(h, w)`` shared by all K
-selections. :func:`crop` and :func:`paste` take windows that may lie partly outside the map; the
-reverse pass keeps its windows inside their maps and uses :func:`window`, :func:`shift` and
-:func:`clip`, which need no masks.
+selections. :func:`crop` takes windows that may lie partly outside the map; the reverse pass keeps
+its windows inside their maps and uses :func:`window`, :func:`shift` and :func:`clip`, which need no masks.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..layers.base import Geometry, layout
+from ..layers.base import layout
 
-__all__ = ["descend", "crop", "inside", "paste", "window", "shift", "reach", "clip", "add_at", "place"]
-
-
-def descend(geometry: Geometry, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The input window that an output window of a layer reads. ``origin`` ``(K, 2)``."""
-    stride = origin.new_tensor(geometry.stride)
-    padding = origin.new_tensor(geometry.padding)
-    return origin * stride - padding, geometry.reads(size)
+__all__ = ["crop", "inside", "window", "shift", "reach", "clip", "add_at", "place"]
 
 
 def _grid(origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,21 +28,6 @@ def inside(origin: torch.Tensor, size: tuple[int, int], shape: tuple[int, int]) 
     ok_rows = (rows >= 0) & (rows < shape[0])
     ok_cols = (cols >= 0) & (cols < shape[1])
     return (ok_rows[:, :, None] & ok_cols[:, None, :]).unsqueeze(1)
-
-
-def paste(windows: torch.Tensor, origin: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Windows into zero maps: ``(K, C, h, w) -> (K, C, H, W)``; what lies outside the map is dropped."""
-    k, c, h, w = windows.shape
-    mask = inside(origin, (h, w), shape)
-    if mask is not None:
-        windows = windows * mask
-    rows, cols = _grid(origin, (h, w))
-    rows = rows.clamp(0, shape[0] - 1)[:, :, None]
-    cols = cols.clamp(0, shape[1] - 1)[:, None, :]
-    full = windows.new_zeros(k, shape[0], shape[1], c)
-    batch = torch.arange(k, device=windows.device)[:, None, None]
-    full.index_put_((batch, rows, cols), windows.permute(0, 2, 3, 1), accumulate=True)
-    return full.permute(0, 3, 1, 2)
 
 
 def _gather(

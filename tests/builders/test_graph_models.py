@@ -180,7 +180,7 @@ def test_reverse_passes_split_into_parts_give_the_same_projections(
     grouped = everything()
     assert parts  # the corner's and the centre's windows differ: they go on apart
     parts.clear()
-    monkeypatch.setattr(deconv.mirror, "WORK_TENSOR_BYTES", 1)
+    monkeypatch.setattr(deconv.engine.projector, "WORK_TENSOR_BYTES", 1)
     halves = everything()
     assert parts and min(parts) == 1  # down to one selection per part
     for other in (grouped, halves):

@@ -156,7 +156,7 @@ def test_random_branching_nets(plan: list[str], widths: list[int], pool: str, si
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(2, 2, size, size, generator=gen, dtype=torch.float64)
     mirror = deconv.build_mirror(model)
-    top = mirror.steps[mirror.output].name
+    top = mirror.output_layer
     h = oracle.activation(model, images, "")
     sites = oracle.positive_sites(h, 3, gen)
     selections = [(s[0], top, *s[1:]) for s in sites]

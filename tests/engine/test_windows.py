@@ -1,20 +1,10 @@
-"""Windows of feature maps, by hand: descend, crop, inside, paste, window, shift, clip."""
+"""Windows of feature maps, by hand: crop, inside, window, shift, clip."""
 
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deconv.engine.windows import clip, crop, descend, inside, paste, shift, window
-from deconv.layers.base import Geometry
-
-
-def test_descend_gives_the_input_window_an_output_window_reads() -> None:
-    geometry = Geometry(kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))
-    origin, size = descend(geometry, torch.tensor([[0, 0], [2, 3]]), (2, 3))
-    # rows: o*2 - 1 + t, t < 3, for o in {0, 1}: -1..3 -> (2-1)*2 + 3 = 5
-    # cols: o - 0 + 2t, t < 2, for o in {0, 1, 2}: 0..4 -> (3-1)*1 + 3 = 5
-    assert origin.tolist() == [[-1, 0], [3, 3]] and size == (5, 5)
-    assert descend(Geometry(), torch.tensor([[4, 5]]), (2, 1))[0].tolist() == [[4, 5]]
+from deconv.engine.windows import clip, crop, inside, shift, window
 
 
 def test_crop_cuts_boxes_zero_outside_with_their_mask() -> None:
@@ -31,14 +21,6 @@ def test_inside_masks_positions_outside_the_map() -> None:
     mask = inside(torch.tensor([[-1, 3], [0, 0]]), (2, 2), (3, 4))
     assert mask.shape == (2, 1, 2, 2)
     assert mask[0, 0].tolist() == [[False, False], [True, False]] and bool(mask[1].all())
-
-
-def test_paste_places_windows_in_zero_maps_dropping_what_lies_outside() -> None:
-    windows = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]], [[[5.0, 6.0], [7.0, 8.0]]]])
-    full = paste(windows, torch.tensor([[0, 0], [2, 3]]), (3, 4))
-    assert full.shape == (2, 1, 3, 4)
-    assert full[0, 0].tolist() == [[1, 2, 0, 0], [3, 4, 0, 0], [0, 0, 0, 0]]
-    assert full[1, 0].tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 5]]
 
 
 def test_window_cuts_windows_that_lie_inside_the_maps() -> None:

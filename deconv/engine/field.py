@@ -1,0 +1,117 @@
+"""The receptive field: the positions of every map below, and the pixels, that one activation can reach.
+
+An activation's *cone* at a node is the window of that node's output it can reach: a top-left
+``origin`` ``(K, 2)`` per selection and one ``size`` ``(h, w)``, or ``None`` where a layer mixes all
+positions (``Linear``, a global pool), which means the whole map. At the images the cone is the
+receptive field. Every receptive-field computation of deconv lives here: the mirror's boxes and
+``describe``, the reverse pass's cones, the chunk plan's estimates and the patches cut from images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from ..errors import InputError
+from ..layers.base import Geometry
+from .graph import IMAGES, Graph
+from .windows import crop
+
+__all__ = ["Box", "ReceptiveField", "Cone", "descend", "union", "cones", "boxes", "receptive_field", "patches"]
+
+Cone = tuple[torch.Tensor, tuple[int, int]] | None
+"""Windows at one node: top-left corners ``(K, 2)`` and a shared size; ``None`` for whole maps."""
+
+
+class Box(NamedTuple):
+    """Pixel box ``[top, bottom) x [left, right)``; it may reach outside the image."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Pixels seen by the activations of a layer: activation ``(y, x)`` sees the box
+    ``offset + (y, x) * stride`` of ``size``. ``None`` in place of one means the whole image."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+    def box(self, y: int, x: int) -> Box:
+        top = self.offset[0] + y * self.stride[0]
+        left = self.offset[1] + x * self.stride[1]
+        return Box(top, left, top + self.size[0], left + self.size[1])
+
+
+def descend(geometry: Geometry, origin: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The input window that an output window of a layer reads. ``origin`` ``(K, 2)``."""
+    stride = origin.new_tensor(geometry.stride)
+    padding = origin.new_tensor(geometry.padding)
+    return origin * stride - padding, geometry.reads(size)
+
+
+def union(a: Cone, b: Cone) -> Cone:
+    """The box that holds both (``None``, whole maps, holds everything); sizes shared over K."""
+    if a is None or b is None:
+        return None
+    lo = torch.minimum(a[0], b[0])
+    hi = torch.maximum(a[0] + a[0].new_tensor(a[1]), b[0] + b[0].new_tensor(b[1]))
+    size = (hi - lo).amax(0)
+    return lo, (int(size[0]), int(size[1]))
+
+
+def cones(graph: Graph, top: int, origin: torch.Tensor | None, size: tuple[int, int]) -> dict[int, Cone]:
+    """The cone of windows at node ``top`` at every node's output below it (and at ``IMAGES``, the
+    receptive field): the union over all paths of what each layer reads."""
+    found: dict[int, Cone] = {top: None if origin is None else (origin, size)}
+    for i in range(top, -1, -1):
+        if i not in found:
+            continue
+        box = found[i]
+        geometry = graph.nodes[i].mirror.geometry
+        below = None if box is None or geometry is None else descend(geometry, *box)
+        for j in graph.nodes[i].inputs:
+            found[j] = union(found[j], below) if j in found else below
+    return found
+
+
+def boxes(
+    graph: Graph, top: int, positions: torch.Tensor, image_size: tuple[int, int] | None
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pixel boxes of activations of node ``top`` at ``positions`` ``(K, 2)`` (y, x): their top-left corners
+    ``(K, 2)`` and their shared size ``(h, w)``; the whole image (of ``image_size``) past a global layer."""
+    field = cones(graph, top, positions, (1, 1))[IMAGES]
+    if field is not None:
+        return field
+    if image_size is None:
+        raise InputError("pass image_shape=(C, H, W): this mirror has not seen any images yet")
+    return torch.zeros_like(positions), image_size
+
+
+def receptive_field(graph: Graph, top: int) -> ReceptiveField | None:
+    """The receptive field of node ``top``'s activations (a layer of maps); ``None`` past a global layer."""
+    one = cones(graph, top, torch.zeros(1, 2, dtype=torch.long), (1, 1))[IMAGES]
+    two = cones(graph, top, torch.ones(1, 2, dtype=torch.long), (1, 1))[IMAGES]
+    if one is None or two is None:
+        return None
+    offset = (int(one[0][0, 0]), int(one[0][0, 1]))
+    stride = (int(two[0][0, 0] - one[0][0, 0]), int(two[0][0, 1] - one[0][0, 1]))
+    return ReceptiveField(one[1], stride, offset)
+
+
+def patches(
+    graph: Graph, top: int, images: torch.Tensor, positions: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The receptive-field boxes of activations of node ``top`` at ``positions`` ``(K, 2)`` cut from ``images``
+    ``(K, C, H, W)`` (one image per activation): ``(K, C, h, w)``, zero where a box leaves its image, and the mask
+    of pixels inside ``(K, 1, h, w)``. Whole images for a vector layer (``positions=None``) or past a global one."""
+    if positions is None:
+        return images, torch.ones_like(images[:, :1], dtype=torch.bool)
+    origin, size = boxes(graph, top, positions, (images.shape[-2], images.shape[-1]))
+    return crop(images, origin, size)
