@@ -27,8 +27,9 @@ from torch import nn  # noqa: E402
 from vgg import vgg16  # noqa: E402
 
 import deconv  # noqa: E402
-from deconv.engine.windows import clip, descend  # noqa: E402
-from deconv.mirror import Selection  # noqa: E402
+from deconv.engine.field import descend  # noqa: E402
+from deconv.engine.windows import clip  # noqa: E402
+from deconv.selection import Selection  # noqa: E402
 
 LAYER = "features.29"
 PART = 64  # selections per part, about what the default memory budget gives at conv5_3
@@ -36,7 +37,7 @@ PART = 64  # selections per part, about what the default memory budget gives at 
 
 def work(mirror: deconv.Mirror, positions: torch.Tensor, shape: tuple[int, int, int]) -> float:
     """Multiply-adds of one part's reverse pass from ``LAYER`` for ``positions`` ``(K, 2)`` sharing windows."""
-    shapes = mirror.shapes(shape)
+    shapes = [mirror.shape(step.name, shape) for step in mirror.steps]
     top = mirror.index(LAYER)
     origin, size = positions, (1, 1)
     cone, cone_size = origin, size
@@ -78,9 +79,7 @@ def main() -> None:
     noise = torch.randn(
         16, 3, 224, 224, generator=g
     )  # benchmarks/run.py's memory case: top 9 of 512 over 16 noise images
-    out = torch.cat(
-        [mirror.run(noise[i : i + 4], keep=[top], until=top, remember=False).outputs[top] for i in range(0, 16, 4)]
-    )
+    out = torch.cat([mirror.graph.run(noise[i : i + 4], [top], top).outputs[top] for i in range(0, 16, 4)])
     best, where = out.flatten(2).max(2)
     rand = [
         Selection(int(n), LAYER, c, int(where[n, c]) // 14, int(where[n, c]) % 14)

@@ -42,7 +42,7 @@ from deconv.commands.common import dataset_from, model_from, preprocess_from  # 
 from deconv.commands.config import load_config, resolve  # noqa: E402
 from deconv.commands.main import main as _unused  # noqa: E402,F401  (registers the commands)
 from deconv.commands.top9 import OPTIONS  # noqa: E402
-from deconv.mirror import Selection  # noqa: E402
+from deconv.selection import Selection  # noqa: E402
 from deconv.zoo.models import spec_beside  # noqa: E402
 
 CONFIG = ROOT / "configs" / "vgg16-hed.toml"
@@ -110,7 +110,7 @@ def batched_ms(mirror: deconv.Mirror, images: torch.Tensor, selections: list[Sel
 def strongest(mirror: deconv.Mirror, images: torch.Tensor, n: int, layer: str, k: int = K) -> list[Selection]:
     """The ``k`` strongest channels of image ``n`` at ``layer``, each at its strongest position."""
     top = mirror.index(layer)
-    out = mirror.run(images[n : n + 1], keep=[top], until=top, remember=False).outputs[top][0]
+    out = mirror.graph.run(images[n : n + 1], [top], top).outputs[top][0]
     best, where = out.flatten(1).max(1)
     width = out.shape[-1]
     return [
@@ -202,7 +202,7 @@ def conv5_cost(
     """conv5_3's batched rate by where the selections are: the job's own, centred, in a corner; and random weights."""
     from vgg import vgg16
 
-    layer, side = "features.29", mirror.shapes(tuple(images.shape[1:]))[mirror.index("features.29")][-1]
+    layer, side = "features.29", mirror.shape("features.29", tuple(images.shape[1:]))[-1]
     own = [Selection(r["index"], layer, r["channel"], r["y"], r["x"]) for r in records if r["layer"] == layer]
     sample = own[:sample]  # the top 9 of the first channels, as the job projects them
     random_mirror = deconv.build_mirror(vgg16())

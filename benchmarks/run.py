@@ -338,7 +338,7 @@ def measure_layer(
 ) -> Row:
     images = mirror.check_images(image)
     top = mirror.index(layer)
-    out = mirror.run(images, keep=[top], until=top, remember=False).outputs[top][0]
+    out = mirror.graph.run(images, [top], top).outputs[top][0]
     channels, height, width = out.shape
     best, where = out.flatten(1).max(1)
     live = [c for c in best.argsort(descending=True).tolist() if best[c] > 0][:k]
@@ -395,7 +395,7 @@ def measure_rules(
     ratio to the deconvnet rule's, and the largest relative difference from Captum's reference."""
     images = mirror.check_images(image)
     top = mirror.index(layer)
-    out = mirror.run(images, keep=[top], until=top, remember=False).outputs[top][0]
+    out = mirror.graph.run(images, [top], top).outputs[top][0]
     best, where = out.flatten(1).max(1)
     live = [c for c in best.argsort(descending=True).tolist() if best[c] > 0][:k]
     width = out.shape[-1]
@@ -438,7 +438,7 @@ def memory_child(args: argparse.Namespace) -> None:
     pool = mirror.check_images(pool)
     best = []
     for start in range(0, len(pool), 8):
-        out = mirror.run(pool[start : start + 8], keep=[top], until=top, remember=False).outputs[top]
+        out = mirror.graph.run(pool[start : start + 8], [top], top).outputs[top]
         best.append(out.flatten(2).max(2))  # values and positions (n, C)
     values = torch.cat([b.values for b in best])
     positions = torch.cat([b.indices for b in best])
@@ -490,8 +490,9 @@ def measure_fig2(reps: int, quick: bool) -> list[str]:
     (the target's baseline) and channels-last (the stricter one: what the scan itself adds)."""
     import itertools
 
-    from deconv.analyses.top9 import channels_last, project_top, scan
+    from deconv.analyses.top9 import project_top, scan
     from deconv.data import batches
+    from deconv.engine.graph import channels_last
     from deconv.figures.sheet import display_tiles, figure2
 
     model, dataset = deconv.default_model(), deconv.default_dataset()

@@ -10,7 +10,7 @@ Per model and layer, medians over several images (the spread in brackets):
   layer, the maps sorted) and ``/api/maps.png`` (every map drawn), a fresh image each time;
 * ``projection``: ``/api/project.png`` of one activation (a click in the map) of an image already on view;
 * ``click``: everything a click fetches: that projection, ``/api/patch.png`` and ``/api/image.png`` with the box;
-* beside them, the bare forward pass of the same image to the layer (``mirror.run``, no switches kept, in a
+* beside them, the bare forward pass of the same image to the layer (``mirror.graph.run``, no switches kept, in a
   worker thread as the server's), measured interleaved with them, and the ratio of each to it: on a loaded
   machine the ratios hold better than the times.
 
@@ -83,7 +83,7 @@ def measure(name: str, session: Session, layer: str, reps: int, target: float) -
     def bare(image: int) -> float:
         pixels = session.mirror.check_images(session.dataset[image][0][None])
         start = time.perf_counter()
-        session.mirror.run(pixels, keep=[top], until=top, remember=False)
+        session.mirror.graph.run(pixels, [top], top)
         return time.perf_counter() - start
 
     worker.submit(bare, reps).result()  # warm-up
