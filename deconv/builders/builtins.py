@@ -169,7 +169,8 @@ def _getitem(call: Call) -> Embed:
     index = call.args[1] if isinstance(call.args[1], tuple) else (call.args[1],)
     if not index or index[0] != slice(None) or not all(isinstance(i, (slice, int)) for i in index):
         raise UnsupportedModuleError(
-            f"indexing with {call.args[1]!r}; only slices and integers that keep the batch (e.g. x[:, :16]) can be mirrored"
+            f"indexing with {call.args[1]!r}; only slices and integers that keep the batch (e.g. x[:, :16]) "
+            "can be mirrored"
         )
     rest = index[1:]
     return Embed(lambda shape: rest, all(i == slice(None) for i in rest[1:]), f"index={rest!r}")

@@ -1,4 +1,5 @@
-"""Walks a model's forward pass into a :class:`~deconv.engine.graph.Graph` of mirrored nodes, tracing it with ``torch.fx``.
+"""Walks a model's forward pass into a :class:`~deconv.engine.graph.Graph` of mirrored nodes, traced with
+``torch.fx``.
 
 Containers (``nn.Sequential``, ResNet blocks, DenseNet blocks, Inception modules) are traced
 through; registered modules and torch's own layers stay whole. Every operation on a tensor computed
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..engine.graph import IMAGES, Graph, Node
+from ..engine.graph import IMAGES, Graph, Node, attribute
 from ..errors import UnsupportedGraphError, UnsupportedModuleError, one_line
 from .builtins import _FunctionalMaxPool
 from .registry import SIGNAL, Call, find_mirror_factory, rules
@@ -106,7 +107,8 @@ def _trace(model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, list[str]]]:
         graph = tracer.trace(model)
     except Exception as error:  # fx raises many types for untraceable code
         raise UnsupportedGraphError(
-            f"cannot trace {type(model).__name__}.forward with torch.fx ({type(error).__name__}: {one_line(error, 300)}); "
+            f"cannot trace {type(model).__name__}.forward with torch.fx "
+            f"({type(error).__name__}: {one_line(error, 300)}); "
             "mirrors need a forward pass without data-dependent control flow"
         ) from None
     finally:
@@ -190,7 +192,8 @@ def walk(model: nn.Module, rule: str) -> Graph:
         raise UnsupportedModuleError(f"{type(model).__name__} has no layers to mirror")
     if not isinstance(output.args[0], fx.Node) or output.args[0] not in index or index[output.args[0]] == IMAGES:
         raise UnsupportedGraphError(
-            f"the forward pass of {type(model).__name__} returns {output.args[0]!r}; mirrors need a model that returns one tensor"
+            f"the forward pass of {type(model).__name__} returns {output.args[0]!r}; "
+            "mirrors need a model that returns one tensor"
         )
     return Graph(model, graph, nodes)
 
@@ -207,10 +210,7 @@ def _constant(model: nn.Module, node: fx.Node, signal: set[fx.Node]) -> Any:
     if node in signal:
         return SIGNAL
     if node.op == "get_attr":
-        value: Any = model
-        for part in str(node.target).split("."):
-            value = getattr(value, part)
-        return value
+        return attribute(model, str(node.target))
     return node
 
 

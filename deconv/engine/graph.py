@@ -20,7 +20,17 @@ from torch import fx, nn
 
 from ..errors import InputError, NonFiniteError, one_line
 
-__all__ = ["IMAGES", "Node", "Graph", "Trace", "channels_last", "evaluating", "first_non_finite", "model_runs_on"]
+__all__ = [
+    "IMAGES",
+    "Node",
+    "Graph",
+    "Trace",
+    "attribute",
+    "channels_last",
+    "evaluating",
+    "first_non_finite",
+    "model_runs_on",
+]
 
 IMAGES = -1
 """The index that stands for the images in :attr:`Node.inputs`."""
@@ -105,6 +115,14 @@ def first_non_finite(x: torch.Tensor) -> int | None:
         return None
     bad = (~torch.isfinite(x).flatten(1).all(1)).nonzero()
     return int(bad[0]) if len(bad) else None  # a finite sum that overflowed
+
+
+def attribute(model: nn.Module, target: str) -> Any:
+    """What an fx ``get_attr`` node reads: the model's parameter, buffer or constant at dotted ``target``."""
+    value: Any = model
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def channels_last(images: torch.Tensor) -> torch.Tensor:
@@ -239,10 +257,7 @@ class Graph:
         if fx_node.op == "call_module":
             return self.model.get_submodule(target)(*args, **kwargs)
         if fx_node.op == "get_attr":
-            value: Any = self.model
-            for part in str(target).split("."):
-                value = getattr(value, part)
-            return value
+            return attribute(self.model, str(target))
         if kwargs.get("inplace"):
             kwargs = {**kwargs, "inplace": False}
         if fx_node.op == "call_method":

@@ -119,8 +119,9 @@ def chunks(
     """Groups selections (given by their ``images`` and ``tops``, a node or a sortable key per node; sorted by
     ``keys`` within one, so that selections whose windows have the same size go together) into chunks: a forward
     walk over at most as many images as half the ``budget`` holds (each of its tensors kept to
-    :data:`WORK_TENSOR_BYTES`), and reverse passes over as many selections as the rest holds, at most :data:`PART_TENSORS` work tensors' worth of
-    their largest step (the pass goes on in halves below that, :func:`deconv.engine.reverse.reverse`)."""
+    :data:`WORK_TENSOR_BYTES`), and reverse passes over as many selections as the rest holds, at most
+    :data:`PART_TENSORS` work tensors' worth of their largest step (the pass goes on in halves below that,
+    :func:`deconv.engine.reverse.reverse`)."""
     order = sorted(range(len(images)), key=lambda k: (images[k], tops[k]))  # chunks share forward passes
     image_bytes, image_largest = per_image
     per_chunk = max(1, min(budget // 2 // image_bytes, WORK_TENSOR_BYTES // image_largest))

@@ -115,7 +115,7 @@ def reverse(
         signal = signal.contiguous(memory_format=torch.channels_last)
     size = (signal.shape[-2], signal.shape[-1])
     pending = {top: Window(signal, origin, size, origin, size)}
-    return _run(graph, trace, rule, pending, top, image, torch.arange(len(image), device=image.device), work_bytes)
+    return _Pass(graph, trace, rule, work_bytes).run(pending, top, image, torch.arange(len(image), device=image.device))
 
 
 def _written(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]]) -> int:
@@ -160,36 +160,43 @@ def _groups(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]], k: int, wo
     return [order[: k // 2], order[k // 2 :]]
 
 
-def _run(
-    graph: Graph,
-    trace: Trace,
-    rule: str,
-    pending: dict[int, Window],
-    start: int,
-    image: torch.Tensor,
-    which: torch.Tensor,
-    work_bytes: int | None,
-) -> list[tuple[torch.Tensor, Window]]:
-    nodes = graph.nodes
-    for i in range(start, -1, -1):
-        w = pending.get(i)
-        if w is None:
-            continue
-        node = nodes[i]
-        mirror = node.mirrors[rule]
-        ins, out_shape = trace.inputs[i], trace.shapes[i]
+@dataclass(frozen=True)
+class _Pass:
+    """One reverse pass under ``rule`` down ``graph``, reading the forward ``trace``; ``work_bytes`` bounds its
+    largest tensor (see :func:`reverse`)."""
+
+    graph: Graph
+    trace: Trace
+    rule: str
+    work_bytes: int | None
+
+    def run(
+        self, pending: dict[int, Window], start: int, image: torch.Tensor, which: torch.Tensor
+    ) -> list[tuple[torch.Tensor, Window]]:
+        """Goes down from node ``start`` with the signals ``pending`` at node outputs, for selections ``which``
+        ``(K,)`` of traced images ``image`` ``(K,)``; parts of the selections go on alone where they must."""
+        for i in range(start, -1, -1):
+            w = pending.get(i)
+            if w is None:
+                continue
+            geometry = self.graph.nodes[i].mirrors[self.rule].geometry
+            groups = _groups(geometry, w, self.trace.inputs[i], len(image), self.work_bytes)
+            if groups:
+                return [
+                    part
+                    for g in groups
+                    for part in self.run({j: _part(v, g) for j, v in pending.items()}, i, image[g], which[g])
+                ]
+            del pending[i]
+            self._step(i, w, image, pending)
+        return [(which, _settle(pending[IMAGES]))]
+
+    def _step(self, i: int, w: Window, image: torch.Tensor, pending: dict[int, Window]) -> None:
+        """Node ``i``'s mirror takes the signal ``w`` at its output to its inputs, where it joins ``pending``."""
+        node = self.graph.nodes[i]
+        mirror = node.mirrors[self.rule]
+        ins, out_shape = self.trace.inputs[i], self.trace.shapes[i]
         geometry = mirror.geometry
-        groups = _groups(geometry, w, ins, len(image), work_bytes)
-        if groups:
-            return [
-                part
-                for g in groups
-                for part in _run(
-                    graph, trace, rule, {j: _part(v, g) for j, v in pending.items()}, i, image[g], which[g], work_bytes
-                )
-            ]
-        del pending[i]
-        memory = trace.memory[i][rule]
         if w.origin is not None and (
             geometry is None
             or any(len(s) != 3 for s in ins)
@@ -200,13 +207,9 @@ def _run(
         if factors is not None and len(node.inputs) == 1:  # left pending for the mirror below to take
             if w.factors is not None:
                 factors = factors * w.factors
-            _send(
-                pending,
-                node.inputs[0],
-                Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned, factors=factors),
-                ins[0],
-            )
-            continue
+            below = Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned, factors=factors)
+            _send(pending, node.inputs[0], below, ins[0])
+            return
         takes = {"factors": w.factors} if w.factors is not None and mirror.takes_factors else {}
         if not takes:
             _settle(w)
@@ -214,39 +217,14 @@ def _run(
             if not w.rectified:
                 _rectify(w)
             _send(pending, node.inputs[0], Window(w.signal, w.origin, w.size, w.cone, w.cone_size, w.owned), ins[0])
-            continue
+            return
         rectified = False
         if mirror.disjoint and not takes and len(node.inputs) == 1 and node.inputs[0] != IMAGES:
-            below = nodes[node.inputs[0]]
-            if below.mirrors[rule].rectifies and len(below.fx_node.users) == 1:
+            below_node = self.graph.nodes[node.inputs[0]]
+            if below_node.mirrors[self.rule].rectifies and len(below_node.fx_node.users) == 1:
                 _rectify(w)  # relu commutes with placing apart
                 rectified = True
-        if w.origin is None:
-            out = mirror(w.signal, *(_select(m, image) for m in memory), **takes)
-            outs = out if isinstance(out, tuple) else (out,)
-            sent = [Window(t, None, w.size, w.cone, w.cone_size) for t in outs]
-        else:
-            cut = tuple(
-                window(m, image, w.origin, w.size, channels_last=True)
-                if isinstance(m, torch.Tensor) and m.dim() == 4
-                else _select(m, image)
-                for m in memory
-            )
-            if geometry == POINTWISE:  # windows stay where they are
-                out = mirror(w.signal, *mirror.restrict(cut, w.origin, w.size), **takes)
-                outs = out if isinstance(out, tuple) else (out,)
-                sent = [Window(t, w.origin, w.size, w.cone, w.cone_size) for t in outs]
-            else:
-                read, read_size = descend(geometry, w.origin, w.size)
-                cone, cone_size = descend(geometry, w.cone, w.cone_size)
-                out = mirror(w.signal, *mirror.restrict(cut, read, read_size), **takes)
-                outs = out if isinstance(out, tuple) else (out,)
-                sent = []
-                for j, t, shape in zip(node.inputs, outs, ins):
-                    o, s = clip(cone, cone_size, read, read_size, tuple(shape[-2:]))
-                    sent.append(
-                        Window(shift(t if j == IMAGES else _channels_last(t), o - read, s), o, s, cone, cone_size)
-                    )
+        sent = self._apply(i, w, image, takes)
         storage = [_storage(p.signal) for p in sent]
         for k, (j, piece) in enumerate(zip(node.inputs, sent)):
             # a signal may change in place if no other holds its memory: not the pending one (unless
@@ -254,7 +232,34 @@ def _run(
             piece.owned = (w.owned or storage[k] != _storage(w.signal)) and storage.count(storage[k]) == 1
             piece.rectified = rectified
             _send(pending, j, piece, ins[k])
-    return [(which, _settle(pending[IMAGES]))]
+
+    def _apply(self, i: int, w: Window, image: torch.Tensor, takes: dict[str, Any]) -> list[Window]:
+        """Node ``i``'s mirror on ``w``: the signal for each of its inputs, whole maps or windows cut to the cone."""
+        node = self.graph.nodes[i]
+        mirror = node.mirrors[self.rule]
+        memory = self.trace.memory[i][self.rule]
+        geometry = mirror.geometry
+        if w.origin is None:
+            out = mirror(w.signal, *(_select(m, image) for m in memory), **takes)
+            return [Window(t, None, w.size, w.cone, w.cone_size) for t in (out if isinstance(out, tuple) else (out,))]
+        cut = tuple(
+            window(m, image, w.origin, w.size, channels_last=True)
+            if isinstance(m, torch.Tensor) and m.dim() == 4
+            else _select(m, image)
+            for m in memory
+        )
+        if geometry == POINTWISE:  # windows stay where they are
+            out = mirror(w.signal, *mirror.restrict(cut, w.origin, w.size), **takes)
+            outs = out if isinstance(out, tuple) else (out,)
+            return [Window(t, w.origin, w.size, w.cone, w.cone_size) for t in outs]
+        read, read_size = descend(geometry, w.origin, w.size)
+        cone, cone_size = descend(geometry, w.cone, w.cone_size)
+        out = mirror(w.signal, *mirror.restrict(cut, read, read_size), **takes)
+        sent = []
+        for j, t, shape in zip(node.inputs, out if isinstance(out, tuple) else (out,), self.trace.inputs[i]):
+            o, s = clip(cone, cone_size, read, read_size, tuple(shape[-2:]))
+            sent.append(Window(shift(t if j == IMAGES else _channels_last(t), o - read, s), o, s, cone, cone_size))
+        return sent
 
 
 def _rectify(w: Window) -> None:
