@@ -1,6 +1,7 @@
 # Two commands on a fresh machine; each installs what it needs (a virtual environment, pinned torch).
 #   make demo   top-9 sheets for every conv layer of the embedded default -> runs/default/
-#   make test   the test suite (torch 2.14.1 + torchvision, to test real VGG/AlexNet architectures)
+#   make test   ruff's format and lint checks, then the test suite (torch 2.14.1 + torchvision, to test real
+#               VGG/AlexNet architectures)
 PYTHON ?= python3
 VENV := .venv
 TEST_VENV := .venv-test
@@ -11,6 +12,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/deconv top9 --config configs/default.toml --out runs/default --overwrite
 
 test: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/ruff format --check .
+	$(TEST_VENV)/bin/ruff check .
 	$(TEST_VENV)/bin/python -m pytest
 
 bench: $(TEST_VENV)/.installed
