@@ -159,10 +159,13 @@ def main() -> int:
     scan = job["phases"].get("scan", 0.0)
     reference = scan + sum(count[layer] * rate[layer] / 1e3 for layer in layers)
     lines = [
-        f"# The Fig. 2 job: {CONFIG.relative_to(ROOT)} ({len(images)} images), {time.strftime('%d %b %Y %H:%M UTC', time.gmtime())}",
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average at the start {load:.1f}, at the end {os.getloadavg()[0]:.1f}",
+        f"# The Fig. 2 job: {CONFIG.relative_to(ROOT)} ({len(images)} images), "
+        f"{time.strftime('%d %b %Y %H:%M UTC', time.gmtime())}",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average at the start {load:.1f}, at the end {os.getloadavg()[0]:.1f}",
         "",
-        "| phase | time | projections | per projection | batched rate (`projections(..., crop=True)`, 64 of one image) | phase / its reference |",
+        "| phase | time | projections | per projection "
+        "| batched rate (`projections(..., crop=True)`, 64 of one image) | phase / its reference |",
         "|---|---|---|---|---|---|",
         f"| setup (model, data, rehearsal) | {job['phases'].get('setup', 0.0):.1f} s | | | | |",
         f"| scan | {scan:.1f} s | | | | |",
@@ -170,7 +173,8 @@ def main() -> int:
     for layer in layers:
         took = job["phases"].get(f"projections {layer}", 0.0)
         lines.append(
-            f"| projections {NAMES.get(layer, layer)} (`{layer}`) | {took:.1f} s | {count[layer]:,} | {took / count[layer] * 1e3:.1f} ms "
+            f"| projections {NAMES.get(layer, layer)} (`{layer}`) | {took:.1f} s | {count[layer]:,} "
+            f"| {took / count[layer] * 1e3:.1f} ms "
             f"| {rate[layer]:.2f} ms | {took / (count[layer] * rate[layer] / 1e3):.2f}x |"
         )
     for phase in ("rendering", "report"):
@@ -179,13 +183,15 @@ def main() -> int:
     ratio = job["wall"] / reference
     w, h = job["largest_sheet"] or (0, 0)
     lines += [
-        f"| **whole job** (wall, process start to exit) | **{job['wall']:.1f} s** | | | reference: scan + projections at the batched rate = {reference:.1f} s | **{ratio:.2f}x** (target <= 1.25x: {verdict(ratio <= 1.25)}) |",
+        f"| **whole job** (wall, process start to exit) | **{job['wall']:.1f} s** | | "
+        f"| reference: scan + projections at the batched rate = {reference:.1f} s "
+        f"| **{ratio:.2f}x** (target <= 1.25x: {verdict(ratio <= 1.25)}) |",
         "",
         f"- peak RSS of the job: **{job['peak_mb']:.0f} MB** (target < 2.5 GB: {verdict(job['peak_mb'] < 2560)})",
-        f"- output: **{job['output_mb']:.1f} MB** (target < 120 MB: {verdict(job['output_mb'] < 120)}); {job['sheets']} sheets, "
-        f"{job['sheets_mb']:.1f} MB, the largest {job['largest_sheet_mb']:.1f} MB",
-        f"- largest sheet: **{w}x{h} px** (target <= 4096 px: {verdict(max(w, h) <= 4096)}); {job['thumbs']} thumbnails of "
-        f"{job['thumb_kb']:.0f} KB on average",
+        f"- output: **{job['output_mb']:.1f} MB** (target < 120 MB: {verdict(job['output_mb'] < 120)}); "
+        f"{job['sheets']} sheets, {job['sheets_mb']:.1f} MB, the largest {job['largest_sheet_mb']:.1f} MB",
+        f"- largest sheet: **{w}x{h} px** (target <= 4096 px: {verdict(max(w, h) <= 4096)}); "
+        f"{job['thumbs']} thumbnails of {job['thumb_kb']:.0f} KB on average",
     ]
     if "features.29" in layers:
         lines += [
@@ -254,7 +260,8 @@ def conv5_cost(
         ),
     ]
     lines = [
-        f"conv5_3 (`{layer}`, {side}x{side} maps): batched rate by position of the selections (one `projections(..., crop=True)` call each)",
+        f"conv5_3 (`{layer}`, {side}x{side} maps): batched rate by position of the selections "
+        "(one `projections(..., crop=True)` call each)",
         "",
         "| selections | on the border of the map | per projection |",
         "|---|---|---|",
@@ -263,7 +270,8 @@ def conv5_cost(
         batched_ms(m, x, sel[:2])  # warm up
         lines.append(f"| {name} | {border(sel, side):.0%} | {batched_ms(m, x, sel):.1f} ms |")
     lines.append(
-        f"| all {len(own):,} of the job's conv5_3 selections | {border(own, side):.0%} | (job: see above; batched rate {reference:.1f} ms) |"
+        f"| all {len(own):,} of the job's conv5_3 selections | {border(own, side):.0%} "
+        f"| (job: see above; batched rate {reference:.1f} ms) |"
     )
     return lines
 

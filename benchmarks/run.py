@@ -153,9 +153,11 @@ def rule_references() -> dict[str, Callable[..., torch.Tensor]]:
             return make()
 
     return {
-        "deconvnet": lambda m, l, x, n: quiet(lambda: NeuronDeconvolution(m, l).attribute(x, neuron_selector=n)),
-        "gradient": lambda m, l, x, n: quiet(lambda: Saliency(neuron_value(m, l, n)).attribute(x, abs=False)),
-        "guided": lambda m, l, x, n: quiet(lambda: NeuronGuidedBackprop(m, l).attribute(x, neuron_selector=n)),
+        "deconvnet": lambda m, layer, x, n: quiet(
+            lambda: NeuronDeconvolution(m, layer).attribute(x, neuron_selector=n)
+        ),
+        "gradient": lambda m, layer, x, n: quiet(lambda: Saliency(neuron_value(m, layer, n)).attribute(x, abs=False)),
+        "guided": lambda m, layer, x, n: quiet(lambda: NeuronGuidedBackprop(m, layer).attribute(x, neuron_selector=n)),
     }
 
 
@@ -237,7 +239,11 @@ def machine() -> dict[str, Any]:
         captum_version = "not installed"
     mem = "?"
     try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        kb = int(
+            next(
+                line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+            ).split()[1]
+        )
         mem = f"{kb / 1024**2:.0f} GB"
     except (OSError, StopIteration):
         pass
@@ -667,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     out += [
         "",
         "Rules (batched time per projection, ratio to the deconvnet rule's, largest relative difference from "
-        f"Captum's NeuronDeconvolution, Saliency (abs=False) and NeuronGuidedBackprop; target: guided and gradient <= {RULE_COST}x):",
+        "Captum's NeuronDeconvolution, Saliency (abs=False) and NeuronGuidedBackprop; "
+        f"target: guided and gradient <= {RULE_COST}x):",
         "",
         table(["layer", "deconvnet", "gradient", "guided"], rule_rows),
     ]

@@ -79,7 +79,8 @@ class Clock:
             yield item  # type: ignore[misc]
 
     def summary(self) -> str:
-        """``"scan 7.1 s, projections 402.3 s, ... (total 415.0 s)"``: each phase, and the time since the clock started."""
+        """``"scan 7.1 s, projections 402.3 s, ... (total 415.0 s)"``: each phase, and the time since the
+        clock started."""
         phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.phases.items())
         return f"{phases} (total {self.now() - self.start:.1f} s)"
 

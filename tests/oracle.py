@@ -290,7 +290,8 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1
     tolerance = rtol * scale.clamp_min(floor)
     bad = (error > tolerance).nonzero().flatten().tolist()
     assert not bad, (
-        f"projections {bad[:10]} differ from the oracle: error {error[bad[:5]].tolist()} > {tolerance[bad[:5]].tolist()}"
+        f"projections {bad[:10]} differ from the oracle: "
+        f"error {error[bad[:5]].tolist()} > {tolerance[bad[:5]].tolist()}"
     )
     assert float((scale > 0).double().mean()) >= min_nonzero, (
         f"only {int((scale > 0).sum())}/{len(scale)} references are non-zero"

@@ -20,7 +20,8 @@ NET = """
 from torch import nn
 
 def make(width=4, classes=0):
-    layers = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(width, 5, 3, padding=1), nn.ReLU()]
+    layers = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), \
+nn.Conv2d(width, 5, 3, padding=1), nn.ReLU()]
     if classes:
         layers += [nn.Flatten(), nn.Linear(5 * 8 * 8, classes)]
     return nn.Sequential(*layers)

@@ -37,7 +37,8 @@ def _sub_pixel(signal: torch.Tensor, weight: torch.Tensor, stride: tuple[int, in
 
 
 def _spread(signal: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
-    """Values ``stride`` apart in zeros: ``(N, C, h, w) -> (N, C, (h - 1) * s_y + 1, (w - 1) * s_x + 1)``, same layout."""
+    """Values ``stride`` apart in zeros: ``(N, C, h, w) -> (N, C, (h - 1) * s_y + 1, (w - 1) * s_x + 1)``,
+    same layout."""
     n, c, h, w = signal.shape
     size = ((h - 1) * stride[0] + 1, (w - 1) * stride[1] + 1)
     out = torch.empty(n, c, *size, dtype=signal.dtype, device=signal.device, memory_format=layout(signal))

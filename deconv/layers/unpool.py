@@ -127,4 +127,7 @@ class Unpool2d(MirrorModule):
         if self.adaptive is not None:
             return f"adaptive={self.adaptive}"
         g = self.geometry
-        return f"kernel={g.kernel}, stride={g.stride}, padding={g.padding}, dilation={g.dilation}, ceil_mode={self.ceil_mode}"
+        return (
+            f"kernel={g.kernel}, stride={g.stride}, padding={g.padding}, "
+            f"dilation={g.dilation}, ceil_mode={self.ceil_mode}"
+        )
