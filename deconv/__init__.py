@@ -5,7 +5,7 @@
 """
 
 from . import errors
-from .builders import Call, register_mirror, registered_types, rules, unregister_mirror
+from .builders import Call, Rule, register_mirror, registered_types, resolve_rule, rules, unregister_mirror
 from .errors import *  # noqa: F403  (the typed errors, listed in errors.__all__)
 from .mirror import DEFAULT_MEMORY_BUDGET, Box, LayerInfo, Mirror, ReceptiveField, Selection, build_mirror
 from .zoo.models import default_dataset, default_model
@@ -24,6 +24,8 @@ __all__ = [
     "default_dataset",
     "register_mirror",
     "rules",
+    "Rule",
+    "resolve_rule",
     "Call",
     "unregister_mirror",
     "registered_types",

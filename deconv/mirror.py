@@ -10,14 +10,14 @@ Analyses, figures, commands and ``deconv serve`` use the engine only through the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .builders import rules as registered_rules
 from .builders import walk
-from .builders.registry import DEFAULT_RULE
+from .builders.registry import DEFAULT_RULE, Rule, resolve_rule
 from .engine import field
 from .engine.field import Box, ReceptiveField
 from .engine.graph import IMAGES, Graph, Node, Trace, channels_last, evaluating, first_non_finite
@@ -54,22 +54,22 @@ class LayerInfo:
     receptive_field: ReceptiveField | None
 
 
-def build_mirror(model: nn.Module, rule: str = DEFAULT_RULE) -> Mirror:
+def build_mirror(model: nn.Module, rule: str | Rule = DEFAULT_RULE) -> Mirror:
     """The deconvnet of ``model``: one mirror module per operation, sharing the model's own weights.
 
     ``rule`` is what the mirror does at each ReLU by default (``"deconvnet"``, the paper's;
-    ``"guided"``; ``"gradient"``; or one registered with ``register_mirror(..., rule=...)``).
+    ``"guided"``; ``"gradient"``; or one registered with ``register_mirror(..., rule=...)``; a name or a
+    :class:`~deconv.Rule`). Each node's mirror under another rule is built when a projection first uses it.
     ``model`` is left exactly as it was. Raises ``UnsupportedModuleError`` (a ``TypeError``) naming
     a node with no registered mirror, ``UnsupportedGraphError`` where the forward pass cannot be traced.
     """
-    _check_rule(rule)
-    return Mirror(walk(model, rule), rule)
+    name = _rule(rule)
+    return Mirror(walk(model, name), name)
 
 
-def _check_rule(rule: Any) -> str:
-    if rule not in registered_rules():
-        raise SelectionError(f"unknown rule {rule!r}; valid rules: {', '.join(registered_rules())}")
-    return rule
+def _rule(rule: str | Rule) -> str:
+    """The name of the registered rule ``rule``: ``SelectionError`` naming the valid ones if there is none."""
+    return resolve_rule(rule).name
 
 
 class Mirror(nn.Module):
@@ -80,10 +80,10 @@ class Mirror(nn.Module):
     :meth:`index` are the engine's own handles, for its tests.
     """
 
-    def __init__(self, graph: Graph, rule: str = DEFAULT_RULE) -> None:
+    def __init__(self, graph: Graph, rule: str | Rule = DEFAULT_RULE) -> None:
         super().__init__()
         self.graph = graph
-        self.rule = rule
+        self.rule = str(rule)
         self.steps: tuple[Node, ...] = tuple(graph.nodes)
         self.stack = nn.ModuleList(node.mirror for node in reversed(self.steps))
         object.__setattr__(self, "model", graph.model)  # not a submodule: the mirror owns no state of its own
@@ -255,7 +255,7 @@ class Mirror(nn.Module):
         channel: int | None = None,
         position: Position = None,
         target_class: int | None = None,
-        rule: str | None = None,
+        rule: str | Rule | None = None,
         trace: Trace | None = None,
     ) -> torch.Tensor:
         """Projects one activation per image to pixel space: ``(N, C, H, W) -> (N, C, H, W)``.
@@ -265,7 +265,7 @@ class Mirror(nn.Module):
         (all other outputs zeroed) instead of ``layer``/``channel``. ``rule`` overrides the mirror's;
         ``trace`` (from :meth:`trace` on the same ``images``) skips the forward walk.
         """
-        rule = self.rule if rule is None else _check_rule(rule)
+        rule = self.rule if rule is None else _rule(rule)
         if target_class is not None:
             if layer is not None or channel is not None or position is not None:
                 raise SelectionError(
@@ -322,12 +322,12 @@ class Mirror(nn.Module):
         images: torch.Tensor,
         selections: Sequence[Selection | tuple],
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
-        rule: str | None = None,
+        rule: str | Rule | None = None,
         trace: Trace | None = None,
     ) -> torch.Tensor:
         """Projects K selections ``(image_index, layer, channel, y, x)`` sharing forward passes:
         ``(K, C, H, W)``. ``trace`` (from :meth:`trace` on the same ``images``) skips the forward walk."""
-        rule = self.rule if rule is None else _check_rule(rule)
+        rule = self.rule if rule is None else _rule(rule)
         images = self.check_images(images)
         return self._project_many(images, self._parse(images, selections), memory_budget, rule, trace)
 
@@ -345,7 +345,7 @@ class Mirror(nn.Module):
         selections: Sequence[Selection | tuple],
         crop: bool = False,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
-        rule: str | None = None,
+        rule: str | Rule | None = None,
         trace: Trace | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Projects selections chunk by chunk in bounded memory, yielding ``(where, projections)``.
@@ -355,7 +355,7 @@ class Mirror(nn.Module):
         the whole image for layers past a global one). Each reverse pass only computes the cone of
         positions its activation can reach. Chunks hold at most ``memory_budget`` bytes of work.
         """
-        rule = self.rule if rule is None else _check_rule(rule)
+        rule = self.rule if rule is None else _rule(rule)
         images = self.check_images(images)
         parsed = self._parse(images, selections)
         return self._projections(images, parsed, crop, memory_budget, rule, trace)

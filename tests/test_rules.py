@@ -99,3 +99,29 @@ def test_users_register_rules_of_their_own(zfnet) -> None:
         deconv.build_mirror(model, rule="halved")
     with pytest.raises(deconv.SelectionError, match="unknown rule"):
         deconv.build_mirror(model).project(images, layer="0", channel=0, rule="Guided")
+
+
+def test_a_rule_is_a_registry_entry_and_names_work_wherever_a_rule_goes(zfnet) -> None:
+    model, images, _ = zfnet
+    guided = deconv.resolve_rule("guided")
+    assert isinstance(guided, deconv.Rule) and str(guided) == "guided" and guided.description
+    assert deconv.resolve_rule(guided) is guided and [str(deconv.resolve_rule(r)) for r in RULES] == RULES
+    assert deconv.rules()[0] == "deconvnet" and all(isinstance(r, str) for r in deconv.rules())
+    mirror = deconv.build_mirror(model, rule=guided)
+    assert mirror.rule == "guided"
+    by_name = mirror.project(images, layer="8", channel=3, rule="deconvnet")
+    assert torch.equal(mirror.project(images, layer="8", channel=3, rule=deconv.resolve_rule("deconvnet")), by_name)
+    for wrong in ("Guided", "", None, 3):
+        with pytest.raises(deconv.SelectionError, match=r"unknown rule .*; valid rules: deconvnet, guided, gradient"):
+            deconv.resolve_rule(wrong)  # type: ignore[arg-type]
+
+
+def test_only_the_rules_a_call_uses_are_built(zfnet) -> None:
+    model, images, _ = zfnet
+    mirror = deconv.build_mirror(model)
+    assert all(set(step.mirrors) == {"deconvnet"} for step in mirror.steps)  # the default rule's, at build time
+    mirror.graph.run(images, (), None, ("guided",), False)
+    assert all(set(step.mirrors) == {"deconvnet", "guided"} for step in mirror.steps)
+    relu, conv = (next(s for s in mirror.steps if isinstance(s.layer, kind)) for kind in (nn.ReLU, nn.Conv2d))
+    assert isinstance(relu.mirror_for("guided"), deconv.layers.GuidedRectify)
+    assert conv.mirror_for("guided") is conv.mirror  # a rule with nothing of its own shares the default's mirror

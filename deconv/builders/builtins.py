@@ -30,7 +30,10 @@ from ..layers import (
 )
 from ..layers.base import pair
 from ..layers.transposed_average import adaptive_axis_pool, average_axis_pool
-from .registry import SIGNAL, Call, register_mirror
+from .registry import SIGNAL, Call, Rule, register_mirror
+
+GUIDED = Rule("guided", "guided backpropagation: rectify the signal and keep only where the forward input was positive")
+GRADIENT = Rule("gradient", "the gradient: pass the signal only where the forward input was positive")
 
 
 @register_mirror(nn.Conv2d)
@@ -45,12 +48,12 @@ def _relu(relu: nn.ReLU) -> Rectify:
     return Rectify()
 
 
-@register_mirror(nn.ReLU, rule="guided")
+@register_mirror(nn.ReLU, rule=GUIDED)
 def _relu_guided(relu: nn.ReLU) -> GuidedRectify:
     return GuidedRectify()
 
 
-@register_mirror(nn.ReLU, rule="gradient")
+@register_mirror(nn.ReLU, rule=GRADIENT)
 def _relu_gradient(relu: nn.ReLU) -> ReLUGradient:
     return ReLUGradient()
 

@@ -8,11 +8,15 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from ..errors import SelectionError
+
 __all__ = [
     "DEFAULT_RULE",
     "SIGNAL",
     "Call",
     "MirrorFactory",
+    "Rule",
+    "resolve_rule",
     "register_mirror",
     "unregister_mirror",
     "find_mirror_factory",
@@ -28,6 +32,32 @@ F = TypeVar("F", bound=MirrorFactory)
 Target = Any  # an nn.Module subclass, or a function / tensor method (``torch.cat``, ``torch.Tensor.view``)
 
 _FACTORIES: dict[tuple[Target, str], MirrorFactory] = {}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule: what the mirror does at each ReLU going down, named as users pass it (``str(rule)`` is its
+    name). A rule exists while some mirror is registered under it (:func:`register_mirror`)."""
+
+    name: str
+    description: str = ""
+
+    def __str__(self) -> str:
+        return self.name
+
+
+_RULES: dict[str, Rule] = {DEFAULT_RULE: Rule(DEFAULT_RULE, "the paper's: rectify the signal at every ReLU going down")}
+"""Every rule ever named, by name; :func:`rules` says which have a mirror now."""
+
+
+def resolve_rule(value: str | Rule) -> Rule:
+    """The registered rule named ``value`` (a name or a :class:`Rule`); ``SelectionError`` naming the valid
+    rules if there is none. The one place a rule is checked."""
+    name = value.name if isinstance(value, Rule) else value
+    valid = rules()
+    if not isinstance(name, str) or name not in valid:
+        raise SelectionError(f"unknown rule {value!r}; valid rules: {', '.join(valid)}")
+    return _RULES[name]
 
 
 class _Signal:
@@ -71,7 +101,7 @@ def _name(target: Target) -> str:
     return f"{getattr(target, '__module__', None) or 'torch.Tensor'}.{getattr(target, '__qualname__', target)}"
 
 
-def register_mirror(*targets: Target, rule: str = DEFAULT_RULE, override: bool = False) -> Callable[[F], F]:
+def register_mirror(*targets: Target, rule: str | Rule = DEFAULT_RULE, override: bool = False) -> Callable[[F], F]:
     """Decorate a factory as the mirror of ``targets`` under ``rule``.
 
     A target is an ``nn.Module`` subclass (its subclasses match too), whose factory takes the module,
@@ -85,15 +115,18 @@ def register_mirror(*targets: Target, rule: str = DEFAULT_RULE, override: bool =
             return deconv.layers.PassThrough()
 
     ``rule`` names the rule the mirror belongs to (``"deconvnet"``, ``"guided"``, ``"gradient"`` or a
-    new one); a target with no mirror under a rule uses its ``"deconvnet"`` mirror. Registering a
-    target twice under one rule raises ``ValueError`` unless ``override=True``.
+    new one, which this registers; a :class:`Rule` also gives its description); a target with no mirror
+    under a rule uses its ``"deconvnet"`` mirror. Registering a target twice under one rule raises
+    ``ValueError`` unless ``override=True``.
     """
     if not targets or not all(
         (isinstance(t, type) and issubclass(t, nn.Module)) or (callable(t) and not isinstance(t, type)) for t in targets
     ):
         raise TypeError(f"register_mirror takes nn.Module subclasses or functions, got {targets!r}")
-    if not isinstance(rule, str) or not rule.isidentifier():
+    entry = rule if isinstance(rule, Rule) else Rule(rule)
+    if not isinstance(entry.name, str) or not entry.name.isidentifier():
         raise ValueError(f"a rule is named by an identifier such as 'guided', got {rule!r}")
+    rule = entry.name
 
     def decorator(factory: F) -> F:
         for target in targets:
@@ -102,6 +135,7 @@ def register_mirror(*targets: Target, rule: str = DEFAULT_RULE, override: bool =
                     f"a mirror for {_name(target)} under rule {rule!r} is already registered "
                     f"({_FACTORIES[_key(target), rule].__qualname__}); pass override=True to replace it"
                 )
+        _RULES.setdefault(rule, entry)  # the first entry to name a rule stays its entry
         for target in targets:
             _FACTORIES[_key(target), rule] = factory
         return factory
@@ -109,16 +143,16 @@ def register_mirror(*targets: Target, rule: str = DEFAULT_RULE, override: bool =
     return decorator
 
 
-def unregister_mirror(target: Target, rule: str = DEFAULT_RULE) -> None:
+def unregister_mirror(target: Target, rule: str | Rule = DEFAULT_RULE) -> None:
     """Forget the mirror registered for exactly ``target`` under ``rule``; ``KeyError`` if there is none."""
-    del _FACTORIES[_key(target), rule]
+    del _FACTORIES[_key(target), str(rule)]
 
 
-def find_mirror_factory(target: nn.Module | Target, rule: str = DEFAULT_RULE) -> MirrorFactory | None:
+def find_mirror_factory(target: nn.Module | Target, rule: str | Rule = DEFAULT_RULE) -> MirrorFactory | None:
     """The factory for a module (the nearest class in ``type(module).__mro__``) or a function under
     ``rule``, falling back on the ``"deconvnet"`` one; ``None`` if neither is registered."""
     keys = type(target).__mro__ if isinstance(target, nn.Module) else (_key(target),)
-    for wanted in dict.fromkeys((rule, DEFAULT_RULE)):
+    for wanted in dict.fromkeys((str(rule), DEFAULT_RULE)):
         for key in keys:
             try:
                 if (key, wanted) in _FACTORIES:
@@ -134,5 +168,6 @@ def registered_types() -> tuple[Target, ...]:
 
 
 def rules() -> tuple[str, ...]:
-    """Every rule some mirror is registered under, ``"deconvnet"`` first."""
+    """The names of every rule some mirror is registered under, ``"deconvnet"`` first (see :func:`resolve_rule`
+    for their :class:`Rule` entries)."""
     return tuple(dict.fromkeys([DEFAULT_RULE, *(rule for _, rule in _FACTORIES)]))

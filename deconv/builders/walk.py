@@ -3,7 +3,8 @@
 
 Containers (``nn.Sequential``, ResNet blocks, DenseNet blocks, Inception modules) are traced
 through; registered modules and torch's own layers stay whole. Every operation on a tensor computed
-from the images becomes a node with a mirror from the registry, under every rule. Names:
+from the images becomes a node with a mirror from the registry: the default rule's at once, another
+rule's when a pass first uses it. Names:
 
 - a module called once: its module name (``features.3``); called again: ``name:1``, ``name:2``, ...
 - a container whose output is a node: an alias of that node (``layer3.1``, ``features.denseblock2``);
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import operator
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -23,7 +25,7 @@ from torch import fx, nn
 from ..engine.graph import IMAGES, Graph, Node, attribute
 from ..errors import UnsupportedGraphError, UnsupportedModuleError, one_line
 from .builtins import _FunctionalMaxPool
-from .registry import SIGNAL, Call, find_mirror_factory, rules
+from .registry import SIGNAL, Call, find_mirror_factory
 
 __all__ = ["walk"]
 
@@ -118,8 +120,8 @@ def _trace(model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, list[str]]]:
 
 
 def walk(model: nn.Module, rule: str) -> Graph:
-    """The model's forward pass as a :class:`Graph` of nodes in forward order, each with its mirror
-    under every registered rule (``rule`` is the node's default).
+    """The model's forward pass as a :class:`Graph` of nodes in forward order, each with its mirror under
+    ``rule`` (the node's default), and under any other rule when a pass first asks for it.
 
     Raises ``UnsupportedModuleError`` naming a node with no mirror, ``UnsupportedGraphError`` where
     the forward pass cannot be traced or does not return one tensor.
@@ -128,74 +130,87 @@ def walk(model: nn.Module, rule: str) -> Graph:
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     if not placeholders:
         raise UnsupportedGraphError(f"the forward pass of {type(model).__name__} takes no input")
-    signal: set[fx.Node] = {placeholders[0]}
-    index: dict[fx.Node, int] = {placeholders[0]: IMAGES}
-    nodes: list[Node] = []
-    calls: Counter[str] = Counter()
+    state = _Walk(model, rule, returned, {placeholders[0]}, {placeholders[0]: IMAGES})
     for fx_node in graph.nodes:
+        state.visit(fx_node)
+    output = next(n for n in graph.nodes if n.op == "output")
+    if not state.nodes:
+        raise UnsupportedModuleError(f"{type(model).__name__} has no layers to mirror")
+    returns = output.args[0]
+    if not isinstance(returns, fx.Node) or returns not in state.index or state.index[returns] == IMAGES:
+        raise UnsupportedGraphError(
+            f"the forward pass of {type(model).__name__} returns {returns!r}; "
+            "mirrors need a model that returns one tensor"
+        )
+    return Graph(model, graph, state.nodes)
+
+
+@dataclass
+class _Walk:
+    """One walk over ``model``'s fx graph under the default ``rule``: which fx nodes carry the signal, the
+    index of each one that became a node (the images: :data:`IMAGES`), and the nodes so far."""
+
+    model: nn.Module
+    rule: str
+    returned: dict[fx.Node, list[str]]
+    signal: set[fx.Node]
+    index: dict[fx.Node, int]
+    nodes: list[Node] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def visit(self, fx_node: fx.Node) -> None:
+        """Makes ``fx_node`` a node if it is an operation on the signal."""
         if fx_node.op in ("placeholder", "output") or _is_shape_query(fx_node):
-            continue
-        if not any(n in signal for n in fx_node.all_input_nodes):
-            continue  # a constant: parameters, sizes and what is computed from them
-        signal.add(fx_node)
+            return
+        if not any(n in self.signal for n in fx_node.all_input_nodes):
+            return  # a constant: parameters, sizes and what is computed from them
+        self.signal.add(fx_node)
         if fx_node.target in _PIECES and fx_node.op != "call_module":
-            continue  # several tensors: each piece taken with [i] is a node
+            return  # several tensors: each piece taken with [i] is a node
         pieces = fx_node.target is operator.getitem and fx_node.args[0].target in _PIECES
         call_node = fx_node.args[0] if pieces else fx_node
-        sources = tuple(n for n in _arguments(call_node) if n in signal)
-        name = fx_node.name
-        layer: nn.Module | None = None
-        if fx_node.op == "call_module":
-            name = str(fx_node.target)
-            calls[name] += 1
-            if calls[name] > 1:  # one module used several times
-                name = f"{name}:{calls[name] - 1}"
-            layer = model.get_submodule(str(fx_node.target))
-            target: Any = layer
-        elif call_node.target in _STAND_INS:
-            args = [a for a in call_node.args[1:]]
-            kwargs = {k: v for k, v in call_node.kwargs.items() if k not in ("input", "inplace", "training", "p")}
-            try:
-                layer = target = _STAND_INS[call_node.target](*args, **kwargs)
-            except (TypeError, ValueError, UnsupportedModuleError) as error:
-                raise UnsupportedModuleError(f"layer {name!r}: {error}") from None
-        else:
-            target = Call(
-                call_node.target,
-                fx.node.map_arg(call_node.args, lambda n: _constant(model, n, signal)),
-                dict(fx.node.map_arg(call_node.kwargs, lambda n: _constant(model, n, signal))),
-                fx_node.args[1] if pieces else None,
-                name,
-            )
-        mirrors = _mirrors(target, name, call_node, rule)
+        sources = tuple(n for n in _arguments(call_node) if n in self.signal)
+        name, layer, target = self._operation(fx_node, call_node, pieces)
+        mirrors = _Mirrors(target, name, call_node)
+        default = mirrors(self.rule)
         builtin = (
             type(layer).__module__.startswith("torch.nn")
             if fx_node.op == "call_module"
             else call_node.target not in _LAYOUT_BOUND
         )
-        index[fx_node] = len(nodes)
-        nodes.append(
-            Node(
-                name,
-                returned.get(fx_node, []),
-                layer,
-                mirrors[rule],
-                mirrors,
-                tuple(index[s] for s in sources),
-                builtin,
-                fx_node,
-                sources,
-            )
+        self.index[fx_node] = len(self.nodes)
+        inputs = tuple(self.index[s] for s in sources)
+        aliases = self.returned.get(fx_node, [])
+        node = Node(name, aliases, layer, default, inputs, builtin, fx_node, sources, mirrors, {self.rule: default})
+        self.nodes.append(node)
+
+    def _operation(self, fx_node: fx.Node, call_node: fx.Node, pieces: bool) -> tuple[str, nn.Module | None, Any]:
+        """The node's name, the module it calls or stands for, and what its mirror factory takes: the module, or
+        the :class:`Call`."""
+        name = fx_node.name
+        if fx_node.op == "call_module":
+            name = str(fx_node.target)
+            self.calls[name] += 1
+            if self.calls[name] > 1:  # one module used several times
+                name = f"{name}:{self.calls[name] - 1}"
+            layer = self.model.get_submodule(str(fx_node.target))
+            return name, layer, layer
+        if call_node.target in _STAND_INS:
+            args = [a for a in call_node.args[1:]]
+            kwargs = {k: v for k, v in call_node.kwargs.items() if k not in ("input", "inplace", "training", "p")}
+            try:
+                layer = _STAND_INS[call_node.target](*args, **kwargs)
+            except (TypeError, ValueError, UnsupportedModuleError) as error:
+                raise UnsupportedModuleError(f"layer {name!r}: {error}") from None
+            return name, layer, layer
+        call = Call(
+            call_node.target,
+            fx.node.map_arg(call_node.args, lambda n: _constant(self.model, n, self.signal)),
+            dict(fx.node.map_arg(call_node.kwargs, lambda n: _constant(self.model, n, self.signal))),
+            fx_node.args[1] if pieces else None,
+            name,
         )
-    output = next(n for n in graph.nodes if n.op == "output")
-    if not nodes:
-        raise UnsupportedModuleError(f"{type(model).__name__} has no layers to mirror")
-    if not isinstance(output.args[0], fx.Node) or output.args[0] not in index or index[output.args[0]] == IMAGES:
-        raise UnsupportedGraphError(
-            f"the forward pass of {type(model).__name__} returns {output.args[0]!r}; "
-            "mirrors need a model that returns one tensor"
-        )
-    return Graph(model, graph, nodes)
+        return name, None, call
 
 
 def _arguments(node: fx.Node) -> list[fx.Node]:
@@ -214,29 +229,38 @@ def _constant(model: nn.Module, node: fx.Node, signal: set[fx.Node]) -> Any:
     return node
 
 
-def _mirrors(target: Any, name: str, node: fx.Node, default: str) -> dict[str, nn.Module]:
-    """The node's mirror under every rule (rules with nothing of their own share the default's)."""
-    what = target if isinstance(target, nn.Module) else target.target
-    factories = {rule: find_mirror_factory(what, rule) for rule in rules()}
-    if factories[default] is None:
+class _Mirrors:
+    """A node's mirror under each rule, built the first time it is asked for; rules whose factory is the
+    same (rules with nothing of their own fall back on ``"deconvnet"``'s) share one mirror."""
+
+    def __init__(self, target: Any, name: str, node: fx.Node) -> None:
+        self.target = target
+        self.name = name
+        self.node = node
+        self.built: dict[Any, nn.Module] = {}
+
+    def __call__(self, rule: str) -> nn.Module:
+        target = self.target
+        factory = find_mirror_factory(target if isinstance(target, nn.Module) else target.target, rule)
+        if factory is None:
+            raise self._unsupported()
+        if factory not in self.built:
+            try:
+                self.built[factory] = factory(target)
+            except UnsupportedModuleError as error:
+                raise UnsupportedModuleError(f"layer {self.name!r}: {error}") from None
+        return self.built[factory]
+
+    def _unsupported(self) -> UnsupportedModuleError:
+        name, target = self.name, self.target
         if isinstance(target, nn.Module):
             kind = type(target).__qualname__
-            raise UnsupportedModuleError(
+            return UnsupportedModuleError(
                 f"layer {name!r} is a {type(target).__module__}.{kind}, which has no mirror; register one with "
                 f"@deconv.register_mirror({kind}) on a function ({kind}) -> nn.Module"
             )
-        shown = _call_name(node) if node.op != "get_attr" else "a parameter directly"
-        raise UnsupportedModuleError(
+        shown = _call_name(self.node) if self.node.op != "get_attr" else "a parameter directly"
+        return UnsupportedModuleError(
             f"layer {name!r} calls {shown}, which has no mirror; register one with "
             f"@deconv.register_mirror({shown.removeprefix('tensor.')}) on a function (deconv.Call) -> nn.Module"
         )
-    built: dict[Any, nn.Module] = {}
-    mirrors = {}
-    for rule, factory in factories.items():
-        if factory not in built:
-            try:
-                built[factory] = factory(target)
-            except UnsupportedModuleError as error:
-                raise UnsupportedModuleError(f"layer {name!r}: {error}") from None
-        mirrors[rule] = built[factory]
-    return mirrors

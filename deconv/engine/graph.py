@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -58,17 +58,29 @@ class Node:
     is the module it calls or stands for (``nn.ReLU()`` for ``F.relu``), ``None`` for other
     functions. ``inputs`` are the nodes (or :data:`IMAGES`) of its tensor inputs, in order, and
     ``sources`` their fx nodes. ``builtin``: torch's own operation, which takes any memory layout.
+    ``mirror`` is its mirror under the default rule; ``make`` builds the one under a rule by name, which
+    :meth:`mirror_for` does once per rule, keeping the mirrors built so far in ``mirrors``.
     """
 
     name: str
     aliases: list[str]
     layer: nn.Module | None
     mirror: nn.Module
-    mirrors: dict[str, nn.Module]
     inputs: tuple[int, ...]
     builtin: bool
     fx_node: fx.Node = field(repr=False)
     sources: tuple[fx.Node, ...] = field(repr=False, default=())
+    make: Callable[[str], nn.Module] | None = field(repr=False, default=None)
+    mirrors: dict[str, nn.Module] = field(repr=False, default_factory=dict)
+
+    def mirror_for(self, rule: str) -> nn.Module:
+        """The mirror under the rule named ``rule``, built on first use."""
+        mirror = self.mirrors.get(rule)
+        if mirror is None:
+            if self.make is None:
+                raise KeyError(f"layer {self.name!r} has no mirror under rule {rule!r}")
+            mirror = self.mirrors[rule] = self.make(rule)
+        return mirror
 
 
 @dataclass
@@ -161,95 +173,32 @@ class Graph:
     ) -> Trace:
         """Forward walk over checked ``images`` up to node ``until`` (default: the output).
 
-        Keeps the outputs of nodes ``keep`` and the memory of each node's mirror for ``rules``
-        (none: a walk only for activations). With ``check``, raises ``NonFiniteError`` naming the
+        Keeps the outputs of nodes ``keep`` and the memory of each node's mirror for ``rules`` (names; none:
+        a walk only for activations). With ``check``, raises ``NonFiniteError`` naming the
         layer and image where a kept output is not finite. A layer that fails on the images (too
         small for a kernel, say) raises ``InputError`` naming it and the shape it got.
         """
         keep = set(keep)
-        rules = tuple(rules)
+        run = _Run(
+            self, keep, {self.nodes[i].fx_node for i in keep}, tuple(rules), check, _trace(len(self.nodes), images)
+        )
         until = self.output if until is None else until
-        n = len(self.nodes)
-        inputs: list[tuple[tuple[int, ...], ...]] = [()] * n
-        shapes: list[tuple[int, ...]] = [()] * n
-        memory: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(n)]
-        outputs: dict[int, torch.Tensor] = {}
-        env: dict[fx.Node, Any] = {}
-        kept_nodes = {self.nodes[i].fx_node for i in keep}
         with evaluating(self.model):
             for position, fx_node in enumerate(self.fx_graph.nodes):
                 if fx_node.op == "output":
                     break
-                i = self._index.get(fx_node)
                 if fx_node.op == "placeholder":
-                    env[fx_node] = images if not env else None  # extra inputs (defaults) stay None
+                    run.env[fx_node] = images if not run.env else None  # extra inputs (defaults) stay None
                     continue
-                args = fx.node.map_arg(fx_node.args, env.__getitem__)
-                kwargs = fx.node.map_arg(fx_node.kwargs, env.__getitem__)
+                i = self._index.get(fx_node)
                 if i is None:
-                    env[fx_node] = self._call(fx_node, args, kwargs)
+                    run.env[fx_node] = self._call(fx_node, *run.arguments(fx_node))
                 else:
-                    node = self.nodes[i]
-                    tensors = [env[a] for a in node.sources]
-                    env[fx_node] = y = self._step(
-                        i, node, fx_node, position, args, kwargs, tensors, rules, memory, kept_nodes
-                    )
-                    inputs[i] = tuple(tuple(t.shape[1:]) for t in tensors)
-                    shapes[i] = tuple(y.shape[1:])
-                    if i in keep:
-                        bad = first_non_finite(y) if check else None
-                        if bad is not None:
-                            raise NonFiniteError(f"layer {node.name!r} has NaN or inf activations for image {bad}")
-                        outputs[i] = y
+                    run.node(i, position)
                     if i >= until:
                         break
-                read = fx_node.all_input_nodes + (list(self.nodes[i].sources) if i is not None else [])
-                for used in read:  # free what nothing later reads (a chunk's pieces read the chunked tensor)
-                    if self._last_use[used] <= position and used not in kept_nodes:
-                        env.pop(used, None)
-        return Trace(inputs, shapes, memory, outputs, images.shape[0])
-
-    def _step(
-        self,
-        i: int,
-        node: Node,
-        fx_node: fx.Node,
-        position: int,
-        args: Any,
-        kwargs: Any,
-        tensors: list[torch.Tensor],
-        rules: tuple[str, ...],
-        memory: list[dict[str, tuple[Any, ...]]],
-        kept: set[fx.Node],
-    ) -> torch.Tensor:
-        """Runs one signal node and records its mirrors' memory."""
-        mirrors = {rule: node.mirrors[rule] for rule in rules}
-        computing = next((m for m in mirrors.values() if m.computes_forward), None)
-        try:
-            if computing is not None:
-                y, remembered = computing.remember_forward(tensors[0])
-            else:
-                if getattr(node.layer, "inplace", False) and fx_node.op == "call_module":
-                    # an in-place module would overwrite its input: copy it unless nothing reads it again
-                    source = fx_node.all_input_nodes[0]
-                    if self._last_use[source] > position or source in kept or source.op == "placeholder":
-                        args = (args[0].clone(), *args[1:])
-                y = self._call(fx_node, args, kwargs)
-                remembered = None
-            if not isinstance(y, torch.Tensor):
-                raise InputError(f"layer {node.name!r} returned a {type(y).__name__}, not a tensor")
-            done: dict[int, tuple[Any, ...]] = {}
-            for rule, mirror in mirrors.items():
-                if id(mirror) not in done:
-                    done[id(mirror)] = remembered if mirror is computing else tuple(mirror.remember(*tensors, y))
-                memory[i][rule] = done[id(mirror)]
-        except InputError as error:  # from a mirror's remember: a batch-mixing reshape, say
-            raise InputError(f"layer {node.name!r}: {error}") from None
-        except RuntimeError as error:
-            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
-            reason = one_line(error, 200)
-            raise InputError(f"layer {node.name!r} fails on its input of shape {shapes}: {reason}") from None
-        return y
+                run.free(fx_node, i, position)
+        return run.trace
 
     def _call(self, fx_node: fx.Node, args: Any, kwargs: Any) -> Any:
         """What one fx node computes; in-place functions run out of place."""
@@ -263,3 +212,87 @@ class Graph:
         if fx_node.op == "call_method":
             return getattr(args[0], target)(*args[1:], **kwargs)
         return target(*args, **kwargs)
+
+
+def _trace(n: int, images: torch.Tensor) -> Trace:
+    """An empty trace of ``n`` nodes over ``images``."""
+    return Trace([()] * n, [()] * n, [{} for _ in range(n)], {}, images.shape[0])
+
+
+@dataclass
+class _Run:
+    """One forward walk down ``graph``: it keeps the outputs of nodes ``keep`` (fx nodes ``kept``) and the
+    mirrors' memory for ``rules``, checking kept outputs with ``check``, into ``trace``; ``env`` holds the
+    values of fx nodes still to be read."""
+
+    graph: Graph
+    keep: set[int]
+    kept: set[fx.Node]
+    rules: tuple[str, ...]
+    check: bool
+    trace: Trace
+    env: dict[fx.Node, Any] = field(default_factory=dict)
+
+    def arguments(self, fx_node: fx.Node) -> tuple[Any, Any]:
+        """``fx_node``'s args and kwargs, with the values computed so far."""
+        return fx.node.map_arg(fx_node.args, self.env.__getitem__), fx.node.map_arg(
+            fx_node.kwargs, self.env.__getitem__
+        )
+
+    def node(self, i: int, position: int) -> None:
+        """Runs node ``i`` (at fx ``position``), recording its shapes, its mirrors' memory and a kept output."""
+        node = self.graph.nodes[i]
+        tensors = [self.env[a] for a in node.sources]
+        self.env[node.fx_node] = y = self._step(i, position, tensors)
+        trace = self.trace
+        trace.inputs[i] = tuple(tuple(t.shape[1:]) for t in tensors)
+        trace.shapes[i] = tuple(y.shape[1:])
+        if i in self.keep:
+            bad = first_non_finite(y) if self.check else None
+            if bad is not None:
+                raise NonFiniteError(f"layer {node.name!r} has NaN or inf activations for image {bad}")
+            trace.outputs[i] = y
+
+    def free(self, fx_node: fx.Node, i: int | None, position: int) -> None:
+        """Drops what nothing after ``position`` reads (a chunk's pieces read the chunked tensor)."""
+        last_use = self.graph._last_use
+        read = fx_node.all_input_nodes + (list(self.graph.nodes[i].sources) if i is not None else [])
+        for used in read:
+            if last_use[used] <= position and used not in self.kept:
+                self.env.pop(used, None)
+
+    def _step(self, i: int, position: int, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Runs signal node ``i`` on its input ``tensors`` and records its mirrors' memory."""
+        node = self.graph.nodes[i]
+        mirrors = {rule: node.mirror_for(rule) for rule in self.rules}
+        computing = next((m for m in mirrors.values() if m.computes_forward), None)
+        try:
+            if computing is not None:
+                y, remembered = computing.remember_forward(tensors[0])
+            else:
+                y, remembered = self._forward(node, position), None
+            if not isinstance(y, torch.Tensor):
+                raise InputError(f"layer {node.name!r} returned a {type(y).__name__}, not a tensor")
+            done: dict[int, tuple[Any, ...]] = {}
+            memory = self.trace.memory[i]
+            for rule, mirror in mirrors.items():
+                if id(mirror) not in done:
+                    done[id(mirror)] = remembered if mirror is computing else tuple(mirror.remember(*tensors, y))
+                memory[rule] = done[id(mirror)]
+        except InputError as error:  # from a mirror's remember: a batch-mixing reshape, say
+            raise InputError(f"layer {node.name!r}: {error}") from None
+        except RuntimeError as error:
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+            reason = one_line(error, 200)
+            raise InputError(f"layer {node.name!r} fails on its input of shape {shapes}: {reason}") from None
+        return y
+
+    def _forward(self, node: Node, position: int) -> Any:
+        """What the node's fx node computes, the input of an in-place module copied unless nothing reads it again."""
+        fx_node = node.fx_node
+        args, kwargs = self.arguments(fx_node)
+        if getattr(node.layer, "inplace", False) and fx_node.op == "call_module":
+            source = fx_node.all_input_nodes[0]
+            if self.graph._last_use[source] > position or source in self.kept or source.op == "placeholder":
+                args = (args[0].clone(), *args[1:])
+        return self.graph._call(fx_node, args, kwargs)

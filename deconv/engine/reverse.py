@@ -115,7 +115,9 @@ def reverse(
         signal = signal.contiguous(memory_format=torch.channels_last)
     size = (signal.shape[-2], signal.shape[-1])
     pending = {top: Window(signal, origin, size, origin, size)}
-    return _Pass(graph, trace, rule, work_bytes).run(pending, top, image, torch.arange(len(image), device=image.device))
+    mirrors = tuple(node.mirror_for(rule) for node in graph.nodes[: top + 1])
+    which = torch.arange(len(image), device=image.device)
+    return _Pass(graph, trace, rule, mirrors, work_bytes).run(pending, top, image, which)
 
 
 def _written(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]]) -> int:
@@ -162,12 +164,14 @@ def _groups(geometry: Any, w: Window, ins: Sequence[tuple[int, ...]], k: int, wo
 
 @dataclass(frozen=True)
 class _Pass:
-    """One reverse pass under ``rule`` down ``graph``, reading the forward ``trace``; ``work_bytes`` bounds its
-    largest tensor (see :func:`reverse`)."""
+    """One reverse pass under ``rule`` down ``graph`` through its nodes' ``mirrors`` under that rule (in forward
+    order, from the first node to the top), reading the forward ``trace``; ``work_bytes`` bounds its largest
+    tensor (see :func:`reverse`)."""
 
     graph: Graph
     trace: Trace
     rule: str
+    mirrors: tuple[Any, ...]
     work_bytes: int | None
 
     def run(
@@ -179,7 +183,7 @@ class _Pass:
             w = pending.get(i)
             if w is None:
                 continue
-            geometry = self.graph.nodes[i].mirrors[self.rule].geometry
+            geometry = self.mirrors[i].geometry
             groups = _groups(geometry, w, self.trace.inputs[i], len(image), self.work_bytes)
             if groups:
                 return [
@@ -194,7 +198,7 @@ class _Pass:
     def _step(self, i: int, w: Window, image: torch.Tensor, pending: dict[int, Window]) -> None:
         """Node ``i``'s mirror takes the signal ``w`` at its output to its inputs, where it joins ``pending``."""
         node = self.graph.nodes[i]
-        mirror = node.mirrors[self.rule]
+        mirror = self.mirrors[i]
         ins, out_shape = self.trace.inputs[i], self.trace.shapes[i]
         geometry = mirror.geometry
         if w.origin is not None and (
@@ -220,8 +224,8 @@ class _Pass:
             return
         rectified = False
         if mirror.disjoint and not takes and len(node.inputs) == 1 and node.inputs[0] != IMAGES:
-            below_node = self.graph.nodes[node.inputs[0]]
-            if below_node.mirrors[self.rule].rectifies and len(below_node.fx_node.users) == 1:
+            below = node.inputs[0]
+            if self.mirrors[below].rectifies and len(self.graph.nodes[below].fx_node.users) == 1:
                 _rectify(w)  # relu commutes with placing apart
                 rectified = True
         sent = self._apply(i, w, image, takes)
@@ -236,7 +240,7 @@ class _Pass:
     def _apply(self, i: int, w: Window, image: torch.Tensor, takes: dict[str, Any]) -> list[Window]:
         """Node ``i``'s mirror on ``w``: the signal for each of its inputs, whole maps or windows cut to the cone."""
         node = self.graph.nodes[i]
-        mirror = node.mirrors[self.rule]
+        mirror = self.mirrors[i]
         memory = self.trace.memory[i][self.rule]
         geometry = mirror.geometry
         if w.origin is None:
