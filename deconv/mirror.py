@@ -91,7 +91,7 @@ class Mirror(nn.Module):
         for i, node in enumerate(self.steps):
             for name in (node.name, *node.aliases):
                 self._index.setdefault(name, i)
-        self._projector = Projector(graph, self._index, registered_rules())
+        self._projector = Projector(graph, self._index)
         self._image_shape: tuple[int, ...] | None = None
 
     # ---------------------------------------------------------------- probe points

@@ -24,22 +24,21 @@ __all__ = ["Projector"]
 class Projector:
     """Projects selections of ``graph``'s nodes (see :meth:`projections`), and measures what one image costs."""
 
-    def __init__(self, graph: Graph, index: dict[str, int], rules: Sequence[str]) -> None:
+    def __init__(self, graph: Graph, index: dict[str, int]) -> None:
         self.graph = graph
         self.index = index
-        self.rules = tuple(rules)
-        self._dry: dict[tuple[int, ...], Footprint] = {}
+        self._dry: dict[tuple[tuple[int, ...], str | None], Footprint] = {}
 
-    def footprint(self, image_shape: Sequence[int]) -> Footprint:
-        """A walk over one zero image of ``image_shape`` ``(C, H, W)`` with the memory of every rule:
-        the shapes, and what one image costs (cached)."""
-        image_shape = tuple(image_shape)
-        if image_shape not in self._dry:
+    def footprint(self, image_shape: Sequence[int], rule: str | None = None) -> Footprint:
+        """A walk over one zero image of ``image_shape`` ``(C, H, W)``: the shapes, and with ``rule`` what one
+        image's memory under that rule costs (cached; only the rules a call uses are walked)."""
+        key = (tuple(image_shape), rule)
+        if key not in self._dry:
             parameter = next(self.graph.model.parameters(), None)
             kw = {} if parameter is None else {"device": parameter.device, "dtype": parameter.dtype}
-            zeros = torch.zeros(1, *image_shape, **kw)
-            self._dry[image_shape] = Footprint.of(self.graph.run(zeros, (), None, self.rules, False))
-        return self._dry[image_shape]
+            zeros = torch.zeros(1, *key[0], **kw)
+            self._dry[key] = Footprint.of(self.graph.run(zeros, (), None, () if rule is None else (rule,), False))
+        return self._dry[key]
 
     def projections(
         self,
@@ -55,7 +54,7 @@ class Projector:
         a position projects its whole feature map. ``trace`` (of these images, for ``rule``) replaces the walks."""
         if not selections:
             return
-        dry = self.footprint(images.shape[1:])
+        dry = self.footprint(images.shape[1:], rule)
         keys = [(self.index[s.layer], _whole(s, dry.shapes[self.index[s.layer]])) for s in selections]
         item = images.element_size()
         per_selection = {key: selection_bytes(self.graph, dry, key[0], item, crop, key[1]) for key in set(keys)}
