@@ -22,11 +22,10 @@ from PIL import Image
 
 from ..io import write_text
 from .draw import label_strip
+from .sheet import GAP, MARGIN
 
 __all__ = ["write_report", "panel_boxes", "sheet_panels", "panels_per_sheet"]
 
-MARGIN = 10  # render.sheets' margin around and between panels
-GAP = 6  # render.channel_panel's gap between the grids of a panel
 THUMB = 240  # widest thumbnail, in pixels: a few tens of KB as JPEG
 DETAIL = 1000  # a channel's detail view is enlarged by an integer factor up to about this width
 TITLE = label_strip(Image.new("RGB", (1, 1)), "", size=18).height - 1  # a sheet's title strip
@@ -57,7 +56,7 @@ figure{margin:0 0 20px}figure img{max-width:100%;border:1px solid #ddd;backgroun
 
 
 def panel_boxes(sheet: tuple[int, int], count: int) -> list[tuple[int, int, int, int]]:
-    """Where :func:`~deconv.figures.draw.sheets` put ``count`` panels on a sheet of size ``(width, height)``:
+    """Where :func:`~deconv.figures.sheet.sheets` put ``count`` panels on a sheet of size ``(width, height)``:
     one ``(left, top, right, bottom)`` box per panel, below its label, in order."""
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)

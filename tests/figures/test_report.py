@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from deconv.commands.main import main
-from deconv.figures.draw import channel_panel, sheets
+from deconv.figures.sheet import channel_panel, sheets
 from deconv.figures.report import LABEL, panel_boxes, write_report
 
 NET = """
