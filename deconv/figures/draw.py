@@ -1,5 +1,5 @@
-"""Drawing primitives: projections and image patches as pictures, grids, labels, colour maps. Pure
-tensor code, then PIL at the edge.
+"""Drawing primitives shared by the figures and ``deconv serve``: projections and image patches as
+pictures, grids, boxes, labels, colour maps and bars. Pure tensor code, then PIL at the edge.
 
 Display convention: each projection is scaled on its own so that zero is mid-grey and the 99.5th
 percentile of its magnitudes reaches black or white (``0.5 + 0.5 * p / q``, clipped); image patches are shown in
@@ -13,34 +13,76 @@ import math
 import os
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..io import atomic_write
 
 __all__ = [
+    "VIRIDIS",
+    "CATEGORIES",
     "as_uint8",
     "show_projection",
     "show_patch",
-    "grid",
-    "upscale",
-    "to_pil",
-    "channel_panel",
-    "sheets",
-    "label_strip",
-    "save_png",
     "hatch",
+    "upscale",
+    "resize",
+    "grid",
+    "to_pil",
+    "outline",
+    "font",
+    "label_strip",
+    "row",
+    "column",
+    "save_png",
     "colormap",
     "colour_bar",
     "legend",
-    "row",
-    "column",
     "class_name",
 ]
 
 BACKGROUND = 1.0  # white paper between tiles
 CLIP = 0.995  # projections reach black/white at this quantile of |p|: a few extreme pixels do not grey out the rest
 OUTSIDE = (0.30, 0.30, 0.34)  # hatch colour for box parts beyond the image
+INK = (20, 20, 20)  # text
+BOX = (255, 60, 60)  # the outline of a box drawn on an image
+
+VIRIDIS = (
+    torch.tensor(
+        [
+            (68, 1, 84),
+            (71, 44, 122),
+            (59, 81, 139),
+            (44, 113, 142),
+            (33, 144, 141),
+            (39, 173, 129),
+            (92, 200, 99),
+            (170, 220, 50),
+            (253, 231, 37),
+        ]
+    )
+    / 255.0
+)
+"""Anchors of the viridis colour map, low to high (perceptually even; readable in greyscale)."""
+CATEGORIES = (
+    torch.tensor(
+        [
+            (31, 119, 180),
+            (255, 127, 14),
+            (44, 160, 44),
+            (214, 39, 40),
+            (148, 103, 189),
+            (140, 86, 75),
+            (227, 119, 194),
+            (127, 127, 127),
+            (188, 189, 34),
+            (23, 190, 207),
+        ]
+    )
+    / 255.0
+)
+"""Colours of categorical maps, one per class in order of first use (they repeat after ten)."""
 
 
 def as_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +126,17 @@ def upscale(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x if factor == 1 else x.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
 
 
+def resize(tiles: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(K, 3, h, w)`` uint8 -> ``(K, 3, *size)``: an integer enlargement repeats pixels, any other
+    size is Pillow's Lanczos filter (a proper low-pass for downscaling)."""
+    h, w = tiles.shape[-2:]
+    if size[0] % h == 0 and size[0] // h == size[1] / w:
+        return upscale(tiles, size[0] // h)
+    pixels = tiles.permute(0, 2, 3, 1).numpy()
+    out = [np.asarray(Image.fromarray(p).resize(size[::-1], Image.Resampling.LANCZOS)) for p in pixels]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+
+
 def grid(tiles: torch.Tensor, columns: int, gap: int = 2, fill: float = BACKGROUND) -> torch.Tensor:
     """``(K, 3, h, w)`` tiles -> one ``(3, H, W)`` image, row by row, ``gap`` pixels apart (``fill``
     between them; white for uint8 tiles)."""
@@ -104,68 +157,25 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, "RGB")
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def font(size: int) -> ImageFont.ImageFont:
+    """Pillow's default font at ``size`` pixels."""
     return ImageFont.load_default(size=size)
+
+
+def outline(image: Image.Image, box: Sequence[int], scale: int = 1) -> None:
+    """Draws the box ``(top, left, bottom, right)`` of a picture enlarged ``scale`` times on ``image``."""
+    top, left, bottom, right = box
+    ImageDraw.Draw(image).rectangle(
+        [left * scale, top * scale, right * scale - 1, bottom * scale - 1], outline=BOX, width=2
+    )
 
 
 def label_strip(image: Image.Image, text: str, size: int = 13) -> Image.Image:
     """``image`` with ``text`` written above it."""
     height = size + 6
     out = Image.new("RGB", (image.width, image.height + height), "white")
-    ImageDraw.Draw(out).text((2, 2), text, fill=(20, 20, 20), font=_font(size))
+    ImageDraw.Draw(out).text((2, 2), text, fill=INK, font=font(size))
     out.paste(image, (0, height))
-    return out
-
-
-def channel_panel(
-    projections: torch.Tensor | Sequence[torch.Tensor],
-    patches: torch.Tensor,
-    label: str,
-    gap: int = 6,
-    spacing: int = 2,
-    captions: Sequence[str] = (),
-) -> Image.Image:
-    """The paper's Fig. 2 cell: 3x3 projections beside the 3x3 image patches that caused them.
-
-    ``projections`` and ``patches`` are ``(k, 3, h, w)`` display tiles (``k <= 9``; uint8 or in [0, 1]),
-    best first, ``spacing`` pixels apart; the grids ``gap`` pixels apart. Several ``projections``
-    grids (one per rule) are drawn side by side, left of the patches, each under its caption.
-    """
-    grids = [projections] if isinstance(projections, torch.Tensor) else list(projections)
-    k, _, h, w = patches.shape
-    columns = 3 if k > 1 else 1
-    rows = math.ceil(k / columns)
-    side = columns * (w + spacing) - spacing
-    top = label_strip(Image.new("RGB", (1, 1)), "", size=11).height - 1 if captions else 0
-    out = Image.new("RGB", (len(grids) * (side + gap) + side, top + rows * (h + spacing) - spacing), "white")
-    for n, tiles in enumerate([*grids, patches]):
-        left = n * (side + gap)
-        pixels = (tiles if tiles.dtype == torch.uint8 else as_uint8(tiles)).permute(0, 2, 3, 1).cpu().numpy()
-        for i, tile in enumerate(pixels):
-            r, q = divmod(i, columns)
-            out.paste(Image.fromarray(tile, "RGB"), (left + q * (w + spacing), top + r * (h + spacing)))
-    draw = ImageDraw.Draw(out)
-    for n, caption in enumerate(captions):
-        draw.text((n * (side + gap) + 1, 1), caption, fill=INK, font=_font(11))
-    return label_strip(out, label)
-
-
-def sheets(panels: Sequence[Image.Image], title: str, per_sheet: int = 64, margin: int = 10) -> list[Image.Image]:
-    """Lays panels out on sheets of at most ``per_sheet`` each (a square-ish grid), titled."""
-    out = []
-    total = math.ceil(len(panels) / per_sheet)
-    for s in range(total):
-        part = panels[s * per_sheet : (s + 1) * per_sheet]
-        columns = math.ceil(math.sqrt(len(part)))
-        w = max(p.width for p in part)
-        h = max(p.height for p in part)
-        rows = math.ceil(len(part) / columns)
-        sheet = Image.new("RGB", (columns * (w + margin) + margin, rows * (h + margin) + margin), "white")
-        for i, panel in enumerate(part):
-            r, q = divmod(i, columns)
-            sheet.paste(panel, (margin + q * (w + margin), margin + r * (h + margin)))
-        name = title if total == 1 else f"{title} (sheet {s + 1} of {total})"
-        out.append(label_strip(sheet, name, size=18))
     return out
 
 
@@ -174,44 +184,6 @@ def save_png(image: Image.Image, path: str | os.PathLike[str]) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
-
-
-VIRIDIS = (
-    torch.tensor(
-        [
-            (68, 1, 84),
-            (71, 44, 122),
-            (59, 81, 139),
-            (44, 113, 142),
-            (33, 144, 141),
-            (39, 173, 129),
-            (92, 200, 99),
-            (170, 220, 50),
-            (253, 231, 37),
-        ]
-    )
-    / 255.0
-)
-"""Anchors of the viridis colour map, low to high (perceptually even; readable in greyscale)."""
-CATEGORIES = (
-    torch.tensor(
-        [
-            (31, 119, 180),
-            (255, 127, 14),
-            (44, 160, 44),
-            (214, 39, 40),
-            (148, 103, 189),
-            (140, 86, 75),
-            (227, 119, 194),
-            (127, 127, 127),
-            (188, 189, 34),
-            (23, 190, 207),
-        ]
-    )
-    / 255.0
-)
-"""Colours of categorical maps, one per class in order of first use (they repeat after ten)."""
-INK = (20, 20, 20)
 
 
 def colormap(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -226,13 +198,13 @@ def colour_bar(height: int, low: float, high: float, mark: float | None = None, 
     """A vertical colour bar for :func:`colormap`, ``high`` at the top, its ends written beside it;
     ``mark`` is drawn as a white line with a triangle pointing at it."""
     ramp = torch.linspace(high, low, height)[:, None].expand(height, width)
-    font = _font(12)
+    face = font(12)
     labels = [f"{high:.3g}", f"{low:.3g}"]
-    out = Image.new("RGB", (width + 12 + max(round(font.getlength(t)) for t in labels), height), "white")
+    out = Image.new("RGB", (width + 12 + max(round(face.getlength(t)) for t in labels), height), "white")
     out.paste(to_pil(colormap(ramp, low, high)), (0, 0))
     draw = ImageDraw.Draw(out)
-    draw.text((width + 10, 0), labels[0], fill=INK, font=font)
-    draw.text((width + 10, height - 14), labels[1], fill=INK, font=font)
+    draw.text((width + 10, 0), labels[0], fill=INK, font=face)
+    draw.text((width + 10, height - 14), labels[1], fill=INK, font=face)
     if mark is not None:
         y = min(max(round((high - mark) / max(high - low, 1e-12) * (height - 1)), 0), height - 1)
         draw.line([(0, y), (width - 1, y)], fill="white", width=2)
@@ -242,14 +214,14 @@ def colour_bar(height: int, low: float, high: float, mark: float | None = None, 
 
 def legend(entries: Sequence[tuple[torch.Tensor, str]], size: int = 14) -> Image.Image:
     """Colour swatches ``(3,)`` in [0, 1] with their names, one per line."""
-    font = _font(12)
-    width = size + 8 + max((round(font.getlength(name)) for _, name in entries), default=0)
+    face = font(12)
+    width = size + 8 + max((round(face.getlength(name)) for _, name in entries), default=0)
     out = Image.new("RGB", (width, len(entries) * (size + 6)), "white")
     draw = ImageDraw.Draw(out)
     for n, (colour, name) in enumerate(entries):
         y = n * (size + 6)
         draw.rectangle([0, y, size - 1, y + size - 1], fill=tuple(int(v * 255) for v in colour.tolist()))
-        draw.text((size + 6, y), name, fill=INK, font=font)
+        draw.text((size + 6, y), name, fill=INK, font=face)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..analyses.occlusion import Occlusion, squares
 from .draw import (
@@ -15,6 +15,7 @@ from .draw import (
     colour_bar,
     label_strip,
     legend,
+    outline,
     row,
     show_projection,
     to_pil,
@@ -53,11 +54,7 @@ def figure7(
     rows, cols = squares(h, w, o.square, o.stride)
     ys, xs = rows[worst[0]].nonzero()[:, 0], cols[worst[1]].nonzero()[:, 0]
     shown = to_pil(upscale(image, factor))
-    ImageDraw.Draw(shown).rectangle(
-        [int(xs[0]) * factor, int(ys[0]) * factor, (int(xs[-1]) + 1) * factor - 1, (int(ys[-1]) + 1) * factor - 1],
-        outline=(255, 60, 60),
-        width=2,
-    )
+    outline(shown, (int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1), factor)
     true = class_name(o.label, names)
     low, high = float(o.activation.min()), max(float(o.activation.max()), o.clean_activation)
     activation = _over(colormap(o.activation, low, high), image, o.stride, factor)

@@ -15,18 +15,17 @@ import math
 import os
 import tomllib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 from urllib.parse import quote
 
 from PIL import Image
 
 from ..io import write_text
 from .draw import label_strip
+from .sheet import GAP, MARGIN
 
 __all__ = ["write_report", "panel_boxes", "sheet_panels", "panels_per_sheet"]
 
-MARGIN = 10  # render.sheets' margin around and between panels
-GAP = 6  # render.channel_panel's gap between the grids of a panel
 THUMB = 240  # widest thumbnail, in pixels: a few tens of KB as JPEG
 DETAIL = 1000  # a channel's detail view is enlarged by an integer factor up to about this width
 TITLE = label_strip(Image.new("RGB", (1, 1)), "", size=18).height - 1  # a sheet's title strip
@@ -49,7 +48,8 @@ nav a{margin-right:12px}pre{background:#fff;border:1px solid #ddd;padding:8px;ov
 .thumb{display:block;text-decoration:none;color:#333;background:#fff;border:1px solid #ddd;padding:4px;font-size:12px}
 .thumb:hover{border-color:#36c}.thumb img{display:block}
 .detail{display:none;position:fixed;inset:0;background:rgba(0,0,0,.55);overflow:auto}
-.detail:target{display:block}.detail>div{background:#fff;margin:32px auto;padding:16px 24px;max-width:1100px;overflow:auto}
+.detail:target{display:block}\
+.detail>div{background:#fff;margin:32px auto;padding:16px 24px;max-width:1100px;overflow:auto}
 .detail img{image-rendering:pixelated;max-width:none}.panel{overflow:hidden;max-width:100%}.close{float:right}
 table{border-collapse:collapse;margin-top:8px}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}
 figure{margin:0 0 20px}figure img{max-width:100%;border:1px solid #ddd;background:#fff}
@@ -57,7 +57,7 @@ figure{margin:0 0 20px}figure img{max-width:100%;border:1px solid #ddd;backgroun
 
 
 def panel_boxes(sheet: tuple[int, int], count: int) -> list[tuple[int, int, int, int]]:
-    """Where :func:`~deconv.figures.draw.sheets` put ``count`` panels on a sheet of size ``(width, height)``:
+    """Where :func:`~deconv.figures.sheet.sheets` put ``count`` panels on a sheet of size ``(width, height)``:
     one ``(left, top, right, bottom)`` box per panel, below its label, in order."""
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
@@ -106,77 +106,111 @@ def panels_per_sheet(out: Path) -> int:
     return int(tomllib.loads(config.read_text()).get("per_sheet", 64)) if config.is_file() else 64
 
 
-def _thumbnails(
-    out: Path, layer: str, channels: list[int], per_sheet: int
-) -> dict[int, tuple[Path, Path, tuple[int, int, int, int], tuple[int, int]]]:
+class _Panel(NamedTuple):
+    """Where a channel's panel is: its ``thumb``-nail, its ``sheet`` (paths relative to the run folder), its
+    ``box`` ``(left, top, right, bottom)`` on the sheet and the sheet's ``size``."""
+
+    thumb: Path
+    sheet: Path
+    box: tuple[int, int, int, int]
+    size: tuple[int, int]
+
+
+def _thumbnails(out: Path, layer: str, channels: list[int], per_sheet: int) -> dict[int, _Panel]:
     """Cuts each channel's panel from the layer's sheets into a thumbnail in ``thumbs/`` where it is
-    missing or older than its sheet: ``{channel: (thumbnail, sheet, panel box, sheet size)}``, paths
-    relative to ``out``."""
+    missing or older than its sheet: ``{channel: where its panel is}``."""
     found = {}
     for sheet, image, boxes in sheet_panels(out, layer, channels, per_sheet):
         for c, box in boxes.items():
             thumb = Path("thumbs") / layer / f"{c}.jpg"
             if not (out / thumb).is_file() or (out / thumb).stat().st_mtime < (out / sheet).stat().st_mtime:
                 _save_thumbnail(image.crop(box), out / thumb)
-            found[c] = (thumb, sheet, box, image.size)
+            found[c] = _Panel(thumb, sheet, box, image.size)
     return found
 
 
 def _layer(out: Path, layer: str, records: list[dict], per_sheet: int, rules: list[str]) -> tuple[str, str]:
-    """The gallery section of one layer and its channels' detail overlays (one more per rule when the run drew several)."""
+    """The gallery section of one layer and its channels' detail overlays (one more per rule when the run
+    drew several)."""
     by_channel: dict[int, list[dict]] = {}
     for record in sorted(records, key=lambda r: (r["channel"], r["rank"])):
         by_channel.setdefault(record["channel"], []).append(record)
-    thumbs = _thumbnails(out, layer, list(by_channel), per_sheet)
-    sheets = dict.fromkeys(sheet for _, sheet, _, _ in thumbs.values())
+    panels = _thumbnails(out, layer, list(by_channel), per_sheet)
+    sheets = dict.fromkeys(panel.sheet for panel in panels.values())
     links = " ".join(f'<a href="{_href(sheet)}">sheet {n}</a>' for n, sheet in enumerate(sheets, 1))
-    cells, details = [], []
-    for channel, (thumb, sheet, box, size) in thumbs.items():
-        width, height = box[2] - box[0], box[3] - box[1]
-        small = (min(width, THUMB), round(height * min(width, THUMB) / width))
-        f = max(1, DETAIL // width)  # the panel cut from its sheet, enlarged f times by the browser
-        rs = by_channel[channel]
-        files = "<th>image file</th>" if rs[0]["path"] is not None else ""
-        anchor = html.escape(f"{layer}/{channel}")
-        cells.append(
-            f'<a class="thumb" href="#{anchor}" title="{html.escape(layer)} channel {channel}">'
-            f'<img src="{_href(thumb)}" width="{small[0]}" height="{small[1]}" alt="channel {channel}">'
-            f"<b>{channel}</b> top {rs[0]['value']:.3g}</a>"
-        )
-        details.append(
-            f'<section class="detail" id="{anchor}"><div><a class="close" href="#layer-{html.escape(layer)}">close &times;</a>'
-            f"<h3>{html.escape(layer)} channel {channel}</h3>"
-            f"{_switch(layer, channel, rules, '')}{_crop(sheet, size, box, f, f'channel {channel}, enlarged {f}x')}"
-            f"<p>Projections of the top {len(rs)} activations ({_named(rules)}) beside the image patches that caused them; "
-            f'<a href="{_href(sheet)}">the full sheet</a>.</p>'
-            f"<table><tr><th>rank</th><th>activation</th><th>image index</th><th>y, x</th>{files}</tr>"
-            f"{''.join(_row(out, r) for r in rs)}</table></div></section>"
-        )
-        side = (width - GAP * len(rules)) // (len(rules) + 1)  # the panel's grids: one per rule, then the patches
-        for n, rule in enumerate(rules if len(rules) > 1 else ()):
-            columns = [
-                (box[0] + k * (side + GAP), box[1], box[0] + k * (side + GAP) + side, box[3]) for k in (n, len(rules))
-            ]
-            g = max(1, DETAIL // (2 * side))
-            details.append(
-                f'<section class="detail" id="{anchor}/{html.escape(rule)}"><div><a class="close" href="#layer-{html.escape(layer)}">close &times;</a>'
-                f"<h3>{html.escape(layer)} channel {channel}: {html.escape(rule)}</h3>{_switch(layer, channel, rules, rule)}"
-                f'<div class="grid">{"".join(_crop(sheet, size, c, g, f"channel {channel}, {rule}, enlarged {g}x") for c in columns)}</div>'
-                f"<p>Projections of the top {len(rs)} activations by the {html.escape(rule)} rule beside the image patches that caused them.</p>"
-                "</div></section>"
-            )
+    cells = "".join(_cell(layer, channel, panel, by_channel[channel]) for channel, panel in panels.items())
+    details = "".join(
+        _detail(out, layer, channel, panel, by_channel[channel], rules)
+        + _rule_details(layer, channel, panel, len(by_channel[channel]), rules)
+        for channel, panel in panels.items()
+    )
     section = (
         f'<section id="layer-{html.escape(layer)}"><h2>{html.escape(layer)} <small>{len(by_channel)} channels &middot; '
-        f'{links}</small></h2><div class="grid">{"".join(cells)}</div></section>'
+        f'{links}</small></h2><div class="grid">{cells}</div></section>'
     )
-    return section, "".join(details)
+    return section, details
+
+
+def _cell(layer: str, channel: int, panel: _Panel, records: list[dict]) -> str:
+    """A channel's thumbnail in its layer's gallery, linking to its detail overlay."""
+    width, height = panel.box[2] - panel.box[0], panel.box[3] - panel.box[1]
+    small = (min(width, THUMB), round(height * min(width, THUMB) / width))
+    return (
+        f'<a class="thumb" href="#{html.escape(f"{layer}/{channel}")}" title="{html.escape(layer)} channel {channel}">'
+        f'<img src="{_href(panel.thumb)}" width="{small[0]}" height="{small[1]}" alt="channel {channel}">'
+        f"<b>{channel}</b> top {records[0]['value']:.3g}</a>"
+    )
+
+
+def _close(layer: str) -> str:
+    return f'<a class="close" href="#layer-{html.escape(layer)}">close &times;</a>'
+
+
+def _detail(out: Path, layer: str, channel: int, panel: _Panel, records: list[dict], rules: list[str]) -> str:
+    """A channel's detail overlay: its panel enlarged, a link to its sheet and its records."""
+    f = max(1, DETAIL // (panel.box[2] - panel.box[0]))  # the panel cut from its sheet, enlarged f times
+    files = "<th>image file</th>" if records[0]["path"] is not None else ""
+    return (
+        f'<section class="detail" id="{html.escape(f"{layer}/{channel}")}"><div>{_close(layer)}'
+        f"<h3>{html.escape(layer)} channel {channel}</h3>{_switch(layer, channel, rules, '')}"
+        f"{_crop(panel.sheet, panel.size, panel.box, f, f'channel {channel}, enlarged {f}x')}"
+        f"<p>Projections of the top {len(records)} activations ({_named(rules)}) beside the image patches "
+        f'that caused them; <a href="{_href(panel.sheet)}">the full sheet</a>.</p>'
+        f"<table><tr><th>rank</th><th>activation</th><th>image index</th><th>y, x</th>{files}</tr>"
+        f"{''.join(_row(out, r) for r in records)}</table></div></section>"
+    )
+
+
+def _rule_details(layer: str, channel: int, panel: _Panel, top: int, rules: list[str]) -> str:
+    """Where the run drew several rules, one overlay per rule: its grid of the ``top`` projections beside the
+    patches, cut from the panel and enlarged; nothing for one rule."""
+    box = panel.box
+    side = (box[2] - box[0] - GAP * len(rules)) // (len(rules) + 1)  # the panel's grids: one per rule, the patches
+    g = max(1, DETAIL // (2 * side))
+    overlays = []
+    for n, rule in enumerate(rules if len(rules) > 1 else ()):
+        columns = [
+            (box[0] + k * (side + GAP), box[1], box[0] + k * (side + GAP) + side, box[3]) for k in (n, len(rules))
+        ]
+        crops = "".join(
+            _crop(panel.sheet, panel.size, c, g, f"channel {channel}, {rule}, enlarged {g}x") for c in columns
+        )
+        overlays.append(
+            f'<section class="detail" id="{html.escape(f"{layer}/{channel}")}/{html.escape(rule)}"><div>'
+            f"{_close(layer)}<h3>{html.escape(layer)} channel {channel}: {html.escape(rule)}</h3>"
+            f'{_switch(layer, channel, rules, rule)}<div class="grid">{crops}</div>'
+            f"<p>Projections of the top {top} activations by the {html.escape(rule)} rule beside the image "
+            "patches that caused them.</p></div></section>"
+        )
+    return "".join(overlays)
 
 
 def _crop(sheet: Path, size: tuple[int, int], box: tuple[int, int, int, int], f: int, alt: str) -> str:
     """The ``box`` of a ``sheet`` of ``size`` enlarged ``f`` times by the browser."""
     return (
-        f'<div class="panel" style="width:{(box[2] - box[0]) * f}px;height:{(box[3] - box[1]) * f}px"><img src="{_href(sheet)}" '
-        f'width="{size[0] * f}" height="{size[1] * f}" style="margin:{-box[1] * f}px 0 0 {-box[0] * f}px" alt="{html.escape(alt)}"></div>'
+        f'<div class="panel" style="width:{(box[2] - box[0]) * f}px;height:{(box[3] - box[1]) * f}px">'
+        f'<img src="{_href(sheet)}" width="{size[0] * f}" height="{size[1] * f}" '
+        f'style="margin:{-box[1] * f}px 0 0 {-box[0] * f}px" alt="{html.escape(alt)}"></div>'
     )
 
 
@@ -262,9 +296,11 @@ def write_report(out_dir: Path) -> Path:
         if config
         else ""
     )
+    name = html.escape(out.resolve().name)
+    intro = INTRO.format(rules=html.escape(_named(_rules(records)))) if layers else ""
     page = (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>deconv: {html.escape(out.resolve().name)}</title>'
-        f"<style>{STYLE}</style></head><body><h1>deconv: {html.escape(out.resolve().name)}</h1>"
-        f"<nav>{''.join(nav)}</nav>{settings}{INTRO.format(rules=html.escape(_named(_rules(records)))) if layers else ''}{''.join(sections)}{''.join(details)}</body></html>\n"
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>deconv: {name}</title>'
+        f"<style>{STYLE}</style></head><body><h1>deconv: {name}</h1>"
+        f"<nav>{''.join(nav)}</nav>{settings}{intro}{''.join(sections)}{''.join(details)}</body></html>\n"
     )
     return write_text(out / "index.html", page.encode("utf-8", "replace").decode())  # shows such a name's bytes as "?"

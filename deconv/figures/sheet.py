@@ -1,22 +1,52 @@
-"""The paper's Fig. 2 sheet: per channel, its top projections beside the image patches that caused them."""
+"""The paper's Fig. 2 sheet: per channel, its top projections beside the image patches that caused them.
+
+Records become display tiles (:func:`display_tiles`), each channel's tiles a panel (:func:`channel_panel`),
+panels titled sheets (:func:`sheets`; :mod:`~deconv.figures.report` cuts them out again by the same layout).
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from ..io import atomic_write
-from .draw import as_uint8, channel_panel, grid, hatch, save_png, sheets, show_patch, show_projection, to_pil, upscale
+from .draw import (
+    INK,
+    as_uint8,
+    font,
+    grid,
+    hatch,
+    label_strip,
+    resize,
+    save_png,
+    show_patch,
+    show_projection,
+    to_pil,
+)
 
 if TYPE_CHECKING:
     from ..analyses.top9 import Projected, Record
 
-__all__ = ["Tile", "display_tiles", "display_size", "save_projections", "figure2"]
+__all__ = [
+    "MARGIN",
+    "GAP",
+    "Tile",
+    "display_size",
+    "display_tiles",
+    "save_projections",
+    "channel_panel",
+    "sheets",
+    "figure2",
+]
+
+MARGIN = 10  # pixels around and between the panels of a sheet
+GAP = 6  # pixels between the grids of a panel
 
 
 class Tile(NamedTuple):
@@ -38,23 +68,13 @@ def display_size(box: tuple[int, int], tile_px: int) -> tuple[int, int]:
     return max(1, round(box[0] * tile_px / side)), max(1, round(box[1] * tile_px / side))
 
 
-def _resize(tiles: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(K, 3, h, w)`` uint8 -> ``(K, 3, *size)``: an integer enlargement repeats pixels, any other
-    size is Pillow's Lanczos filter (a proper low-pass for downscaling)."""
-    h, w = tiles.shape[-2:]
-    if size[0] % h == 0 and size[0] // h == size[1] / w:
-        return upscale(tiles, size[0] // h)
-    pixels = tiles.permute(0, 2, 3, 1).numpy()
-    out = [np.asarray(Image.fromarray(p).resize(size[::-1], Image.Resampling.LANCZOS)) for p in pixels]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
-
-
 def display_tiles(
     chunk: Projected, denormalize: Callable[[torch.Tensor], torch.Tensor], tile_px: int = 80, channel_order: str = "RGB"
 ) -> list[Tile]:
     """A chunk of projected records as display tiles, all of one size per layer.
 
-    Each tile is the receptive-field box centred on its activation (no larger than the image), drawn at :func:`display_size`; the part beyond the image is hatched, on both sides.
+    Each tile is the receptive-field box centred on its activation (no larger than the image), drawn at
+    :func:`display_size`; the part beyond the image is hatched, on both sides.
     An entry whose activation is not positive and whose projection is zero is inactive (its image
     is only the first of many with nothing there).
     """
@@ -67,8 +87,8 @@ def display_tiles(
         slice((w - tw) // 2, (w - tw) // 2 + tw),
     )
     size = display_size((th, tw), tile_px)
-    projections = _resize(as_uint8(show_projection(chunk.projections[window].float().cpu(), channel_order)), size)
-    patches = _resize(as_uint8(show_patch(chunk.patches[window].float().cpu(), denormalize)), size)
+    projections = resize(as_uint8(show_projection(chunk.projections[window].float().cpu(), channel_order)), size)
+    patches = resize(as_uint8(show_patch(chunk.patches[window].float().cpu(), denormalize)), size)
     valid = torch.nn.functional.interpolate(chunk.inside[window].float().cpu(), size=size, mode="nearest") > 0.5
     if not bool(valid.all()):
         projections = as_uint8(hatch(projections / 255.0, valid))
@@ -98,6 +118,58 @@ def save_projections(
         shown = hatch(show_projection(chunk.projections[n : n + 1].float().cpu(), channel_order), valid)
         patch = show_patch(chunk.patches[n : n + 1].float().cpu(), denormalize, valid)
         save_png(to_pil(grid(torch.cat([shown, patch]), 2)), path)
+
+
+def channel_panel(
+    projections: torch.Tensor | Sequence[torch.Tensor],
+    patches: torch.Tensor,
+    label: str,
+    gap: int = GAP,
+    spacing: int = 2,
+    captions: Sequence[str] = (),
+) -> Image.Image:
+    """The paper's Fig. 2 cell: 3x3 projections beside the 3x3 image patches that caused them.
+
+    ``projections`` and ``patches`` are ``(k, 3, h, w)`` display tiles (``k <= 9``; uint8 or in [0, 1]),
+    best first, ``spacing`` pixels apart; the grids ``gap`` pixels apart. Several ``projections``
+    grids (one per rule) are drawn side by side, left of the patches, each under its caption.
+    """
+    grids = [projections] if isinstance(projections, torch.Tensor) else list(projections)
+    k, _, h, w = patches.shape
+    columns = 3 if k > 1 else 1
+    rows = math.ceil(k / columns)
+    side = columns * (w + spacing) - spacing
+    top = label_strip(Image.new("RGB", (1, 1)), "", size=11).height - 1 if captions else 0
+    out = Image.new("RGB", (len(grids) * (side + gap) + side, top + rows * (h + spacing) - spacing), "white")
+    for n, tiles in enumerate([*grids, patches]):
+        left = n * (side + gap)
+        pixels = (tiles if tiles.dtype == torch.uint8 else as_uint8(tiles)).permute(0, 2, 3, 1).cpu().numpy()
+        for i, tile in enumerate(pixels):
+            r, q = divmod(i, columns)
+            out.paste(Image.fromarray(tile, "RGB"), (left + q * (w + spacing), top + r * (h + spacing)))
+    draw = ImageDraw.Draw(out)
+    for n, caption in enumerate(captions):
+        draw.text((n * (side + gap) + 1, 1), caption, fill=INK, font=font(11))
+    return label_strip(out, label)
+
+
+def sheets(panels: Sequence[Image.Image], title: str, per_sheet: int = 64, margin: int = MARGIN) -> list[Image.Image]:
+    """Lays panels out on sheets of at most ``per_sheet`` each (a square-ish grid), titled."""
+    out = []
+    total = math.ceil(len(panels) / per_sheet)
+    for s in range(total):
+        part = panels[s * per_sheet : (s + 1) * per_sheet]
+        columns = math.ceil(math.sqrt(len(part)))
+        w = max(p.width for p in part)
+        h = max(p.height for p in part)
+        rows = math.ceil(len(part) / columns)
+        sheet = Image.new("RGB", (columns * (w + margin) + margin, rows * (h + margin) + margin), "white")
+        for i, panel in enumerate(part):
+            r, q = divmod(i, columns)
+            sheet.paste(panel, (margin + q * (w + margin), margin + r * (h + margin)))
+        name = title if total == 1 else f"{title} (sheet {s + 1} of {total})"
+        out.append(label_strip(sheet, name, size=18))
+    return out
 
 
 def figure2(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: str) -> Image.Image:

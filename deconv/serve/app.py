@@ -3,12 +3,17 @@
 Every request needs the token, as the query parameter ``token=`` or the header ``Authorization: token T``;
 without it: 403. Errors are JSON ``{"error": "<one line>"}`` with a 4xx status. Torch work runs in a
 thread pool under one lock, so the server answers other requests while a projection runs.
+
+The routes come in groups, each a function of the :class:`Context` they share: the page, the dataset
+(browsing, uploads), one image (its picture, patches, classes), the feature maps, the projections and
+the top9 run's records.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable
 
@@ -21,7 +26,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import DeconvError
+from ..errors import DeconvError, one_line
+from ..selection import Position
 from . import pictures
 from .records import Run
 from .session import Session
@@ -41,7 +47,7 @@ HEADERS = {  # the page loads nothing from elsewhere and never sends its URL (wi
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(message.split())}, status, headers=HEADERS)
+    return JSONResponse({"error": one_line(message)}, status, headers=HEADERS)
 
 
 class Guard:
@@ -57,11 +63,34 @@ class Guard:
             header = request.headers.get("authorization", "")
             given = request.query_params.get("token") or (header[6:] if header.lower().startswith("token ") else "")
             if not secrets.compare_digest(given.encode(), self.token):
-                await _error(403, "missing or wrong token: add ?token=... from the URL deconv serve printed")(
-                    scope, receive, send
-                )
+                refusal = _error(403, "missing or wrong token: add ?token=... from the URL deconv serve printed")
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the route groups share: the ``session``, the top9 ``run`` (or ``None``) and the one lock."""
+
+    session: Session
+    run: Run | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def work(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the thread pool, under the lock."""
+
+        def locked() -> Any:
+            with self.lock:
+                return fn(*args)
+
+        return await run_in_threadpool(locked)
+
+    def records(self) -> Run:
+        """The top9 run, or 404 where the server has none."""
+        if self.run is None:
+            raise HTTPException(404, "no top9 run: start deconv serve with --run DIR")
+        return self.run
 
 
 def _text(request: Request, name: str, default: str | None = None) -> str:
@@ -85,6 +114,16 @@ def _optional_int(request: Request, name: str) -> int | None:
     return None if request.query_params.get(name) is None else _int(request, name)
 
 
+def _position(request: Request) -> Position:
+    """Where a projection starts: the whole map with ``map=``, ``(y, x)``, or ``None`` for the strongest."""
+    y, x = _optional_int(request, "y"), _optional_int(request, "x")
+    if request.query_params.get("map") is not None:
+        return "map"
+    if (y is None) != (x is None):
+        raise HTTPException(400, "give both y and x (or neither, for the strongest activation)")
+    return None if y is None else (y, x)
+
+
 def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png", headers=HEADERS)
 
@@ -93,23 +132,19 @@ def _json(data: Any) -> JSONResponse:
     return JSONResponse(data, headers=HEADERS)
 
 
-def create_app(session: Session, token: str, run: Run | None = None) -> Starlette:
-    """The app serving ``session`` (and the top9 ``run``'s panels) to requests that carry ``token``."""
-    lock = threading.Lock()
+def _page() -> list[Route]:
+    """``/``: the page."""
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
-
-    async def work(fn: Callable[..., Any], *args: Any) -> Any:
-        def locked() -> Any:
-            with lock:
-                return fn(*args)
-
-        return await run_in_threadpool(locked)
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page, headers=HEADERS)
 
-    async def layers(request: Request) -> Response:
-        return _json({"layers": await work(session.layers), "rules": list(session.rules)})
+    return [Route("/", index)]
+
+
+def _dataset(context: Context) -> list[Route]:
+    """The dataset and uploads: what the dataset holds, browsing it (by class), uploading an image."""
+    session, work = context.session, context.work
 
     async def dataset(request: Request) -> Response:
         return _json(
@@ -117,7 +152,7 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
                 "images": len(session.dataset),
                 "image_shape": session.image_shape,
                 "classes": session.classes,
-                "run": run is not None,
+                "run": context.run is not None,
                 "max_upload_bytes": MAX_UPLOAD_BYTES,
             }
         )
@@ -144,6 +179,17 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
             raise HTTPException(400, "empty upload: send the image file as the request body")
         return _json({"image": await work(session.upload, bytes(data))})
 
+    return [
+        Route("/api/dataset", dataset),
+        Route("/api/images", images),
+        Route("/api/upload", upload, methods=["POST"]),
+    ]
+
+
+def _images(context: Context) -> list[Route]:
+    """One image: as PNG (with an activation's receptive-field box), the patch of that box, its classes."""
+    session, work = context.session, context.work
+
     async def image_png(request: Request) -> Response:
         ref = _text(request, "image")
         layer = request.query_params.get("layer")
@@ -160,11 +206,28 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
 
         def draw() -> bytes:
             p = session.patch(ref, layer, y, x)
-            return pictures.patch(
-                p.pixels, p.inside, session.preprocess.denormalize, pictures.factor(max(p.pixels.shape[-2:]), 256)
-            )
+            scale = pictures.factor(max(p.pixels.shape[-2:]), 256)
+            return pictures.patch(p.pixels, p.inside, session.preprocess.denormalize, scale)
 
         return _png(await work(draw))
+
+    async def classes(request: Request) -> Response:
+        ref = _text(request, "image")
+        return _json(await work(session.classes_of, ref, _int(request, "top", 5)))
+
+    return [
+        Route("/api/image.png", image_png),
+        Route("/api/patch.png", patch_png),
+        Route("/api/classes", classes),
+    ]
+
+
+def _maps(context: Context) -> list[Route]:
+    """The model's layers and an image's feature maps: their layout, their grid and one map as PNG."""
+    session, work = context.session, context.work
+
+    async def layers(request: Request) -> Response:
+        return _json({"layers": await work(session.layers), "rules": list(session.rules)})
 
     async def maps(request: Request) -> Response:
         ref, layer = _text(request, "image"), _text(request, "layer")
@@ -181,7 +244,7 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
                 "columns": columns,
                 "tile": [th, tw],
                 "gap": pictures.GAP,
-                "top9": [] if run is None else run.channels(layer),
+                "top9": [] if context.run is None else context.run.channels(layer),
             }
 
         return _json(await work(layout))
@@ -199,6 +262,18 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
 
         return _png(await work(draw))
 
+    return [
+        Route("/api/layers", layers),
+        Route("/api/maps", maps),
+        Route("/api/maps.png", maps_png),
+        Route("/api/map.png", map_png),
+    ]
+
+
+def _projections(context: Context) -> list[Route]:
+    """An activation, a whole feature map or a class projected to pixel space, as PNG."""
+    session, work = context.session, context.work
+
     async def project_png(request: Request) -> Response:
         ref = _text(request, "image")
         rule = request.query_params.get("rule")
@@ -209,61 +284,54 @@ def create_app(session: Session, token: str, run: Run | None = None) -> Starlett
                 await work(lambda: pictures.projection(session.project(ref, target_class=target, rule=rule), order))
             )
         layer, channel = _text(request, "layer"), _int(request, "channel")
-        y, x = _optional_int(request, "y"), _optional_int(request, "x")
-        if request.query_params.get("map") is not None:
-            position: Any = "map"
-        elif (y is None) != (x is None):
-            raise HTTPException(400, "give both y and x (or neither, for the strongest activation)")
-        else:
-            position = None if y is None else (y, x)
+        position = _position(request)
         return _png(
             await work(lambda: pictures.projection(session.project(ref, layer, channel, position, rule=rule), order))
         )
 
-    async def classes(request: Request) -> Response:
-        ref = _text(request, "image")
-        return _json(await work(session.classes_of, ref, _int(request, "top", 5)))
+    return [Route("/api/project.png", project_png)]
+
+
+def _records(context: Context) -> list[Route]:
+    """The top9 run's records of a channel and its panel cut from the run's sheet (404 without a run)."""
 
     async def top9(request: Request) -> Response:
-        if run is None:
-            raise HTTPException(404, "no top9 run: start deconv serve with --run DIR")
+        run = context.records()
         return _json(run.of(_text(request, "layer"), _int(request, "channel")))
 
     async def top9_png(request: Request) -> Response:
-        if run is None:
-            raise HTTPException(404, "no top9 run: start deconv serve with --run DIR")
+        run = context.records()
         layer, channel = _text(request, "layer"), _int(request, "channel")
-        return _png(await work(lambda: pictures.png(run.panel(layer, channel))))
+        return _png(await context.work(lambda: pictures.png(run.panel(layer, channel))))
 
-    async def deconv_error(request: Request, error: Exception) -> Response:
-        return _error(400, str(error))
+    return [Route("/api/top9", top9), Route("/api/top9.png", top9_png)]
 
-    async def http_error(request: Request, error: Exception) -> Response:
-        assert isinstance(error, HTTPException)
-        if error.status_code in (404, 405) and error.detail in ("Not Found", "Method Not Allowed"):  # the router's own
-            return _error(
-                error.status_code, f"no {request.method} {request.url.path} here: the API is listed in docs/serve.md"
-            )
-        return _error(error.status_code, error.detail)
 
-    routes = [
-        Route("/", index),
-        Route("/api/layers", layers),
-        Route("/api/dataset", dataset),
-        Route("/api/images", images),
-        Route("/api/upload", upload, methods=["POST"]),
-        Route("/api/image.png", image_png),
-        Route("/api/patch.png", patch_png),
-        Route("/api/maps", maps),
-        Route("/api/maps.png", maps_png),
-        Route("/api/map.png", map_png),
-        Route("/api/project.png", project_png),
-        Route("/api/classes", classes),
-        Route("/api/top9", top9),
-        Route("/api/top9.png", top9_png),
-    ]
+async def _deconv_error(request: Request, error: Exception) -> Response:
+    return _error(400, str(error))
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    if error.status_code in (404, 405) and error.detail in ("Not Found", "Method Not Allowed"):  # the router's own
+        return _error(
+            error.status_code, f"no {request.method} {request.url.path} here: the API is listed in docs/serve.md"
+        )
+    return _error(error.status_code, error.detail)
+
+
+def create_app(session: Session, token: str, run: Run | None = None) -> Starlette:
+    """The app serving ``session`` (and the top9 ``run``'s panels) to requests that carry ``token``."""
+    context = Context(session, run)
     return Starlette(
-        routes=routes,
+        routes=[
+            *_page(),
+            *_dataset(context),
+            *_images(context),
+            *_maps(context),
+            *_projections(context),
+            *_records(context),
+        ],
         middleware=[Middleware(Guard, token=token)],
-        exception_handlers={DeconvError: deconv_error, HTTPException: http_error},
+        exception_handlers={DeconvError: _deconv_error, HTTPException: _http_error},
     )

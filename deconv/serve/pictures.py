@@ -7,9 +7,9 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from ..figures.draw import colormap, show_patch, show_projection, to_pil, upscale
+from ..figures.draw import colormap, outline, show_patch, show_projection, to_pil, upscale
 from ..figures.draw import grid as render_grid
 from ..mirror import Box
 from .session import Maps
@@ -32,7 +32,6 @@ __all__ = [
 TILE = 40  # feature maps in the grid are at most this many pixels on a side
 GAP = 2
 WIDTH = 520  # the grid's width in pixels, at most
-BOX = (255, 60, 60)
 
 
 def png(image: Image.Image) -> bytes:
@@ -58,9 +57,7 @@ def picture(
     """An image ``(1, C, H, W)`` in true colours, enlarged ``scale`` times, with ``box`` drawn."""
     shown = to_pil(upscale(show_patch(image.float().cpu(), denormalize)[0], scale))
     if box is not None:
-        ImageDraw.Draw(shown).rectangle(
-            [box.left * scale, box.top * scale, box.right * scale - 1, box.bottom * scale - 1], outline=BOX, width=2
-        )
+        outline(shown, box, scale)
     return png(shown)
 
 

@@ -19,7 +19,8 @@ FIELDS = ("layer", "channel", "rank", "index", "y", "x", "value")  # what client
 
 
 class Run:
-    """The records of a top9 run in folder ``out``, checked against the served ``layers`` and dataset size ``images``."""
+    """The records of a top9 run in folder ``out``, checked against the served ``layers`` and dataset size
+    ``images``."""
 
     def __init__(self, out: str | Path, layers: list[str], images: int) -> None:
         self.out = Path(out)
@@ -54,7 +55,7 @@ class Run:
 
     def channels(self, layer: str) -> list[int]:
         """The channels of ``layer`` the run recorded, in order."""
-        return sorted(c for l, c in self.records if l == layer)
+        return sorted(c for recorded, c in self.records if recorded == layer)
 
     def of(self, layer: str, channel: int) -> list[dict]:
         """The records of one channel, best first."""

@@ -19,11 +19,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data import Preprocess, UnreadableImage, load_image
-from ..engine.graph import Trace
 from ..engine.windows import crop
 from ..errors import InputError, SelectionError, one_line
 from ..figures.draw import class_name
-from ..mirror import Box, Mirror, Position
+from ..mirror import Box, Mirror, Trace
+from ..selection import Position, check_channel
 
 __all__ = ["Viewed", "Views", "Maps", "Patch", "Session"]
 
@@ -181,7 +181,7 @@ class Session:
             except Image.DecompressionBombWarning as error:
                 raise InputError(f"uploaded file: {one_line(error)}") from None
         try:
-            self.mirror.shapes(tuple(pixels.shape))
+            self.mirror.shape(self.mirror.output_layer, tuple(pixels.shape))
         except RuntimeError:
             raise InputError(
                 f"uploaded image preprocesses to shape {tuple(pixels.shape)}, which the model cannot take "
@@ -219,15 +219,12 @@ class Session:
     def feature_map(self, ref: str, layer: str, channel: int) -> torch.Tensor:
         """Feature map ``channel`` of ``layer`` for image ``ref``: ``(h, w)`` (``(1, 1)`` for a layer of vectors)."""
         out = self.output(ref, layer)[0]
-        if not 0 <= channel < out.shape[0]:
-            raise SelectionError(
-                f"channel {channel} is out of range for layer {layer!r} with {out.shape[0]} channels (valid: 0..{out.shape[0] - 1})"
-            )
+        check_channel(layer, channel, out.shape[0])
         return out[channel].float().cpu().reshape(out.shape[1:] if out.dim() == 3 else (1, 1))
 
     def classes_of(self, ref: str, top: int = 5) -> list[dict]:
         """The ``top`` most probable classes of image ``ref``: ``[{"class", "name", "probability"}]``, best first."""
-        scores = self.traced(ref).trace.outputs[self.mirror.output][0].float()
+        scores = self.output(ref, self.mirror.output_layer)[0].float()
         if scores.dim() != 1:
             raise SelectionError(f"the model's last layer outputs maps {tuple(scores.shape)}, not class scores")
         probabilities, classes = scores.softmax(0).topk(min(top, scores.numel()))

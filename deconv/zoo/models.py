@@ -258,9 +258,9 @@ def _read_checkpoint(path: Path, trust: bool = False) -> Any:
             ) from None
         if not trust:
             raise CheckpointError(
-                f"{path}: a whole pickled object (needs {_names(sorted(needs_classes), 3)}), and unpickling it runs code "
-                "from the file; save a state_dict instead, or pass --trust-checkpoint (config: trust_checkpoint = true) "
-                "only if you trust the file"
+                f"{path}: a whole pickled object (needs {_names(sorted(needs_classes), 3)}), and unpickling it "
+                "runs code from the file; save a state_dict instead, or pass --trust-checkpoint "
+                "(config: trust_checkpoint = true) only if you trust the file"
             ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

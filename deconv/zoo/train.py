@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,45 @@ DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 SHIFT = 2  # random translation of up to SHIFT pixels in each direction (zero padding)
 
 
-def _load_split(data_dir: Path, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> images ``(N, 1, 28, 28)`` float32 in [0, 1], labels ``(N,)`` int64."""
+@dataclass(frozen=True)
+class TrainSettings:
+    """What one :func:`train` run does (its parameters, checked)."""
+
+    out: Path
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    data_dir: Path
+    checkpoint_epochs: tuple[int, ...]
+    limit: int | None
+    threads: int
+    progress: bool
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or (self.limit is not None and self.limit < 1):
+            raise ValueError(
+                "need epochs >= 1, batch_size >= 1, lr > 0, limit None or >= 1; "
+                f"got {self.epochs}, {self.batch_size}, {self.lr}, {self.limit}"
+            )
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The training state: the model, its optimizer and learning-rate schedule, the augmentation's generator."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+
+
+Split = tuple[torch.Tensor, torch.Tensor]
+"""Images ``(N, 1, 28, 28)`` float32 in [0, 1] and their labels ``(N,)`` int64."""
+
+
+def _load_split(data_dir: Path, split: str, limit: int | None) -> Split:
+    """The ``split`` (``"train"`` or ``"t10k"``) of the idx files in ``data_dir``, its first ``limit`` images."""
     arrays = []
     for kind in ("images-idx3", "labels-idx1"):
         candidates = [data_dir / f"{split}-{kind}-ubyte.gz", data_dir / f"{split}-{kind}-ubyte"]
@@ -76,33 +114,85 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     return correct / len(x)
 
 
-def _train_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    generator: torch.Generator,
-    desc: str,
-    progress: bool,
-) -> tuple[float, float]:
-    """One pass over ``x`` ``(N, 1, 28, 28)`` in [0, 1] in a random order; -> (mean loss, accuracy)."""
-    model.train()
-    order = torch.randperm(len(x), generator=generator)
+def _train_epoch(fit: _Fit, split: Split, settings: TrainSettings, desc: str) -> tuple[float, float]:
+    """One pass over the training ``split`` in a random order; -> (mean loss, accuracy)."""
+    x, y = split
+    fit.model.train()
+    order = torch.randperm(len(x), generator=fit.generator)
     loss_sum, correct = 0.0, 0
-    batches = range(0, len(x), batch_size)  # a bar only on a terminal: in a log, the epoch's record line is its report
-    for start in tqdm(batches, desc=desc, disable=not progress or not sys.stderr.isatty(), leave=False):
-        index = order[start : start + batch_size]
-        logits = model(_normalize(_augment(x[index], generator)))
+    batches = range(0, len(x), settings.batch_size)
+    quiet = not settings.progress or not sys.stderr.isatty()  # a bar only on a terminal: in a log, the record line
+    for start in tqdm(batches, desc=desc, disable=quiet, leave=False):
+        index = order[start : start + settings.batch_size]
+        logits = fit.model(_normalize(_augment(x[index], fit.generator)))
         loss = F.cross_entropy(logits, y[index])
-        optimizer.zero_grad(set_to_none=True)
+        fit.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        schedule.step()
+        fit.optimizer.step()
+        fit.schedule.step()
         loss_sum += loss.item() * len(index)
         correct += int((logits.argmax(1) == y[index]).sum())
     return loss_sum / len(x), correct / len(x)
+
+
+def _epoch(fit: _Fit, settings: TrainSettings, epoch: int, train_split: Split, test_split: Split) -> dict[str, Any]:
+    """Trains one epoch and tests the model: the epoch's record (losses, accuracies, seconds)."""
+    start = time.perf_counter()
+    loss, accuracy = _train_epoch(fit, train_split, settings, f"epoch {epoch}/{settings.epochs}")
+    seconds = time.perf_counter() - start
+    test_accuracy = _accuracy(fit.model, *test_split)
+    return {
+        "epoch": epoch,
+        "train_loss": round(loss, 5),
+        "train_accuracy": round(accuracy, 5),
+        "test_accuracy": round(test_accuracy, 5),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _save(model: torch.nn.Module, path: Path) -> None:
+    """Writes the ``state_dict`` of ``model`` to ``path``, atomically."""
+    atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+
+
+def _fit(settings: TrainSettings, train_split: Split, test_split: Split) -> tuple[torch.nn.Module, list[dict]]:
+    """A fresh ZFNet28 trained on ``train_split`` (``settings.seed`` seeds it, the global RNG is left as it
+    was), with a checkpoint at each epoch of ``settings.checkpoint_epochs`` and the last: the model and its
+    per-epoch records."""
+    records = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        generator = torch.Generator().manual_seed(settings.seed)
+        model = ZFNet28()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
+        steps = settings.epochs * math.ceil(len(train_split[0]) / settings.batch_size)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=steps)
+        fit = _Fit(model, optimizer, schedule, generator)
+        for epoch in range(1, settings.epochs + 1):
+            records.append(_epoch(fit, settings, epoch, train_split, test_split))
+            if settings.progress:
+                tqdm.write(json.dumps(records[-1]), file=sys.stderr)
+            if epoch in settings.checkpoint_epochs or epoch == settings.epochs:
+                _save(model, settings.out / f"epoch{epoch}.pt")
+    return model, records
+
+
+def _metrics(settings: TrainSettings, train_images: int, test_images: int, per_epoch: list[dict]) -> dict[str, Any]:
+    """What ``metrics.json`` holds: the run's settings and data, its per-epoch records and final test accuracy."""
+    return {
+        "model": "ZFNet28",
+        "dataset": "Fashion-MNIST",
+        "train_images": train_images,
+        "test_images": test_images,
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "seed": settings.seed,
+        "threads": settings.threads,
+        "torch_version": torch.__version__,
+        "per_epoch": per_epoch,
+        "final_test_accuracy": per_epoch[-1]["test_accuracy"],
+    }
 
 
 def train(
@@ -126,67 +216,19 @@ def train(
     Deterministic given ``seed`` and ``threads``; the global RNG state and thread count are restored
     afterwards. Returns the metrics that ``metrics.json`` holds.
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0 or (limit is not None and limit < 1):
-        raise ValueError(
-            f"need epochs >= 1, batch_size >= 1, lr > 0, limit None or >= 1; got {epochs}, {batch_size}, {lr}, {limit}"
-        )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = TrainSettings(
+        Path(out_dir), epochs, batch_size, lr, seed, Path(data_dir), tuple(checkpoint_epochs), limit, threads, progress
+    )
+    settings.out.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x_train, y_train = _load_split(Path(data_dir), "train", limit)
-        x_test, y_test = _load_split(Path(data_dir), "t10k", None)
-        steps_per_epoch = math.ceil(len(x_train) / batch_size)
-        metrics: dict[str, Any] = {
-            "model": "ZFNet28",
-            "dataset": "Fashion-MNIST",
-            "train_images": len(x_train),
-            "test_images": len(x_test),
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "threads": threads,
-            "torch_version": torch.__version__,
-            "per_epoch": [],
-        }
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            generator = torch.Generator().manual_seed(seed)
-            model = ZFNet28()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
-            for epoch in range(1, epochs + 1):
-                start = time.perf_counter()
-                loss, accuracy = _train_epoch(
-                    model,
-                    optimizer,
-                    schedule,
-                    x_train,
-                    y_train,
-                    batch_size,
-                    generator,
-                    f"epoch {epoch}/{epochs}",
-                    progress,
-                )
-                seconds = time.perf_counter() - start
-                test_accuracy = _accuracy(model, x_test, y_test)
-                record = {
-                    "epoch": epoch,
-                    "train_loss": round(loss, 5),
-                    "train_accuracy": round(accuracy, 5),
-                    "test_accuracy": round(test_accuracy, 5),
-                    "seconds": round(seconds, 2),
-                }
-                metrics["per_epoch"].append(record)
-                if progress:
-                    tqdm.write(json.dumps(record), file=sys.stderr)
-                if epoch in checkpoint_epochs or epoch == epochs:
-                    atomic_write(out / f"epoch{epoch}.pt", lambda f: torch.save(model.state_dict(), f))
-        atomic_write(out / "final.pt", lambda f: torch.save(model.state_dict(), f))
-        metrics["final_test_accuracy"] = metrics["per_epoch"][-1]["test_accuracy"]
-        write_json(out / "metrics.json", metrics)
+        train_split = _load_split(settings.data_dir, "train", limit)
+        test_split = _load_split(settings.data_dir, "t10k", None)
+        model, per_epoch = _fit(settings, train_split, test_split)
+        _save(model, settings.out / "final.pt")
+        metrics = _metrics(settings, len(train_split[0]), len(test_split[0]), per_epoch)
+        write_json(settings.out / "metrics.json", metrics)
     finally:
         torch.set_num_threads(previous_threads)
     return metrics

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from deconv.commands.main import main
-from deconv.figures.draw import channel_panel, sheets
 from deconv.figures.report import LABEL, panel_boxes, write_report
+from deconv.figures.sheet import channel_panel, sheets
 
 NET = """
 from torch import nn
@@ -121,7 +121,8 @@ addEventListener("load", () => {{
   const images = [...document.getElementById("page").contentDocument.images];
   const result = document.createElement("pre");
   result.id = "result";
-  result.textContent = JSON.stringify(images.map(i => [i.getAttribute("src"), i.complete, i.naturalWidth, i.naturalHeight]));
+  result.textContent = JSON.stringify(
+    images.map(i => [i.getAttribute("src"), i.complete, i.naturalWidth, i.naturalHeight]));
   document.body.append(result);
 }});
 </script></body>"""

@@ -7,8 +7,8 @@ import torch
 
 from deconv.analyses.top9 import Projected, Record
 from deconv.commands import top9
-from deconv.figures.draw import OUTSIDE, channel_panel, grid, sheets, show_patch, show_projection, upscale
-from deconv.figures.sheet import display_size, display_tiles, figure2
+from deconv.figures.draw import OUTSIDE, grid, show_patch, show_projection, upscale
+from deconv.figures.sheet import channel_panel, display_size, display_tiles, figure2, sheets
 
 
 def test_projection_display_is_centred_grey_and_per_patch() -> None:

@@ -15,11 +15,12 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from .test_app import start_server
 
 from deconv.figures.draw import show_projection, to_pil
 from deconv.mirror import build_mirror
 from deconv.zoo.models import default_dataset, default_model
+
+from .test_app import start_server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 FLAGS = (
@@ -102,7 +103,8 @@ def test_pick_image_layer_channel_position_and_see_the_projection(browser: Any) 
             layout = json.loads(response.read())
         wait(
             browser,
-            "document.getElementById('grid').dataset.ready && document.getElementById('grid').naturalWidth === arguments[0]",
+            "document.getElementById('grid').dataset.ready"
+            " && document.getElementById('grid').naturalWidth === arguments[0]",
             layout["columns"] * (layout["tile"][1] + layout["gap"]) - layout["gap"],
         )
 
@@ -119,8 +121,7 @@ def test_pick_image_layer_channel_position_and_see_the_projection(browser: Any) 
         h, w = layout["map_shape"]
         image = default_dataset()[21][0][None]
         mirror = build_mirror(default_model())
-        top = mirror.index("features.4")
-        maps = mirror.run(mirror.check_images(image), keep=[top], until=top, remember=False).outputs[top][0, channel]
+        maps = mirror.activations(image, ["features.4"])["features.4"][0, channel]
         y, x = divmod(int(maps.argmax()), w)  # click the strongest position in the enlarged map
         shown = browser.find_element("id", "map").size
         click_at(browser, "map", (x + 0.5) * shown["width"] / w, (y + 0.5) * shown["height"] / h)
