@@ -21,8 +21,8 @@ __all__ = [
 ]  # and one_line, a helper kept out of deconv's namespace
 
 
-def one_line(error: BaseException, limit: int | None = None) -> str:
-    """An exception's message on one line (white space folded), cut to ``limit`` characters if given."""
+def one_line(error: BaseException | str, limit: int | None = None) -> str:
+    """An exception's message (or a text) on one line (white space folded), cut to ``limit`` characters if given."""
     text = " ".join(str(error).split())
     return text if limit is None else text[:limit]
 

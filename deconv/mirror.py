@@ -213,6 +213,13 @@ class Mirror(nn.Module):
         keep = range(len(self.steps)) if layers is None else [self.index(layer) for layer in layers]
         return self.graph.run(images, keep, None, self.rules, True)
 
+    def traced(self, trace: Trace, layer: str) -> torch.Tensor:
+        """The output of ``layer`` kept in ``trace`` (from :meth:`trace`): ``(N, C, H, W)`` or ``(N, F)``."""
+        top = self.index(layer)
+        if top not in trace.outputs:
+            raise SelectionError(f"the trace keeps no output of layer {layer!r}; trace it with layers=[{layer!r}]")
+        return trace.outputs[top]
+
     def _shapes(self, image_shape: Sequence[int]) -> list[tuple[int, ...]]:
         """Output shape of every node for images of ``image_shape`` ``(C, H, W)`` (one dry run, cached)."""
         return self._projector.footprint(image_shape).shapes

@@ -19,7 +19,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..data import Preprocess, UnreadableImage, load_image
-from ..engine.windows import crop
 from ..errors import InputError, SelectionError, one_line
 from ..figures.draw import class_name
 from ..mirror import Box, Mirror, Trace
@@ -205,7 +204,7 @@ class Session:
 
     def output(self, ref: str, layer: str) -> torch.Tensor:
         """The output of ``layer`` for image ``ref``, ``(1, ...)``, from its cached trace."""
-        return self.traced(ref).trace.outputs[self.mirror.index(layer)]
+        return self.mirror.traced(self.traced(ref).trace, layer)
 
     def maps(self, ref: str, layer: str) -> Maps:
         """All feature maps of ``layer`` for image ``ref``, strongest first (ties: lower channel first)."""
@@ -251,10 +250,8 @@ class Session:
         """The receptive-field box of activation ``(y, x)`` of ``layer`` and image ``ref`` cut to it."""
         image = self.image(ref).image
         shape = tuple(image.shape[1:])
-        box = self.mirror.receptive_field(layer, y, x, shape)
-        origin = torch.tensor([[box.top, box.left]])
-        size = (box.bottom - box.top, box.right - box.left)
-        pixels, mask = crop(image.cpu(), origin, size)
+        box = self.mirror.receptive_field(layer, y, x, shape)  # checks the position
+        pixels, mask = self.mirror.patches(image.cpu(), layer, torch.tensor([[y, x]]))
         return Patch(box, pixels, mask)
 
     def layers(self) -> list[dict]:
