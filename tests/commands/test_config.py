@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from deconv.commands import COMMANDS, all_options
-from deconv.commands.config import dump_toml, load_config, option, resolve
+from deconv.commands.config import Option, dump_toml, load_config, resolve
 from deconv.commands.main import main
 from deconv.errors import ConfigError
 
 OPTIONS = [
-    option("batch_size", int, 256, ""),
-    option("mean", list, [], "", item=float),
-    option("layers", list, [], "", item=str),
-    option("overwrite", bool, False, ""),
-    option("data", str, "", ""),
-    option("scale", float, 1.0, ""),
-    option("mode", str, "a", "", choices=("a", "b")),
+    Option("batch_size", int, 256, ""),
+    Option("mean", list, [], "", item=float),
+    Option("layers", list, [], "", item=str),
+    Option("overwrite", bool, False, ""),
+    Option("data", str, "", ""),
+    Option("scale", float, 1.0, ""),
+    Option("mode", str, "a", "", choices=("a", "b")),
 ]
 
 
