@@ -19,7 +19,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 import deconv
-from deconv.commands.common import preprocess_from
+from deconv.commands.common import Data, preprocess_from
 from deconv.commands.main import main
 from deconv.data import Preprocess, open_dataset
 from deconv.serve.app import create_app
@@ -94,7 +94,7 @@ def test_the_red_pattern_model_is_what_the_oracle_says(setup: Path) -> None:
         "pixel_scale": 1.0,
         "channel_order": "BGR",
     }
-    image = preprocess_from(settings, model)(Image.open(setup / "images" / "red0.png"))[None]
+    image = preprocess_from(Data.of(settings), model, embedded=False)(Image.open(setup / "images" / "red0.png"))[None]
     assert image[0, 0].abs().max() == 0 and image[0, 2].max() > 0  # red lands in the model's channel 2
     projection = deconv.build_mirror(model).project(image, "1", 0)[0]
     assert projection[:2].abs().max() == 0 and projection[2].min() >= 0 and projection[2].max() > 0

@@ -23,6 +23,7 @@ from deconv.commands import all_options
 from deconv.commands.common import preprocess_from, require_at_least
 from deconv.commands.config import load_config, resolve
 from deconv.commands.top9 import OPTIONS as TOP9
+from deconv.commands.top9 import Top9Settings
 from deconv.data import ImageFolder, Preprocess, UnreadableImage, batches, load_image, read_idx
 from deconv.errors import ConfigError, DatasetError, DeconvError, StateError
 
@@ -206,11 +207,11 @@ def test_corrupted_configs_load_or_raise_config_errors(
     path = tmp_path_factory.mktemp("config") / "c.toml"
     path.write_bytes(_corrupt(data, CONFIG) if data.draw(st.booleans()) else data.draw(st.binary(max_size=60)))
     try:
-        settings = resolve(TOP9, load_config(path, all_options()), {})
+        settings = Top9Settings.of(resolve(TOP9, load_config(path, all_options()), {}))
         require_at_least(
             settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0
         )
-        preprocess_from({**settings, "model": "x"}, nn.Conv2d(1, 1, 1))
+        preprocess_from(settings.data, nn.Conv2d(1, 1, 1), embedded=False)
     except ConfigError as error:
         assert (
             "\n" not in str(error) and str(path) in str(error) or "key" in str(error) or "preprocessing" in str(error)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deconv.commands.common import preprocess_from
+from deconv.commands.common import Data, preprocess_from
 from deconv.commands.main import main
 from deconv.data import Preprocess
 from deconv.zoo.models import load_model
@@ -42,7 +42,7 @@ def test_caffe_preprocessing_scales_to_255_and_orders_bgr() -> None:
         Preprocess(pixel_scale=0)
 
 
-def _settings(**kw) -> dict:
+def _settings(**kw) -> Data:
     base = {
         "model": "x",
         "mean": [],
@@ -53,15 +53,15 @@ def _settings(**kw) -> dict:
         "pixel_scale": 1.0,
         "channel_order": "RGB",
     }
-    return {**base, **kw}
+    return Data.of({**base, **kw})
 
 
 def test_a_mean_above_1_without_pixel_scale_is_warned_about(capsys) -> None:
-    preprocess_from(_settings(mean=[104.0, 117.0, 123.0]), torch.nn.Conv2d(3, 1, 1))
+    preprocess_from(_settings(mean=[104.0, 117.0, 123.0]), torch.nn.Conv2d(3, 1, 1), embedded=False)
     warning = capsys.readouterr().err.strip()
     assert "pixel_scale = 255" in warning and "0.485" in warning and "\n" not in warning
-    preprocess_from(_settings(mean=[104.0, 117.0, 123.0], pixel_scale=255.0), torch.nn.Conv2d(3, 1, 1))
-    preprocess_from(_settings(mean=[0.485, 0.456, 0.406]), torch.nn.Conv2d(3, 1, 1))
+    preprocess_from(_settings(mean=[104.0, 117.0, 123.0], pixel_scale=255.0), torch.nn.Conv2d(3, 1, 1), embedded=False)
+    preprocess_from(_settings(mean=[0.485, 0.456, 0.406]), torch.nn.Conv2d(3, 1, 1), embedded=False)
     assert capsys.readouterr().err == ""
 
 

@@ -7,17 +7,17 @@ in Fig. 2 (:func:`deconv.analyses.top9.project_top`), and drawn as Fig. 2's tile
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import SelectionError
 from ..mirror import Mirror
-from .top9 import Projected, Record, project_top, scan
+from .top9 import Projected, ProjectOptions, Record, ScanOptions, project_top, scan
 
-__all__ = ["Evolution", "evolve"]
+__all__ = ["Evolution", "EvolutionOptions", "evolve"]
 
 
 @dataclass(frozen=True)
@@ -56,53 +56,53 @@ class Evolution:
         )
 
 
+@dataclass(frozen=True)
+class EvolutionOptions:
+    """How :func:`evolve` scans and projects: the dataset items ``indices`` (default: all), loaded
+    ``batch_size`` at a time by ``num_workers`` processes; ``rule`` what the projections do at each ReLU
+    (default: each mirror's); a progress bar per checkpoint with ``progress``."""
+
+    indices: Sequence[int] | None = None
+    batch_size: int = 256
+    num_workers: int = 0
+    progress: bool = True
+    rule: str | None = None
+
+
 @torch.no_grad()
 def evolve(
     mirrors: Iterable[Mirror],
     dataset: Dataset,
     layer: str,
     channels: Sequence[int] | None = None,
-    *,
-    indices: Sequence[int] | None = None,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    progress: bool = True,
-    rule: str | None = None,
+    options: EvolutionOptions | None = None,
+    **overrides: Any,
 ) -> Evolution:
-    """Follows ``channels`` of ``layer`` (default: all) through ``mirrors``, one per checkpoint, in order.
+    """Follows ``channels`` of ``layer`` (default: all) through ``mirrors``, one per checkpoint, in order;
+    ``options`` (:class:`EvolutionOptions`), with any of its fields given as keywords, say how.
 
-    Each mirror scans ``dataset`` (the items ``indices``, default all) once; pass a generator to
-    hold one checkpoint's model in memory at a time. ``rule`` is what the projections do at each
-    ReLU (default: each mirror's).
+    Each mirror scans ``dataset`` once; pass a generator to hold one checkpoint's model in memory at
+    a time.
     """
+    how = replace(options or EvolutionOptions(), **overrides)
     columns: list[Projected] = []
     for t, mirror in enumerate(mirrors, 1):
-        state = scan(
-            mirror,
-            dataset,
-            [layer],
+        scanning = ScanOptions(
             k=1,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            indices=indices,
-            progress=progress,
+            batch_size=how.batch_size,
+            num_workers=how.num_workers,
+            indices=how.indices,
+            progress=how.progress,
             desc=f"scan at checkpoint {t}",
         )
+        state = scan(mirror, dataset, [layer], scanning)
         count = state.tops[layer].values.shape[0]
         channels = range(count) if channels is None else channels
         bad = [c for c in channels if not 0 <= c < count]
         if bad:
             raise SelectionError(f"channels {bad} are out of range for layer {layer!r} with {count} channels")
         best = {r.channel: r for r in state.records(dataset)}
-        records = [best[c] for c in channels]
-        chunks = project_top(
-            mirror, dataset, records, batch_size=batch_size, num_workers=num_workers, progress=False, rule=rule
-        )
-        chunks = [c.cpu() for c in chunks]
-        done = [r for c in chunks for r in c.records]
-        order = [done.index(r) for r in records]  # back to channel order
-        stacked = {f: torch.cat([getattr(c, f) for c in chunks])[order] for f in ("projections", "patches", "inside")}
-        columns.append(Projected(records, **stacked, image_size=chunks[0].image_size))
+        columns.append(_column(mirror, dataset, [best[c] for c in channels], how))
     if not columns:
         raise SelectionError("no checkpoints to follow")
     return Evolution(
@@ -114,3 +114,14 @@ def evolve(
         torch.stack([c.inside for c in columns], 1),
         columns[0].image_size,
     )
+
+
+def _column(mirror: Mirror, dataset: Dataset, records: list[Record], how: EvolutionOptions) -> Projected:
+    """One checkpoint's ``records`` projected and cut as :func:`~deconv.analyses.top9.project_top` does, in
+    their own order (the channels')."""
+    projecting = ProjectOptions(batch_size=how.batch_size, num_workers=how.num_workers, progress=False, rule=how.rule)
+    chunks = [c.cpu() for c in project_top(mirror, dataset, records, projecting)]
+    done = [r for c in chunks for r in c.records]
+    order = [done.index(r) for r in records]
+    stacked = {f: torch.cat([getattr(c, f) for c in chunks])[order] for f in ("projections", "patches", "inside")}
+    return Projected(records, **stacked, image_size=chunks[0].image_size)

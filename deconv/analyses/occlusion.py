@@ -9,14 +9,15 @@ preprocessing subtracts, is the paper's grey.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
 from ..errors import InputError, SelectionError
 from ..mirror import Mirror
 
-__all__ = ["Occlusion", "occlude", "squares"]
+__all__ = ["Occlusion", "OcclusionOptions", "occlude", "squares"]
 
 
 @dataclass(frozen=True)
@@ -61,65 +62,85 @@ def _totals(out: torch.Tensor) -> torch.Tensor:
     return out.flatten(2).sum(2) if out.dim() == 4 else out
 
 
+@dataclass(frozen=True)
+class OcclusionOptions:
+    """How :func:`occlude` slides its square: ``square`` x ``square`` pixels of ``fill`` in steps of
+    ``stride``; the feature map ``channel`` and the class ``label`` it watches (default: the strongest
+    map, the most probable class); occluded copies go through the model ``batch_size`` at a time."""
+
+    square: int
+    stride: int
+    channel: int | None = None
+    label: int | None = None
+    fill: float = 0.0
+    batch_size: int = 256
+
+
 @torch.no_grad()
 def occlude(
-    mirror: Mirror,
-    image: torch.Tensor,
-    layer: str,
-    *,
-    square: int,
-    stride: int,
-    channel: int | None = None,
-    label: int | None = None,
-    fill: float = 0.0,
-    batch_size: int = 256,
+    mirror: Mirror, image: torch.Tensor, layer: str, options: OcclusionOptions | None = None, **overrides: Any
 ) -> Occlusion:
-    """Slides a ``square`` x ``square`` patch of ``fill`` over ``image`` ``(C, H, W)`` in steps of ``stride``.
+    """Slides a ``square`` x ``square`` patch of ``fill`` over ``image`` ``(C, H, W)`` in steps of ``stride``:
+    ``options`` (:class:`OcclusionOptions`), or its fields as keywords (``square=7, stride=1``).
 
     ``channel`` of ``layer`` defaults to the map with the strongest single activation in the
     unoccluded image, ``label`` to its most probable class. The model's last layer must output
     class scores ``(N, K)``. Occluded copies go through the model ``batch_size`` at a time,
     stopping once: one walk gives both the layer and the class scores.
     """
+    how = OcclusionOptions(**overrides) if options is None else replace(options, **overrides)
     image = mirror.check_images(image[None])[0]
-    top, last = mirror.index(layer), mirror.output
+    out, clean = _forward(mirror, layer, image[None])
+    how = _watched(how, layer, out, clean)
+    activation, probabilities = _slide(mirror, layer, image, how)
+    return Occlusion(
+        layer=layer,
+        channel=how.channel,
+        label=how.label,
+        square=how.square,
+        stride=how.stride,
+        activation=activation,
+        probability=probabilities[..., how.label],
+        predicted=probabilities.argmax(-1),
+        projection=mirror.project(image[None], layer, how.channel, "map" if out.dim() == 4 else None)[0].cpu(),
+        clean_activation=float(_totals(out)[0, how.channel]),
+        clean_probabilities=clean[0].cpu(),
+    )
 
-    def forward(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = mirror.run(images, keep=[top, last], remember=False).outputs
-        if outputs[last].dim() != 2:
-            raise SelectionError(
-                f"the model's last layer outputs {tuple(outputs[last].shape[1:])}, not class scores (K,)"
-            )
-        return outputs[top], outputs[last].float().softmax(1)
 
-    out, clean = forward(image[None])
-    if channel is None:
-        channel = int((out[0].flatten(1).amax(1) if out.dim() == 4 else out[0]).argmax())
-    if label is None:
-        label = int(clean[0].argmax())
+def _forward(mirror: Mirror, layer: str, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of ``layer`` for ``images`` ``(B, C, H, W)`` and the class probabilities ``(B, K)``: one walk."""
+    outputs = mirror.activations(images, [layer, mirror.output_layer])
+    scores = outputs[mirror.output_layer]
+    if scores.dim() != 2:
+        raise SelectionError(f"the model's last layer outputs {tuple(scores.shape[1:])}, not class scores (K,)")
+    return outputs[layer], scores.float().softmax(1)
+
+
+def _watched(how: OcclusionOptions, layer: str, out: torch.Tensor, clean: torch.Tensor) -> OcclusionOptions:
+    """``how`` with the channel and class to watch filled in from the unoccluded image's ``out`` and
+    probabilities ``clean`` ``(1, K)``; ``SelectionError`` for one out of range."""
+    strongest = out[0].flatten(1).amax(1) if out.dim() == 4 else out[0]  # per channel
+    channel = int(strongest.argmax()) if how.channel is None else how.channel
+    label = int(clean[0].argmax()) if how.label is None else how.label
     if not 0 <= channel < out.shape[1]:
         raise SelectionError(f"channel {channel} is out of range for layer {layer!r} with {out.shape[1]} channels")
     if not 0 <= label < clean.shape[1]:
         raise SelectionError(f"class {label} is out of range for a model with {clean.shape[1]} classes")
-    rows, cols = (m.to(image.device) for m in squares(image.shape[-2], image.shape[-1], square, stride))
+    return replace(how, channel=channel, label=label)
+
+
+def _slide(mirror: Mirror, layer: str, image: torch.Tensor, how: OcclusionOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """The watched map's total activation ``(P, Q)`` and the class probabilities ``(P, Q, K)`` at every square
+    position, ``how.batch_size`` occluded copies of ``image`` ``(C, H, W)`` at a time."""
+    rows, cols = (m.to(image.device) for m in squares(image.shape[-2], image.shape[-1], how.square, how.stride))
+    positions = len(rows) * len(cols)
     activation, probabilities = [], []
-    for start in range(0, len(rows) * len(cols), batch_size):
-        k = torch.arange(start, min(start + batch_size, len(rows) * len(cols)), device=image.device)
+    for start in range(0, positions, how.batch_size):
+        k = torch.arange(start, min(start + how.batch_size, positions), device=image.device)
         mask = rows[k // len(cols), None, :, None] & cols[k % len(cols), None, None, :]  # (B, 1, H, W)
-        out_b, probabilities_b = forward(torch.where(mask, fill, image))
-        activation.append(_totals(out_b)[:, channel])
-        probabilities.append(probabilities_b)
-    probabilities = torch.cat(probabilities).cpu().view(len(rows), len(cols), -1)
-    return Occlusion(
-        layer=layer,
-        channel=channel,
-        label=label,
-        square=square,
-        stride=stride,
-        activation=torch.cat(activation).float().cpu().view(len(rows), len(cols)),
-        probability=probabilities[..., label],
-        predicted=probabilities.argmax(-1),
-        projection=mirror.project(image[None], layer, channel, "map" if out.dim() == 4 else None)[0].cpu(),
-        clean_activation=float(_totals(out)[0, channel]),
-        clean_probabilities=clean[0].cpu(),
-    )
+        out, p = _forward(mirror, layer, torch.where(mask, how.fill, image))
+        activation.append(_totals(out)[:, how.channel])
+        probabilities.append(p)
+    shape = (len(rows), len(cols))
+    return torch.cat(activation).float().cpu().view(shape), torch.cat(probabilities).cpu().view(*shape, -1)

@@ -20,7 +20,7 @@ from ..errors import NonFiniteError, SelectionError
 from ..mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
 from ..progress import progress_bar
 
-__all__ = ["TopK", "Record", "ScanState", "Projected", "scan", "project_top"]
+__all__ = ["TopK", "Record", "ScanState", "ScanOptions", "Projected", "ProjectOptions", "scan", "project_top"]
 
 
 class TopK:
@@ -163,49 +163,59 @@ class ScanState:
         )
 
 
+@dataclass(frozen=True)
+class ScanOptions:
+    """How :func:`scan` runs: the top ``k`` kept per channel; images loaded ``batch_size`` at a time by
+    ``num_workers`` processes, in the order ``indices`` (default: the whole dataset); ``strict`` raises at an
+    unreadable image instead of skipping it; ``desc`` labels the progress bar, shown with ``progress``."""
+
+    k: int = 9
+    batch_size: int = 256
+    num_workers: int = 0
+    indices: Sequence[int] | None = None
+    strict: bool = False
+    progress: bool = True
+    desc: str = "scan"
+
+
 def scan(
     mirror: Mirror,
     dataset: Dataset,
     layers: Sequence[str],
+    options: ScanOptions | None = None,
     *,
-    k: int = 9,
-    batch_size: int = 256,
-    num_workers: int = 0,
-    indices: Sequence[int] | None = None,
     state: ScanState | None = None,
     checkpoint: Callable[[ScanState], None] | None = None,
-    strict: bool = False,
-    progress: bool = True,
-    desc: str = "scan",
+    **overrides: Any,
 ) -> ScanState:
     """Finds the top ``k`` images of every channel of ``layers`` over ``dataset`` in one streaming pass.
 
+    ``options`` (:class:`ScanOptions`), with any of its fields given as keywords (``k=3``), say how.
     Each image enters a channel's ranking once, with its strongest position in that channel (the
     first in row-major order on ties). The forward pass stops at the deepest requested layer.
-    Memory grows with channels x ``k``, not with the dataset. ``indices`` orders (or shards) the
-    items; a ``state`` resumes after its ``position``; ``checkpoint(state)`` runs after every batch.
-    Unreadable images are skipped and listed in the state, or raise with ``strict``. NaN or inf
-    activations raise :class:`NonFiniteError` naming the layer and the dataset image. ``desc`` labels
-    the progress bar.
+    Memory grows with channels x ``k``, not with the dataset. A ``state`` resumes after its
+    ``position``; ``checkpoint(state)`` runs after every batch. Unreadable images are skipped and
+    listed in the state, or raise with ``strict``. NaN or inf activations raise
+    :class:`NonFiniteError` naming the layer and the dataset image.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    how = replace(options or ScanOptions(), **overrides)
+    if how.k < 1:
+        raise ValueError(f"k must be >= 1, got {how.k}")
     if not layers:
         raise SelectionError(f"name at least one layer to scan; valid layers: {', '.join(mirror.layer_names)}")
-    tops = [mirror.index(layer) for layer in layers]
-    order = list(range(len(dataset))) if indices is None else list(indices)  # type: ignore[arg-type]
+    for layer in layers:
+        mirror.module(layer)  # an unknown layer is refused before the first batch
+    order = list(range(len(dataset))) if how.indices is None else list(how.indices)  # type: ignore[arg-type]
     if state is None:
         state = ScanState({})
     remaining = order[state.position :]
-    # torch's own layers take any memory layout; a user's layer may not (a .view of its input)
-    any_layout = all(node.builtin for node in mirror.steps[: max(tops) + 1])
-    bar = progress_bar(total=len(order), initial=state.position, desc=desc, unit="img", enabled=progress)
+    bar = progress_bar(total=len(order), initial=state.position, desc=how.desc, unit="img", enabled=how.progress)
     with bar:
-        for batch in batches(dataset, batch_size, num_workers, remaining):
-            if strict and batch.skipped:
+        for batch in batches(dataset, how.batch_size, how.num_workers, remaining):
+            if how.strict and batch.skipped:
                 raise UnreadableImage(*batch.skipped[0][1:])
             if len(batch):
-                _add(state, *_forward(mirror, dataset, batch, dict(zip(layers, tops)), any_layout), batch.indices, k)
+                _add(state, *_forward(mirror, dataset, batch, layers), batch.indices, how.k)
             state.images += len(batch)
             state.skipped.extend(batch.skipped)
             state.position += len(batch) + len(batch.skipped)
@@ -219,56 +229,40 @@ def _described(batch: Batch) -> str:
     return f"dataset images {int(batch.indices[0])}..{int(batch.indices[-1])} of shape {tuple(batch.images.shape[1:])}"
 
 
-def channels_last(images: torch.Tensor) -> torch.Tensor:
-    """``images`` ``(N, C, H, W)`` laid out channels-last, also for ``C = 1`` (whose contiguous strides
-    would pass for both layouts and keep torch's kernels in the default one)."""
-    n, c, h, w = images.shape
-    return torch.empty_strided(images.shape, (c * h * w, 1, w * c, c), dtype=images.dtype, device=images.device).copy_(
-        images
-    )
-
-
 def _forward(
-    mirror: Mirror, dataset: Dataset, batch: Batch, tops: dict[str, int], any_layout: bool
+    mirror: Mirror, dataset: Dataset, batch: Batch, layers: Sequence[str]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The outputs of the ``tops`` layers for one batch, and each image's strongest activation in every
-    channel of them ``(B, channels of all layers)`` (a vector layer's output is its own). Errors name
-    the dataset images.
+    """The outputs of ``layers`` for one batch, and each image's strongest activation in every channel of
+    them ``(B, channels of all layers)`` (a vector layer's output is its own). Errors name the dataset images.
 
-    Where the layers take ``any_layout``, the walk runs channels-last: torch's convolutions and pools
-    are as fast or faster that way on the CPU, and maxima over small maps about ten times faster.
-    Only the maxima are checked for NaN or inf, which they show wherever a map holds NaN or +inf
-    (a -inf where it is a map's maximum; ReLU outputs hold none).
+    The walk runs channels-last where the layers allow it (:meth:`~deconv.mirror.Mirror.activations`):
+    maxima over small maps are about ten times faster that way. Only the maxima are checked for NaN
+    or inf, which they show wherever a map holds NaN or +inf (a -inf where it is a map's maximum;
+    ReLU outputs hold none).
     """
     try:
         with model_runs_on(_described(batch)):
-            images = mirror.check_images(batch.images)
-            outputs = mirror.run(
-                channels_last(images) if any_layout else images,
-                keep=tops.values(),
-                until=max(tops.values()),
-                remember=False,
-                check=False,
-            ).outputs
+            outputs = mirror.activations(batch.images, layers, check=False)
     except NonFiniteError:  # in the images
-        raise _non_finite_error(mirror, dataset, batch, tops) from None
-    found = {layer: outputs[top].detach() for layer, top in tops.items()}
+        raise _non_finite_error(mirror, dataset, batch, layers) from None
+    found = {layer: out.detach() for layer, out in outputs.items()}
     maxima = torch.cat([out.amax((2, 3)) if out.dim() == 4 else out for out in found.values()], 1)
     if first_non_finite(maxima) is not None:
-        raise _non_finite_error(mirror, dataset, batch, tops)
+        raise _non_finite_error(mirror, dataset, batch, layers)
     return found, maxima
 
 
-def _non_finite_error(mirror: Mirror, dataset: Dataset, batch: Batch, tops: dict[str, int]) -> NonFiniteError:
+def _non_finite_error(mirror: Mirror, dataset: Dataset, batch: Batch, layers: Sequence[str]) -> NonFiniteError:
     """The error for the batch's first image with NaN or inf values, naming the layer and the dataset image."""
     path = getattr(dataset, "path", lambda i: None)
+    forward = [name for name in mirror.layer_names if name in layers]  # shallowest first
     for image, index in zip(batch.images, batch.indices.tolist()):
         where = f"dataset image {index}" + (f" ({path(index)})" if path(index) else "")
         if not bool(torch.isfinite(image).all()):
             return NonFiniteError(f"{where} holds NaN or inf values")
-        for layer, top in sorted(tops.items(), key=lambda item: item[1]):
+        for layer in forward:
             try:
-                mirror.run(mirror.check_images(image[None]), keep=[top], until=top, remember=False)
+                mirror.activations(image[None], [layer])
             except NonFiniteError:
                 return NonFiniteError(f"layer {layer!r} has NaN or inf activations for {where}")
     first, last = int(batch.indices[0]), int(batch.indices[-1])
@@ -331,31 +325,41 @@ class Projected:
         return replace(self, projections=self.projections.cpu(), patches=self.patches.cpu(), inside=self.inside.cpu())
 
 
+@dataclass(frozen=True)
+class ProjectOptions:
+    """How :func:`project_top` runs: each layer's images loaded ``batch_size`` at a time by ``num_workers``
+    processes; chunks of at most ``memory_budget`` bytes of work; ``rule`` what the projections do at each
+    ReLU (default: the mirror's; see ``docs/rules.md``); a progress bar with ``progress``."""
+
+    batch_size: int = 64
+    num_workers: int = 0
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    progress: bool = True
+    rule: str | None = None
+
+
 def project_top(
     mirror: Mirror,
     dataset: Dataset,
     records: Sequence[Record],
-    *,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    progress: bool = True,
-    rule: str | None = None,
+    options: ProjectOptions | None = None,
+    **overrides: Any,
 ) -> Iterator[Projected]:
-    """Projects records layer by layer, yielding :class:`Projected` chunks.
+    """Projects records layer by layer, yielding :class:`Projected` chunks; ``options``
+    (:class:`ProjectOptions`), with any of its fields given as keywords (``batch_size=8``), say how.
 
     Each projection and its input image are cut to the activation's receptive-field box (zero where
     the box leaves the image; the whole image past a global layer). All chunks of one layer come
     before the next layer's. Each layer's distinct images are loaded ``batch_size`` at a time in
     dataset order, so records split by whole batches of those images project exactly as together.
-    ``rule`` is what the projections do at each ReLU (default: the mirror's; see ``docs/rules.md``).
     """
-    bar = progress_bar(total=len(records), desc="project", unit="proj", enabled=progress)
+    how = replace(options or ProjectOptions(), **overrides)
+    bar = progress_bar(total=len(records), desc="project", unit="proj", enabled=how.progress)
     with bar:
         for layer in dict.fromkeys(r.layer for r in records):
             mine = sorted((r for r in records if r.layer == layer), key=lambda r: r.index)
             needed = list(dict.fromkeys(r.index for r in mine))
-            for batch in batches(dataset, batch_size, num_workers, needed):
+            for batch in batches(dataset, how.batch_size, how.num_workers, needed):
                 if not len(batch):
                     continue
                 images = mirror.check_images(batch.images)
@@ -365,7 +369,7 @@ def project_top(
                 image = torch.tensor([s.image for s in selections], device=images.device)
                 with model_runs_on(_described(batch)):
                     for where, projections in mirror.projections(
-                        images, selections, crop=True, memory_budget=memory_budget, rule=rule
+                        images, selections, crop=True, memory_budget=how.memory_budget, rule=how.rule
                     ):
                         done = [chunk[i] for i in where.tolist()]
                         patches, inside = _patches(mirror, images, image[where], done)

@@ -5,31 +5,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .config import Option
+from .config import Option, Settings
 
 __all__ = ["Command", "COMMANDS", "command", "all_options"]
 
-Run = Callable[[dict[str, Any]], int | None]
+Run = Callable[[Any], int | None]
 
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its name, one-line help, settings and what it runs on the resolved settings."""
+    """A subcommand: its name, one-line help, settings class and what it runs on the settings."""
 
     name: str
     help: str
-    options: tuple[Option, ...]
+    settings: type[Settings]
     run: Run
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        """The command's settings: one flag and one config key each."""
+        return self.settings.options
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def command(name: str, help: str, options: tuple[Option, ...]) -> Callable[[Run], Run]:
-    """Registers ``run(settings)`` as the command ``name``."""
+def command(name: str, help: str, settings: type[Settings]) -> Callable[[Run], Run]:
+    """Registers ``run(settings)`` as the command ``name``; it runs on a ``settings`` object built from the
+    resolved flags and config file."""
 
     def decorator(run: Run) -> Run:
-        COMMANDS[name] = Command(name, help, options, run)
+        COMMANDS[name] = Command(name, help, settings, run)
         return run
 
     return decorator

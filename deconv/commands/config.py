@@ -2,6 +2,8 @@
 
 A config key is a flag without its dashes (``batch_size`` is ``--batch-size``). Flags win over the
 file, the file over the defaults. Unknown keys and wrong types are errors naming the file and key.
+A command reads its resolved settings as a :class:`Settings`: a frozen dataclass whose fields are
+the table's keys, checked against the table when the class is made.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Mapping, TypeVar
 
 from ..errors import ConfigError
 
-__all__ = ["Option", "option", "load_config", "resolve", "dump_toml", "parse_pair"]
+__all__ = ["Option", "Settings", "with_options", "load_config", "resolve", "dump_toml", "parse_pair"]
 
 LARGEST = 2**31 - 1  # the largest integer setting: beyond it counts and sizes overflow torch's
 
@@ -69,8 +72,69 @@ class Option:
         return value
 
 
-def option(key: str, type: type, default: Any, help: str, **kw: Any) -> Option:
-    return Option(key, type, default, help, **kw)
+S = TypeVar("S", bound="Settings")
+
+FIELD_TYPES = {list: tuple}  # a list setting is held as a tuple: settings are immutable
+
+
+class Settings:
+    """Typed settings: a frozen dataclass made by :func:`with_options`, whose fields are option keys or parts
+    (other such classes, e.g. the model's settings), in the order of :attr:`options`."""
+
+    options: ClassVar[tuple[Option, ...]] = ()
+    """The whole table, the parts' options in their place: what ``--help`` and config files show."""
+    _parts: ClassVar[dict[str, type[Settings]]] = {}
+    _own: ClassVar[dict[str, Option]] = {}
+
+    @classmethod
+    def of(cls: type[S], values: Mapping[str, Any]) -> S:
+        """From resolved settings (:func:`resolve`): keys of other commands are ignored, missing keys take
+        their defaults."""
+        kw = {name: part.of(values) for name, part in cls._parts.items()}
+        for key, o in cls._own.items():
+            value = values.get(key, o.default)
+            kw[key] = tuple(value) if o.type is list else value
+        return cls(**kw)
+
+    def values(self) -> dict[str, Any]:
+        """The settings by key, in the table's order, as :func:`resolve` gives them (lists as lists)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name in self._parts:
+                out.update(value.values())
+            else:
+                out[f.name] = list(value) if self._own[f.name].type is list else value
+        return out
+
+
+def with_options(*options: Option) -> Callable[[type[S]], type[S]]:
+    """Makes a :class:`Settings` subclass a frozen dataclass of ``options`` and parts. Its fields, in
+    order, are each a key of ``options`` (annotated with its type; a list as a tuple) or a part,
+    whose options take its place in :attr:`Settings.options`. ``TypeError`` where they drift apart."""
+
+    def make(cls: type[S]) -> type[S]:
+        cls = dataclass(frozen=True)(cls)
+        hints = typing.get_type_hints(cls)
+        own, table = {o.key: o for o in options}, []
+        cls._parts, cls._own = {}, {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            hint = hints[f.name]
+            if isinstance(hint, type) and is_dataclass(hint) and issubclass(hint, Settings):
+                cls._parts[f.name] = hint
+                table += hint.options
+                continue
+            o = own.pop(f.name, None)
+            if o is None or (typing.get_origin(hint) or hint) is not FIELD_TYPES.get(o.type, o.type):
+                raise TypeError(f"{cls.__name__}.{f.name}: no option of its name and type")
+            cls._own[f.name] = o
+            table.append(o)
+        if own:
+            raise TypeError(f"{cls.__name__}: options without a field: {', '.join(own)}")
+        cls.options = tuple(table)
+        return cls
+
+    return make
 
 
 def _name(t: type | None) -> str:
@@ -120,8 +184,8 @@ def _where(path: Path, source: str, key: str) -> str:
 def resolve(options: Iterable[Option], file: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     """Defaults, overridden by the config file, overridden by flags that were given (not ``None``).
 
-    Integers beyond ``LARGEST`` are refused. A value with bytes that are not UTF-8 (a path from the command line) is refused: it could not be
-    written to ``config.toml`` and read back."""
+    Integers beyond ``LARGEST`` are refused. A value with bytes that are not UTF-8 (a path from the command
+    line) is refused: it could not be written to ``config.toml`` and read back."""
     settings = {o.key: o.default for o in options}
     settings.update({k: v for k, v in file.items() if k in settings})
     settings.update({k: v for k, v in flags.items() if v is not None and k in settings})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
 from ..analyses.evolution import evolve
 from ..errors import ConfigError
@@ -14,10 +15,10 @@ from ..mirror import build_mirror
 from ..zoo.models import ASSETS, WEIGHTS
 from . import command
 from .common import (
-    DATA,
-    MODEL,
     RULE,
-    RUN,
+    Data,
+    Model,
+    Output,
     dataset_from,
     model_from,
     preprocess_from,
@@ -25,44 +26,55 @@ from .common import (
     rules_from,
     run_folder,
 )
-from .config import option
+from .config import Option, Settings, with_options
 from .run_folder import open_run
 from .top9 import conv_layers
 
 SHIPPED = ASSETS / "checkpoints"
 STRONGEST = 8
 
-OPTIONS = (
-    MODEL
-    + DATA
-    + RUN
-    + (
-        option(
-            "checkpoints",
-            list,
-            [],
-            "checkpoints in training order (empty: those shipped with the embedded default)",
-            item=str,
-        ),
-        option("layer", str, "", "the layer to follow (empty: the last convolution's rectified output)"),
-        option(
-            "channels",
-            list,
-            [],
-            f"channels to follow (empty: the {STRONGEST} strongest at the last checkpoint)",
-            item=int,
-        ),
-        option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
-        RULE,
-    )
+
+@with_options(
+    Option(
+        "checkpoints",
+        list,
+        [],
+        "checkpoints in training order (empty: those shipped with the embedded default)",
+        item=str,
+    ),
+    Option("layer", str, "", "the layer to follow (empty: the last convolution's rectified output)"),
+    Option(
+        "channels",
+        list,
+        [],
+        f"channels to follow (empty: the {STRONGEST} strongest at the last checkpoint)",
+        item=int,
+    ),
+    Option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
+    RULE,
 )
+class EvolutionSettings(Settings):
+    """The model and its checkpoints, the data scanned at each, the layer and channels followed."""
+
+    model: Model
+    data: Data
+    output: Output
+    checkpoints: tuple[str, ...]
+    layer: str
+    channels: tuple[int, ...]
+    limit: int
+    rule: str
 
 
-def _checkpoints(settings: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(label, path)`` per checkpoint, in training order."""
-    if settings["checkpoints"]:
-        return [(Path(p).stem, p) for p in settings["checkpoints"]]
-    if settings["model"]:
+OPTIONS = EvolutionSettings.options
+
+
+def _checkpoints(paths: Sequence[str], embedded: bool) -> list[tuple[str, str]]:
+    """``(label, path)`` per checkpoint, in training order: ``paths``, or for the ``embedded`` default those
+    shipped with it."""
+    if paths:
+        return [(Path(p).stem, p) for p in paths]
+    if not embedded:
         raise ConfigError("key 'checkpoints' is required for a model other than the embedded default")
     shipped = sorted(SHIPPED.glob("epoch*.pt"), key=lambda p: int(p.stem.removeprefix("epoch")))
     if not shipped:
@@ -70,32 +82,32 @@ def _checkpoints(settings: dict[str, Any]) -> list[tuple[str, str]]:
     return [(f"epoch {p.stem.removeprefix('epoch')}", str(p)) for p in shipped] + [("final", str(WEIGHTS))]
 
 
-@command("evolution", "how a layer's features evolve across training checkpoints (Fig. 4)", OPTIONS)
-def run(settings: dict[str, Any]) -> int:
+@command("evolution", "how a layer's features evolve across training checkpoints (Fig. 4)", EvolutionSettings)
+def run(settings: EvolutionSettings) -> int:
     start = time.perf_counter()
     require_at_least(settings, limit=0, batch_size=1, workers=0)
-    checkpoints = _checkpoints(settings)
-    model = model_from(settings)
-    preprocess = preprocess_from(settings, model)
-    dataset = dataset_from(settings, preprocess)
-    rule = rules_from(settings)[0]
-    layer = settings["layer"] or conv_layers(build_mirror(model))[-1]
+    checkpoints = _checkpoints(settings.checkpoints, settings.model.embedded)
+    model = model_from(settings.model)
+    preprocess = preprocess_from(settings.data, model, settings.model.embedded)
+    dataset = dataset_from(settings.data, preprocess, settings.limit)
+    rule = rules_from(settings.rule)[0]
+    layer = settings.layer or conv_layers(build_mirror(model))[-1]
     figure = f"evolution/{layer}.png"
-    mirrors = (build_mirror(model_from({**settings, "checkpoint": path})) for _, path in checkpoints)
-    total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))
-    with open_run(run_folder(settings, "evolution", figure)) as folder:
+    mirrors = (build_mirror(model_from(replace(settings.model, checkpoint=path))) for _, path in checkpoints)
+    total = len(dataset) if not settings.limit else min(settings.limit, len(dataset))
+    with open_run(run_folder(settings.output, "evolution", figure)) as folder:
         result = evolve(
             mirrors,
             dataset,
             layer,
-            settings["channels"] or None,
+            list(settings.channels) or None,
             indices=range(total),
-            batch_size=settings["batch_size"],
-            num_workers=settings["workers"],
-            progress=settings["progress"],
+            batch_size=settings.data.batch_size,
+            num_workers=settings.data.workers,
+            progress=settings.output.progress,
             rule=rule,
         )
-        if not settings["channels"]:
+        if not settings.channels:
             result = result.strongest(STRONGEST)
         save_png(
             figure4(
@@ -109,7 +121,7 @@ def run(settings: dict[str, Any]) -> int:
         )
     path, report = folder.path / figure, folder.report
     print(
-        f"followed {len(result.channels)} channels of {layer} through {len(checkpoints)} checkpoints over {total} images "
-        f"in {time.perf_counter() - start:.1f} s; wrote {path} and {report}"
+        f"followed {len(result.channels)} channels of {layer} through {len(checkpoints)} checkpoints "
+        f"over {total} images in {time.perf_counter() - start:.1f} s; wrote {path} and {report}"
     )
     return 0

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..mirror import build_mirror
 from . import command
-from .common import DATA, MODEL, dataset_from, model_from, preprocess_from
+from .common import Data, Model, dataset_from, model_from, preprocess_from
+from .config import Settings, with_options
 
 
-@command("layers", "list the probe-able layers with output shapes and receptive fields", MODEL + DATA)
-def run(settings: dict[str, Any]) -> int:
-    model = model_from(settings)
-    dataset = dataset_from(settings, preprocess_from(settings, model))
+@with_options()
+class LayersSettings(Settings):
+    """The model, and the data whose first image sets the shapes."""
+
+    model: Model
+    data: Data
+
+
+@command("layers", "list the probe-able layers with output shapes and receptive fields", LayersSettings)
+def run(settings: LayersSettings) -> int:
+    model = model_from(settings.model)
+    dataset = dataset_from(settings.data, preprocess_from(settings.data, model, settings.model.embedded))
     image, _ = dataset[0]
     mirror = build_mirror(model)
     rows = [("layer", "type", "mirror", "output", "receptive field (size / stride / offset)")]

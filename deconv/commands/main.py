@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for o in command.options:
             if o.type is dict and args.get(o.key) is not None:
                 args[o.key] = dict(parse_pair(pair, o.flag) for pair in args[o.key])
-        return command.run(resolve(command.options, file, args)) or 0
+        return command.run(command.settings.of(resolve(command.options, file, args))) or 0
     except DeconvError as error:
         print(f"deconv {command.name}: error: {error}", file=sys.stderr)
         return 2

@@ -89,7 +89,8 @@ class RunFolder:
         if marker is not None and not (self.overwrite or self.resume):
             again = ", --resume to continue it" if STATE in self.markers else ""
             raise OutputError(
-                f"{out} holds another {self.command} run ({marker}); pass --overwrite to replace it{again} or choose another --out"
+                f"{out} holds another {self.command} run ({marker}); "
+                f"pass --overwrite to replace it{again} or choose another --out"
             )
 
     def _listed(self, name: str) -> bool:
@@ -125,7 +126,8 @@ class RunFolder:
             except OSError:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
                 raise OutputError(
-                    f"{self.path} is in use by another deconv run (process {holder}); wait for it or choose another --out"
+                    f"{self.path} is in use by another deconv run (process {holder}); "
+                    "wait for it or choose another --out"
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

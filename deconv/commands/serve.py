@@ -5,30 +5,37 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import socket
-from typing import Any
 
 from ..errors import ConfigError, DeconvError
 from ..mirror import build_mirror
 from . import command
-from .common import DATA, MODEL, dataset_from, model_from, preprocess_from
-from .config import option
+from .common import Data, Model, dataset_from, model_from, preprocess_from
+from .config import Option, Settings, with_options
 
-OPTIONS = (
-    MODEL
-    + DATA
-    + (
-        option(
-            "run",
-            str,
-            "",
-            "a `deconv top9` run folder of the same model and data: each channel links to its top-9 panel",
-        ),
-        option("port", int, 8765, "the port to listen on (0: any free port)"),
-        option(
-            "host", str, "127.0.0.1", "the address to listen on; anything but loopback exposes the model to the network"
-        ),
-    )
+
+@with_options(
+    Option(
+        "run",
+        str,
+        "",
+        "a `deconv top9` run folder of the same model and data: each channel links to its top-9 panel",
+    ),
+    Option("port", int, 8765, "the port to listen on (0: any free port)"),
+    Option(
+        "host", str, "127.0.0.1", "the address to listen on; anything but loopback exposes the model to the network"
+    ),
 )
+class ServeSettings(Settings):
+    """The model and data to probe, the top-9 run to link to, where to listen."""
+
+    model: Model
+    data: Data
+    run: str
+    port: int
+    host: str
+
+
+OPTIONS = ServeSettings.options
 
 
 def _socket(host: str, port: int) -> socket.socket:
@@ -41,9 +48,11 @@ def _socket(host: str, port: int) -> socket.socket:
 
 
 @command(
-    "serve", "a local web app: pick an image, a layer, a channel and a position, and see its projection live", OPTIONS
+    "serve",
+    "a local web app: pick an image, a layer, a channel and a position, and see its projection live",
+    ServeSettings,
 )
-def run(settings: dict[str, Any]) -> int:
+def run(settings: ServeSettings) -> int:
     try:
         import uvicorn
 
@@ -55,22 +64,23 @@ def run(settings: dict[str, Any]) -> int:
     from ..serve.records import Run
     from ..serve.session import Session
 
-    if not 0 <= settings["port"] <= 65535:
-        raise ConfigError(f"key 'port' must be in 0..65535, got {settings['port']}")
-    model = model_from(settings)
-    preprocess = preprocess_from(settings, model)
-    dataset = dataset_from(settings, preprocess)
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"key 'port' must be in 0..65535, got {settings.port}")
+    model = model_from(settings.model)
+    preprocess = preprocess_from(settings.data, model, settings.model.embedded)
+    dataset = dataset_from(settings.data, preprocess)
     mirror = build_mirror(model)
     session = Session(mirror, dataset, preprocess, getattr(model, "classes", None))
-    records = Run(settings["run"], mirror.layer_names, len(dataset)) if settings["run"] else None
+    records = Run(settings.run, mirror.layer_names, len(dataset)) if settings.run else None
     token = secrets.token_urlsafe(32)
-    listening = _socket(settings["host"], settings["port"])
+    listening = _socket(settings.host, settings.port)
     host, port = listening.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"deconv serve: open http://{shown}:{port}/?token={token}  (Ctrl-C to stop)", flush=True)
     if not ipaddress.ip_address(host).is_loopback:
         print(
-            f"deconv serve: warning: listening on {host}, reachable from other machines; anyone with the token can use it",
+            f"deconv serve: warning: listening on {host}, reachable from other machines; "
+            "anyone with the token can use it",
             flush=True,
         )
     server = uvicorn.Server(uvicorn.Config(create_app(session, token, records), log_level="warning", lifespan="off"))

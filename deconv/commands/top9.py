@@ -10,6 +10,7 @@ succeeded); ``--resume`` continues from it.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..analyses.checkpoint import Checkpoint, fingerprint
-from ..analyses.top9 import Record, ScanState, project_top, scan
+from ..analyses.top9 import ProjectOptions, Record, ScanOptions, ScanState, project_top, scan
 from ..data import Preprocess
 from ..engine.graph import model_runs_on
 from ..errors import ConfigError, DatasetError
@@ -29,11 +30,11 @@ from ..mirror import Mirror, build_mirror
 from ..progress import Clock, progress_bar
 from . import command
 from .common import (
-    DATA,
-    MODEL,
     RULE,
     RULES,
-    RUN,
+    Data,
+    Model,
+    Output,
     dataset_from,
     device_from,
     model_from,
@@ -42,50 +43,85 @@ from .common import (
     rules_from,
     run_folder,
 )
-from .config import dump_toml, option
+from .config import Option, Settings, dump_toml, with_options
 from .distributed import Group, process_group
-from .run_folder import open_run
-
-OPTIONS = (
-    MODEL
-    + DATA
-    + RUN
-    + (
-        option("layers", list, [], "layers to visualise (empty: the rectified output of every convolution)", item=str),
-        option("top", int, 9, "activations kept per channel"),
-        option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
-        option("memory_budget_mb", int, 2048, "memory that batched projections may use at once, in MB"),
-        option("per_sheet", int, 64, "channels per PNG sheet"),
-        option(
-            "tile_px",
-            int,
-            80,
-            "display size of a tile's longer side in pixels (80: a 64-channel sheet is about 4,000 px wide)",
-        ),
-        option(
-            "channels",
-            dict,
-            {},
-            "channels to draw per layer, e.g. features.29=0-63,100 (a table in a config; empty: all)",
-        ),
-        option(
-            "save_projections",
-            str,
-            "",
-            "also write each full-resolution projection: 'npy' or 'png' (empty: no)",
-            choices=("", "npy", "png"),
-        ),
-        option("save_every", int, 50, "save the scan state every N batches (0: only at the end and on SIGINT/SIGTERM)"),
-        option("resume", bool, False, "continue the scan whose state is saved in the output folder"),
-        option("strict", bool, False, "stop at the first unreadable image instead of skipping it"),
-        RULE,
-        RULES,
-    )
-)
+from .run_folder import RunFolder, open_run
 
 MAX_TOP = 1000  # a channel's sheet shows its top images side by side
 MAX_TILE_PX = 256  # a 64-channel sheet of 256 px tiles is about 13,000 x 7,000 px, near what image viewers open
 STATE = "state"  # the folder of the per-process scan states, in the output folder
+
+
+@with_options(
+    Option("layers", list, [], "layers to visualise (empty: the rectified output of every convolution)", item=str),
+    Option("top", int, 9, "activations kept per channel"),
+    Option("limit", int, 0, "scan only the first N images of the dataset (0: all)"),
+    Option("memory_budget_mb", int, 2048, "memory that batched projections may use at once, in MB"),
+    Option("per_sheet", int, 64, "channels per PNG sheet"),
+    Option(
+        "tile_px",
+        int,
+        80,
+        "display size of a tile's longer side in pixels (80: a 64-channel sheet is about 4,000 px wide)",
+    ),
+    Option(
+        "channels",
+        dict,
+        {},
+        "channels to draw per layer, e.g. features.29=0-63,100 (a table in a config; empty: all)",
+    ),
+    Option(
+        "save_projections",
+        str,
+        "",
+        "also write each full-resolution projection: 'npy' or 'png' (empty: no)",
+        choices=("", "npy", "png"),
+    ),
+    Option("save_every", int, 50, "save the scan state every N batches (0: only at the end and on SIGINT/SIGTERM)"),
+    Option("resume", bool, False, "continue the scan whose state is saved in the output folder"),
+    Option("strict", bool, False, "stop at the first unreadable image instead of skipping it"),
+    RULE,
+    RULES,
+)
+class Top9Settings(Settings):
+    """The model, the data scanned, the layers and channels drawn, the sheets and the scan's saving."""
+
+    model: Model
+    data: Data
+    output: Output
+    layers: tuple[str, ...]
+    top: int
+    limit: int
+    memory_budget_mb: int
+    per_sheet: int
+    tile_px: int
+    channels: dict[str, Any]
+    save_projections: str
+    save_every: int
+    resume: bool
+    strict: bool
+    rule: str
+    rules: tuple[str, ...]
+
+
+OPTIONS = Top9Settings.options
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a top9 run works on, set up once from its ``settings``: this process of the ``group``, the
+    ``total`` images scanned, the ``layers`` scanned, the channels ``wanted`` of some and the ``rules`` drawn."""
+
+    settings: Top9Settings
+    group: Group
+    model: nn.Module
+    preprocess: Preprocess
+    dataset: Dataset
+    mirror: Mirror
+    layers: list[str]
+    wanted: dict[str, list[int]]
+    total: int
+    rules: list[str]
 
 
 def conv_layers(mirror: Mirror) -> list[str]:
@@ -95,78 +131,111 @@ def conv_layers(mirror: Mirror) -> list[str]:
     blocks = mirror.blocks()
     if blocks:
         return blocks
-    names = []
-    steps = mirror.steps
-    for i, step in enumerate(steps):
-        if isinstance(step.layer, nn.Conv2d):
-            after = next((s for s in steps[i + 1 : i + 3] if isinstance(s.layer, nn.ReLU)), step)
-            names.append(after.name)
-    return names
+    names = mirror.layer_names
+    containers = {name[:i] for name in names for i, char in enumerate(name) if char == "."}
+    steps = [name for name in names if name not in containers]  # a plain container's name is no step of its own
+    modules = [mirror.module(name) for name in steps]
+    found = []
+    for i, module in enumerate(modules):
+        if isinstance(module, nn.Conv2d):
+            after = next((j for j in range(i + 1, min(i + 3, len(steps))) if isinstance(modules[j], nn.ReLU)), i)
+            found.append(steps[after])
+    return found
 
 
-@command("top9", "top activations per channel over a dataset, projected to pixels (Fig. 2)", OPTIONS)
-def run(settings: dict[str, Any]) -> int:
+@command("top9", "top activations per channel over a dataset, projected to pixels (Fig. 2)", Top9Settings)
+def run(settings: Top9Settings) -> int:
     clock = Clock()
-    require_at_least(
-        settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0, tile_px=8
-    )
-    if settings["top"] > MAX_TOP:
-        raise ConfigError(f"key 'top' must be <= {MAX_TOP} (activations kept per channel), got {settings['top']}")
-    if settings["tile_px"] > MAX_TILE_PX:
-        raise ConfigError(
-            f"key 'tile_px' must be <= {MAX_TILE_PX} (a sheet's size grows with it), got {settings['tile_px']}"
-        )
-    device = device_from(settings)
-    with process_group(device) as group:
-        model = model_from(settings)
-        preprocess = preprocess_from(settings, model)
-        dataset = dataset_from(settings, preprocess)
-        rules = rules_from(settings)
-        mirror = build_mirror(model)
-        layers = settings["layers"] or conv_layers(mirror)
-        wanted = {layer: channel_list(spec, layer) for layer, spec in settings["channels"].items()}
-        if set(wanted) - set(layers):
-            raise ConfigError(
-                f"key 'channels': layer {sorted(set(wanted) - set(layers))[0]!r} is not scanned (layers: {', '.join(layers)})"
-            )
-        total = len(dataset) if not settings["limit"] else min(settings["limit"], len(dataset))  # type: ignore[arg-type]
-        clock.expect("setup", "scan", *(f"projections {layer}" for layer in layers), "rendering", "report")
-        _rehearse(mirror, dataset, layers, total)
+    _check(settings)
+    with process_group(device_from(settings.model)) as group:
+        job = _setup(settings, group)
+        clock.expect("setup", "scan", *(f"projections {layer}" for layer in job.layers), "rendering", "report")
+        _rehearse(job.mirror, job.dataset, job.layers, job.total)
         folder = run_folder(
-            settings, "top9", "top9.json", STATE, outputs=("config.toml", "skipped.json"), replace_all=True
+            settings.output,
+            "top9",
+            "top9.json",
+            STATE,
+            outputs=("config.toml", "skipped.json"),
+            replace_all=True,
+            resume=settings.resume,
         )
         with open_run(folder, group.main, lambda: group.all_gather(None)):
             clock.add("setup", clock.now() - clock.start)  # the model, data, mirror, rehearsal and output folder
             out = folder.partial
             with clock("scan"):
-                state = _scan(settings, group, out, model, preprocess, dataset, mirror, layers, total)
-            records = _chosen(state, dataset, wanted)
+                state = _scan(job, out)
+            records = _chosen(state, job.dataset, job.wanted)
             if group.main:
-                write_text(out / "config.toml", dump_toml(settings, "deconv top9: the resolved settings of this run"))
-                write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
-                rule = rules[0] if len(rules) == 1 else rules  # the records are those of every rule: one scan
-                write_json(out / "top9.json", [{**r.to_json(), "rule": rule} for r in records])
-            sheets = _sheets(settings, group, out, mirror, dataset, preprocess, layers, records, rules, clock)
+                _write_records(job, out, state, records)
+            sheets = _sheets(job, out, records, clock)
             committing = clock.now()
         clock.add("report", clock.now() - committing)  # moving the files in, the report, the manifest
-        out = folder.path
-    if not state.images:  # the run is kept: its skipped.json says why
-        raise DatasetError(
-            f"none of the {len(state.skipped)} images of {settings['data']} could be read "
-            f"(the first, {state.skipped[0][1]}: {state.skipped[0][2]}); all are listed with their reasons in {out / 'skipped.json'}"
-        )
-    if group.main:
-        report = folder.report
-        print(
-            f"scanned {state.images} images"
-            + (f" on {group.size} processes" if group.size > 1 else "")
-            + f"; {len(records)} records in {out / 'top9.json'}, {sheets} sheets in {out / 'sheets'}; open {report}"
-            + f"\ntime: {clock.summary()}"
-        )
-        if state.skipped:
-            shown = ", ".join(p for _, p, _ in state.skipped[:5]) + (" ..." if len(state.skipped) > 5 else "")
-            print(f"skipped {len(state.skipped)} unreadable images ({shown}); all listed in {out / 'skipped.json'}")
+    _summary(job, folder, state, records, sheets, clock)
     return 0
+
+
+def _check(settings: Top9Settings) -> None:
+    """Refuses counts and sizes out of range, in one line naming the key."""
+    require_at_least(
+        settings, top=1, limit=0, batch_size=1, workers=0, memory_budget_mb=1, per_sheet=1, save_every=0, tile_px=8
+    )
+    if settings.top > MAX_TOP:
+        raise ConfigError(f"key 'top' must be <= {MAX_TOP} (activations kept per channel), got {settings.top}")
+    if settings.tile_px > MAX_TILE_PX:
+        raise ConfigError(
+            f"key 'tile_px' must be <= {MAX_TILE_PX} (a sheet's size grows with it), got {settings.tile_px}"
+        )
+
+
+def _setup(settings: Top9Settings, group: Group) -> Job:
+    """The model, data, mirror, layers and channels of the run; ``ConfigError`` for channels of a layer not scanned."""
+    model = model_from(settings.model)
+    preprocess = preprocess_from(settings.data, model, settings.model.embedded)
+    dataset = dataset_from(settings.data, preprocess, settings.limit)
+    rules = rules_from(settings.rule, settings.rules)
+    mirror = build_mirror(model)
+    layers = list(settings.layers) or conv_layers(mirror)
+    wanted = {layer: channel_list(spec, layer) for layer, spec in settings.channels.items()}
+    if set(wanted) - set(layers):
+        raise ConfigError(
+            f"key 'channels': layer {sorted(set(wanted) - set(layers))[0]!r} is not scanned "
+            f"(layers: {', '.join(layers)})"
+        )
+    total = len(dataset) if not settings.limit else min(settings.limit, len(dataset))  # type: ignore[arg-type]
+    return Job(settings, group, model, preprocess, dataset, mirror, layers, wanted, total, rules)
+
+
+def _write_records(job: Job, out: Path, state: ScanState, records: list[Record]) -> None:
+    """The run's resolved settings, the images it skipped and its records (rank 0 only)."""
+    header = "deconv top9: the resolved settings of this run"
+    write_text(out / "config.toml", dump_toml(job.settings.values(), header))
+    write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
+    rule = job.rules[0] if len(job.rules) == 1 else job.rules  # the records are those of every rule: one scan
+    write_json(out / "top9.json", [{**r.to_json(), "rule": rule} for r in records])
+
+
+def _summary(job: Job, folder: RunFolder, state: ScanState, records: list[Record], sheets: int, clock: Clock) -> None:
+    """``DatasetError`` when no image could be read (the run is kept: its skipped.json says why), else
+    what the run did and wrote, and its time per phase (rank 0 only)."""
+    out, skipped = folder.path, state.skipped
+    if not state.images:
+        raise DatasetError(
+            f"none of the {len(skipped)} images of {job.settings.data.data} could be read "
+            f"(the first, {skipped[0][1]}: {skipped[0][2]}); "
+            f"all are listed with their reasons in {out / 'skipped.json'}"
+        )
+    if not job.group.main:
+        return
+    print(
+        f"scanned {state.images} images"
+        + (f" on {job.group.size} processes" if job.group.size > 1 else "")
+        + f"; {len(records)} records in {out / 'top9.json'}, {sheets} sheets in {out / 'sheets'}; open {folder.report}"
+        + f"\ntime: {clock.summary()}"
+    )
+    if skipped:
+        shown = ", ".join(p for _, p, _ in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        print(f"skipped {len(skipped)} unreadable images ({shown}); all listed in {out / 'skipped.json'}")
 
 
 def _rehearse(mirror: Mirror, dataset: Dataset, layers: list[str], total: int) -> None:
@@ -211,48 +280,35 @@ def _chosen(state: ScanState, dataset: Dataset, wanted: dict[str, list[int]]) ->
     return [r for r in state.records(dataset) if r.layer not in wanted or r.channel in wanted[r.layer]]
 
 
-def _scan(
-    settings: dict[str, Any],
-    group: Group,
-    out: Path,
-    model: nn.Module,
-    preprocess: Preprocess,
-    dataset: Dataset,
-    mirror: Mirror,
-    layers: list[str],
-    total: int,
-) -> ScanState:
+def _scan(job: Job, out: Path) -> ScanState:
     """This process's shard scanned (or resumed), saved, and merged with the other processes' shards."""
+    settings, group, data = job.settings, job.group, job.settings.data
     checkpoint = Checkpoint(
         out / STATE / f"rank{group.rank}.pt",
         fingerprint(
-            model,
-            dataset,
-            preprocess,
-            layers=layers,
-            top=settings["top"],
-            limit=total,
-            batch_size=settings["batch_size"],
+            job.model,
+            job.dataset,
+            job.preprocess,
+            layers=job.layers,
+            top=settings.top,
+            limit=job.total,
+            batch_size=data.batch_size,
             processes=group.size,
             rank=group.rank,
         ),
-        settings["save_every"],
+        settings.save_every,
     )
-    state = checkpoint.load() if settings["resume"] else None
+    state = checkpoint.load() if settings.resume else None
+    options = ScanOptions(
+        k=min(settings.top, job.total),
+        batch_size=data.batch_size,
+        num_workers=data.workers,
+        indices=group.shard(range(job.total), data.batch_size),
+        strict=settings.strict,
+        progress=settings.output.progress and group.main,
+    )
     with checkpoint:
-        state = scan(
-            mirror,
-            dataset,
-            layers,
-            k=min(settings["top"], total),
-            batch_size=settings["batch_size"],
-            num_workers=settings["workers"],
-            indices=group.shard(range(total), settings["batch_size"]),
-            state=state,
-            checkpoint=checkpoint,
-            strict=settings["strict"],
-            progress=settings["progress"] and group.main,
-        )
+        state = scan(job.mirror, job.dataset, job.layers, options, state=state, checkpoint=checkpoint)
         checkpoint.save(state)
     merged = ScanState({})
     for part in group.all_gather(state.state_dict()):
@@ -260,78 +316,80 @@ def _scan(
     return merged
 
 
-def _sheets(
-    settings: dict[str, Any],
-    group: Group,
-    out: Path,
-    mirror: Mirror,
-    dataset: Dataset,
-    preprocess: Preprocess,
-    layers: list[str],
-    records: list[Record],
-    rules: list[str],
-    clock: Clock,
-) -> int:
+def _sheets(job: Job, out: Path, records: list[Record], clock: Clock) -> int:
     """Projects and draws the sheets one at a time: each process projects its share of a sheet's
-    records under each of ``rules`` and turns them into display tiles at once; rank 0 gathers that
-    sheet's tiles, draws and writes it (one projection grid per rule), and frees it before the next.
+    records under each rule and turns them into display tiles at once; rank 0 gathers that sheet's
+    tiles, draws and writes it (one projection grid per rule), and frees it before the next.
     Returns the number of sheets. ``clock`` collects the time of each phase.
     """
-    written = []
-    per_sheet = settings["per_sheet"]
-    named = f"rule {rules[0]}" if len(rules) == 1 else f"rules {', '.join(rules)}"
-    for layer in layers:
+    written = 0
+    per_sheet, group = job.settings.per_sheet, job.group
+    for layer in job.layers:
         of_layer = [r for r in records if r.layer == layer]
         channels = sorted({r.channel for r in of_layer})
         parts = [set(channels[i : i + per_sheet]) for i in range(0, len(channels), per_sheet)]
-        images = set(group.shard(sorted({r.index for r in of_layer}), settings["batch_size"]))
+        images = set(group.shard(sorted({r.index for r in of_layer}), job.settings.data.batch_size))
         mine = [r for r in of_layer if r.index in images]
         bar = progress_bar(
-            total=len(mine) * len(rules),
+            total=len(mine) * len(job.rules),
             desc=f"project {layer}",
             unit="proj",
-            enabled=settings["progress"] and group.main,
+            enabled=job.settings.output.progress and group.main,
         )
         with bar:
             for n, part in enumerate(parts, 1):
-                tiles: dict[str, list] = {rule: [] for rule in rules}
-                for rule in rules:
-                    chunks = project_top(
-                        mirror,
-                        dataset,
-                        [r for r in mine if r.channel in part],
-                        batch_size=settings["batch_size"],
-                        num_workers=settings["workers"],
-                        memory_budget=settings["memory_budget_mb"] * 2**20,
-                        progress=False,
-                        rule=rule,
-                    )
-                    # on the host inside the phase: a device's queued work is waited for here, not while rendering
-                    for chunk in clock.timed(f"projections {layer}", (c.cpu() for c in chunks)):
-                        with clock("rendering"):
-                            tiles[rule] += display_tiles(
-                                chunk, preprocess.denormalize, settings["tile_px"], preprocess.channel_order
-                            )
-                            if settings["save_projections"]:
-                                save_projections(
-                                    chunk,
-                                    preprocess.denormalize,
-                                    out / "projections" / (rule if len(rules) > 1 else ""),
-                                    settings["save_projections"],
-                                    preprocess.channel_order,
-                                )
-                        bar.update(len(chunk.records))
+                tiles = _tiles(job, out, layer, [r for r in mine if r.channel in part], clock, bar)
                 with clock(f"projections {layer}"):  # rank 0 waits for the other processes' projections
                     gathered = group.gather(tiles)
                 del tiles
                 if gathered is not None:
                     with clock("rendering"):
-                        title = f"{layer}: top {settings['top']} activations per channel, {named}" + (
-                            f" (sheet {n} of {len(parts)})" if len(parts) > 1 else ""
-                        )
-                        path = out / "sheets" / f"{layer}-{n}.png"
-                        merged = {rule: itertools.chain(*(part[rule] for part in gathered)) for rule in rules}
-                        save_png(figure2(merged if len(rules) > 1 else merged[rules[0]], title), path)
-                        written.append(path)
+                        _draw(job, out / "sheets" / f"{layer}-{n}.png", _title(job, layer, n, len(parts)), gathered)
+                    written += 1
                     del gathered
-    return len(written)
+    return written
+
+
+def _tiles(job: Job, out: Path, layer: str, records: list[Record], clock: Clock, bar: Any) -> dict[str, list]:
+    """This process's display tiles of ``records`` (its share of one sheet of ``layer``) under each rule,
+    and their full-resolution projections written on request."""
+    settings, preprocess = job.settings, job.preprocess
+    options = ProjectOptions(
+        batch_size=settings.data.batch_size,
+        num_workers=settings.data.workers,
+        memory_budget=settings.memory_budget_mb * 2**20,
+        progress=False,
+    )
+    tiles: dict[str, list] = {rule: [] for rule in job.rules}
+    for rule in job.rules:
+        chunks = project_top(job.mirror, job.dataset, records, options=replace(options, rule=rule))
+        # on the host inside the phase: a device's queued work is waited for here, not while rendering
+        for chunk in clock.timed(f"projections {layer}", (c.cpu() for c in chunks)):
+            with clock("rendering"):
+                tiles[rule] += display_tiles(chunk, preprocess.denormalize, settings.tile_px, preprocess.channel_order)
+                if settings.save_projections:
+                    save_projections(
+                        chunk,
+                        preprocess.denormalize,
+                        out / "projections" / (rule if len(job.rules) > 1 else ""),
+                        settings.save_projections,
+                        preprocess.channel_order,
+                    )
+            bar.update(len(chunk.records))
+    return tiles
+
+
+def _title(job: Job, layer: str, n: int, sheets: int) -> str:
+    """The title of sheet ``n`` of ``sheets`` of ``layer``."""
+    rules = job.rules
+    named = f"rule {rules[0]}" if len(rules) == 1 else f"rules {', '.join(rules)}"
+    return f"{layer}: top {job.settings.top} activations per channel, {named}" + (
+        f" (sheet {n} of {sheets})" if sheets > 1 else ""
+    )
+
+
+def _draw(job: Job, path: Path, title: str, gathered: list[dict[str, list]]) -> None:
+    """Draws and writes one sheet from every process's tiles, one projection grid per rule."""
+    rules = job.rules
+    merged = {rule: itertools.chain(*(part[rule] for part in gathered)) for rule in rules}
+    save_png(figure2(merged if len(rules) > 1 else merged[rules[0]], title), path)

@@ -181,7 +181,8 @@ def model_spec(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("model") / "small.py"
     path.write_text(
         "import torch\nfrom torch import nn\n\ndef make():\n    torch.manual_seed(0)\n"
-        "    return nn.Sequential(nn.Conv2d(1, 8, 5, 2, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 12, 3), nn.ReLU())\n"
+        "    return nn.Sequential(nn.Conv2d(1, 8, 5, 2, 2), nn.ReLU(), nn.MaxPool2d(3, 2, 1), "
+        "nn.Conv2d(8, 12, 3), nn.ReLU())\n"
     )
     return f"{path}:make"
 

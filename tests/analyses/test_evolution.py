@@ -108,12 +108,12 @@ def test_default_checkpoints_are_the_shipped_ones_in_epoch_order(
     for epoch in (10, 2, 1):
         (tmp_path / f"epoch{epoch}.pt").touch()
     monkeypatch.setattr(command, "SHIPPED", tmp_path)
-    found = command._checkpoints({"checkpoints": [], "model": ""})
+    found = command._checkpoints([], embedded=True)
     assert [label for label, _ in found] == ["epoch 1", "epoch 2", "epoch 10", "final"]
     assert found[-1][1] == str(command.WEIGHTS)
-    assert command._checkpoints({"checkpoints": ["b.pt", "a.pt"], "model": "m.py:f"}) == [("b", "b.pt"), ("a", "a.pt")]
+    assert command._checkpoints(["b.pt", "a.pt"], embedded=False) == [("b", "b.pt"), ("a", "a.pt")]
     with pytest.raises(deconv.ConfigError, match="checkpoints"):
-        command._checkpoints({"checkpoints": [], "model": "m.py:f"})
+        command._checkpoints([], embedded=False)
 
 
 def test_command_with_user_checkpoints(tmp_path: Path) -> None:

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from deconv.commands import COMMANDS, all_options
-from deconv.commands.config import dump_toml, load_config, option, resolve
+from deconv.commands.config import Option, Settings, dump_toml, load_config, resolve, with_options
 from deconv.commands.main import main
 from deconv.errors import ConfigError
 
 OPTIONS = [
-    option("batch_size", int, 256, ""),
-    option("mean", list, [], "", item=float),
-    option("layers", list, [], "", item=str),
-    option("overwrite", bool, False, ""),
-    option("data", str, "", ""),
-    option("scale", float, 1.0, ""),
-    option("mode", str, "a", "", choices=("a", "b")),
+    Option("batch_size", int, 256, ""),
+    Option("mean", list, [], "", item=float),
+    Option("layers", list, [], "", item=str),
+    Option("overwrite", bool, False, ""),
+    Option("data", str, "", ""),
+    Option("scale", float, 1.0, ""),
+    Option("mode", str, "a", "", choices=("a", "b")),
 ]
 
 
@@ -84,6 +84,29 @@ def test_dump_round_trips() -> None:
         "none": None,
     }
     assert tomllib.loads(dump_toml(settings, "header\nline")) == {k: v for k, v in settings.items() if v is not None}
+
+
+def test_each_commands_settings_hold_its_resolved_options_typed_and_give_them_back() -> None:
+    for command in COMMANDS.values():
+        resolved = resolve(command.options, {}, {})
+        settings = command.settings.of(resolved)
+        assert settings.values() == resolved and list(settings.values()) == [o.key for o in command.options]
+    top9 = COMMANDS["top9"].settings.of(resolve(COMMANDS["top9"].options, {}, {"layers": ["a"], "batch_size": 8}))
+    assert top9.layers == ("a",) and top9.data.batch_size == 8 and top9.output.out == "runs/default"
+
+
+def test_settings_that_drift_from_their_options_are_refused() -> None:
+    with pytest.raises(TypeError, match="batch"):
+
+        @with_options(Option("batch_size", int, 256, ""))
+        class Misspelt(Settings):
+            batch: int
+
+    with pytest.raises(TypeError, match="batch_size"):
+
+        @with_options(Option("batch_size", int, 256, ""))
+        class Mistyped(Settings):
+            batch_size: str
 
 
 def test_shipped_configs_are_valid() -> None:

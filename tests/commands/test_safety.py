@@ -253,8 +253,8 @@ def test_two_concurrent_runs_into_one_folder(tmp_path: Path) -> None:
     assert first.returncode == 0, err
     assert second.returncode == 2
     assert (
-        second.stderr.strip()
-        == f"deconv top9: error: {out} is in use by another deconv run (process {first.pid}); wait for it or choose another --out"
+        second.stderr.strip() == f"deconv top9: error: {out} is in use by another deconv run (process {first.pid}); "
+        "wait for it or choose another --out"
     )
 
 
