@@ -41,7 +41,7 @@ import deconv  # noqa: E402
 from deconv.commands.common import dataset_from, model_from, preprocess_from  # noqa: E402
 from deconv.commands.config import load_config, resolve  # noqa: E402
 from deconv.commands.main import main as _unused  # noqa: E402,F401  (registers the commands)
-from deconv.commands.top9 import OPTIONS  # noqa: E402
+from deconv.commands.top9 import OPTIONS, Top9Settings  # noqa: E402
 from deconv.selection import Selection  # noqa: E402
 from deconv.zoo.models import spec_beside  # noqa: E402
 
@@ -142,9 +142,9 @@ def main() -> int:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
         job = run_job(args.out or Path(scratch) / "run", flags)
-    config = settings({})
-    model = model_from(config)
-    dataset = dataset_from(config, preprocess_from(config, model))
+    config = Top9Settings.of(settings({}))
+    model = model_from(config.model)
+    dataset = dataset_from(config.data, preprocess_from(config.data, model, config.model.embedded))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     mirror = deconv.build_mirror(model)
     layers = sorted({r["layer"] for r in job["records"]}, key=mirror.index)

@@ -192,15 +192,17 @@ class Mirror(nn.Module):
         self._image_shape = tuple(images.shape[1:])
         return images
 
-    def activations(self, images: torch.Tensor, layers: Sequence[str], check: bool = True) -> dict[str, torch.Tensor]:
+    def activations(
+        self, images: torch.Tensor, layers: Sequence[str], check: bool = True, any_layout: bool = False
+    ) -> dict[str, torch.Tensor]:
         """The outputs of ``layers`` for ``images`` ``(N, C, H, W)``: one forward walk that stops at the deepest
-        and keeps no memory for projections. Where every layer up to there is torch's own, the walk runs
-        channels-last (faster on the CPU; values agree with the default layout to rounding). With ``check``,
-        ``NonFiniteError`` names the layer and image of a NaN or inf activation."""
+        and keeps no memory for projections. With ``check``, ``NonFiniteError`` names the layer and image of a
+        NaN or inf activation. With ``any_layout``, the walk runs channels-last where every layer up to the
+        deepest is torch's own (faster on the CPU; values agree with the model's own layout to rounding)."""
         tops = {layer: self.index(layer) for layer in layers}
         images = self.check_images(images)
         deepest = max(tops.values())
-        if all(node.builtin for node in self.steps[: deepest + 1]):
+        if any_layout and all(node.builtin for node in self.steps[: deepest + 1]):
             images = channels_last(images)
         outputs = self.graph.run(images, tops.values(), deepest, (), check).outputs
         return {layer: outputs[top] for layer, top in tops.items()}

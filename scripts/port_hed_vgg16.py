@@ -63,7 +63,8 @@ def main() -> None:
     for photo in photos:
         shutil.copy2(photo, args.out / "imagenet20" / photo.name)
     print(
-        f"wrote {args.out / 'vgg16-hed.pt'} ({len(weights) // 2} convolutions) and {len(photos)} photos to {args.out / 'imagenet20'}"
+        f"wrote {args.out / 'vgg16-hed.pt'} ({len(weights) // 2} convolutions) "
+        f"and {len(photos)} photos to {args.out / 'imagenet20'}"
     )
 
 

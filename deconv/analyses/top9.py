@@ -242,7 +242,7 @@ def _forward(
     """
     try:
         with model_runs_on(_described(batch)):
-            outputs = mirror.activations(batch.images, layers, check=False)
+            outputs = mirror.activations(batch.images, layers, check=False, any_layout=True)
     except NonFiniteError:  # in the images
         raise _non_finite_error(mirror, dataset, batch, layers) from None
     found = {layer: out.detach() for layer, out in outputs.items()}
