@@ -15,7 +15,6 @@ from torch.utils.data import Dataset
 
 from ..data import Batch, UnreadableImage, batches
 from ..engine.graph import model_runs_on
-from ..engine.windows import crop
 from ..errors import NonFiniteError, SelectionError
 from ..mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
 from ..progress import progress_bar
@@ -372,18 +371,11 @@ def project_top(
                         images, selections, crop=True, memory_budget=how.memory_budget, rule=how.rule
                     ):
                         done = [chunk[i] for i in where.tolist()]
-                        patches, inside = _patches(mirror, images, image[where], done)
+                        positions = (
+                            None
+                            if done[0].y is None
+                            else torch.tensor([[r.y, r.x] for r in done], device=images.device)
+                        )
+                        patches, inside = mirror.patches(images[image[where]], layer, positions)
                         yield Projected(done, projections, patches, inside, tuple(images.shape[-2:]))
                         bar.update(len(done))
-
-
-def _patches(
-    mirror: Mirror, images: torch.Tensor, image: torch.Tensor, records: list[Record]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The receptive-field boxes of ``records`` cut from ``images`` ``(N, C, H, W)``, and where they are inside."""
-    if records[0].y is None:
-        patches = images[image]
-        return patches, torch.ones_like(patches[:, :1], dtype=torch.bool)
-    positions = torch.tensor([[r.y, r.x] for r in records], device=images.device)
-    origin, size = mirror.receptive_fields(records[0].layer, positions, tuple(images.shape[1:]))
-    return crop(images.index_select(0, image), origin, size)

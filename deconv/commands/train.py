@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import OutputError
-from ..zoo.train import train
+from ..zoo.train import Training, train
 from . import command
 from .common import require_at_least
 from .config import Option, Settings, with_options
@@ -34,6 +34,6 @@ def run(settings: TrainSettings) -> int:
     require_at_least(settings, epochs=1)
     if Path(settings.out).exists() and not Path(settings.out).is_dir():
         raise OutputError(f"{settings.out}: exists and is not a folder; choose a folder for --out")
-    metrics = train(settings.out, epochs=settings.epochs, seed=settings.seed, data_dir=settings.fashion_mnist)
+    metrics = train(Training(settings.out, epochs=settings.epochs, seed=settings.seed, data_dir=settings.fashion_mnist))
     print(metrics)
     return 0

@@ -48,24 +48,13 @@ def figure7(
     (shown as RGB for a model that takes ``channel_order`` "BGR").
     """
     o = occlusion
-    h, w = image.shape[-2:]
-    factor = max(1, round(size / h))
-    worst = divmod(int(o.probability.argmin()), o.probability.shape[1])
-    rows, cols = squares(h, w, o.square, o.stride)
-    ys, xs = rows[worst[0]].nonzero()[:, 0], cols[worst[1]].nonzero()[:, 0]
-    shown = to_pil(upscale(image, factor))
-    outline(shown, (int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1), factor)
+    factor = max(1, round(size / image.shape[-2]))
     true = class_name(o.label, names)
     low, high = float(o.activation.min()), max(float(o.activation.max()), o.clean_activation)
     activation = _over(colormap(o.activation, low, high), image, o.stride, factor)
     probability = _over(colormap(o.probability, 0.0, 1.0), image, o.stride, factor)
-    counts = o.predicted.flatten().bincount()
-    found = [int(k) for k in counts.argsort(descending=True) if counts[k] > 0]  # by area
-    colour = torch.zeros(len(counts), dtype=torch.long)
-    colour[found] = torch.arange(len(found)) % len(CATEGORIES)
-    predicted = _over(CATEGORIES[colour[o.predicted]].permute(2, 0, 1), image, o.stride, factor)
     panels = [  # bars and legend get empty labels to stay level with their maps
-        label_strip(shown, f"(a) {true}: worst square"),
+        label_strip(_worst_square(image, o, factor), f"(a) {true}: worst square"),
         row(
             [
                 label_strip(activation, f"(b) {o.layer} map {o.channel}, total"),
@@ -84,13 +73,7 @@ def figure7(
             ],
             4,
         ),
-        row(
-            [
-                label_strip(predicted, "(e) most probable class"),
-                label_strip(legend([(CATEGORIES[colour[k]], class_name(k, names)) for k in found]), ""),
-            ],
-            6,
-        ),
+        _most_probable(image, o, names, factor),
     ]
     title = (
         f"occlusion by a {o.square}x{o.square} grey square, stride {o.stride}; unoccluded: "
@@ -98,3 +81,30 @@ def figure7(
         f"{o.clean_activation:.3g} (triangles)"
     )
     return label_strip(row(panels, 16), title, size=15)
+
+
+def _worst_square(image: torch.Tensor, o: Occlusion, factor: int) -> Image.Image:
+    """(a): the image ``(3, H, W)`` enlarged ``factor`` times, the square where the true class loses most outlined."""
+    h, w = image.shape[-2:]
+    worst = divmod(int(o.probability.argmin()), o.probability.shape[1])
+    rows, cols = squares(h, w, o.square, o.stride)
+    ys, xs = rows[worst[0]].nonzero()[:, 0], cols[worst[1]].nonzero()[:, 0]
+    shown = to_pil(upscale(image, factor))
+    outline(shown, (int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1), factor)
+    return shown
+
+
+def _most_probable(image: torch.Tensor, o: Occlusion, names: Sequence[str] | None, factor: int) -> Image.Image:
+    """(e): the most probable class per square position, one colour per class (by area), with its legend."""
+    counts = o.predicted.flatten().bincount()
+    found = [int(k) for k in counts.argsort(descending=True) if counts[k] > 0]  # by area
+    colour = torch.zeros(len(counts), dtype=torch.long)
+    colour[found] = torch.arange(len(found)) % len(CATEGORIES)
+    predicted = _over(CATEGORIES[colour[o.predicted]].permute(2, 0, 1), image, o.stride, factor)
+    return row(
+        [
+            label_strip(predicted, "(e) most probable class"),
+            label_strip(legend([(CATEGORIES[colour[k]], class_name(k, names)) for k in found]), ""),
+        ],
+        6,
+    )

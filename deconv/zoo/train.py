@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -25,28 +24,31 @@ from ..errors import DatasetError, DeconvError
 from ..io import atomic_write, write_json
 from .models import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ZFNet28
 
-__all__ = ["DEFAULT_DATA_DIR", "train", "main"]
+__all__ = ["DEFAULT_DATA_DIR", "Training", "train", "main"]
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 SHIFT = 2  # random translation of up to SHIFT pixels in each direction (zero padding)
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """What one :func:`train` run does (its parameters, checked)."""
+class Training:
+    """What one :func:`train` run does: its output folder ``out`` and its settings (checked once)."""
 
     out: Path
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int
-    data_dir: Path
-    checkpoint_epochs: tuple[int, ...]
-    limit: int | None
-    threads: int
-    progress: bool
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    seed: int = 0
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    checkpoint_epochs: tuple[int, ...] = (1, 2, 4, 8)
+    limit: int | None = None
+    threads: int = 2
+    progress: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "checkpoint_epochs", tuple(self.checkpoint_epochs))
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or (self.limit is not None and self.limit < 1):
             raise ValueError(
                 "need epochs >= 1, batch_size >= 1, lr > 0, limit None or >= 1; "
@@ -114,7 +116,7 @@ def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     return correct / len(x)
 
 
-def _train_epoch(fit: _Fit, split: Split, settings: TrainSettings, desc: str) -> tuple[float, float]:
+def _train_epoch(fit: _Fit, split: Split, settings: Training, desc: str) -> tuple[float, float]:
     """One pass over the training ``split`` in a random order; -> (mean loss, accuracy)."""
     x, y = split
     fit.model.train()
@@ -135,7 +137,7 @@ def _train_epoch(fit: _Fit, split: Split, settings: TrainSettings, desc: str) ->
     return loss_sum / len(x), correct / len(x)
 
 
-def _epoch(fit: _Fit, settings: TrainSettings, epoch: int, train_split: Split, test_split: Split) -> dict[str, Any]:
+def _epoch(fit: _Fit, settings: Training, epoch: int, train_split: Split, test_split: Split) -> dict[str, Any]:
     """Trains one epoch and tests the model: the epoch's record (losses, accuracies, seconds)."""
     start = time.perf_counter()
     loss, accuracy = _train_epoch(fit, train_split, settings, f"epoch {epoch}/{settings.epochs}")
@@ -155,7 +157,7 @@ def _save(model: torch.nn.Module, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(model.state_dict(), f))
 
 
-def _fit(settings: TrainSettings, train_split: Split, test_split: Split) -> tuple[torch.nn.Module, list[dict]]:
+def _fit(settings: Training, train_split: Split, test_split: Split) -> tuple[torch.nn.Module, list[dict]]:
     """A fresh ZFNet28 trained on ``train_split`` (``settings.seed`` seeds it, the global RNG is left as it
     was), with a checkpoint at each epoch of ``settings.checkpoint_epochs`` and the last: the model and its
     per-epoch records."""
@@ -177,7 +179,7 @@ def _fit(settings: TrainSettings, train_split: Split, test_split: Split) -> tupl
     return model, records
 
 
-def _metrics(settings: TrainSettings, train_images: int, test_images: int, per_epoch: list[dict]) -> dict[str, Any]:
+def _metrics(settings: Training, train_images: int, test_images: int, per_epoch: list[dict]) -> dict[str, Any]:
     """What ``metrics.json`` holds: the run's settings and data, its per-epoch records and final test accuracy."""
     return {
         "model": "ZFNet28",
@@ -195,35 +197,21 @@ def _metrics(settings: TrainSettings, train_images: int, test_images: int, per_e
     }
 
 
-def train(
-    out_dir: str | os.PathLike[str],
-    epochs: int = 20,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    seed: int = 0,
-    data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
-    checkpoint_epochs: Sequence[int] = (1, 2, 4, 8),
-    limit: int | None = None,
-    threads: int = 2,
-    progress: bool = True,
-) -> dict[str, Any]:
+def train(settings: Training) -> dict[str, Any]:
     """Train ZFNet28 on the Fashion-MNIST train split, testing on t10k after every epoch.
 
     Writes ``epoch{K}.pt`` (state_dict) for each K in ``checkpoint_epochs`` and for the last epoch,
-    ``final.pt`` and ``metrics.json`` into ``out_dir``, each atomically. ``limit`` trains on the
+    ``final.pt`` and ``metrics.json`` into ``out``, each atomically. ``limit`` trains on the
     first ``limit`` training images only. AdamW with a one-cycle learning-rate schedule peaking at
     ``lr``; augmentation is random horizontal flips and shifts of up to ``SHIFT`` pixels.
     Deterministic given ``seed`` and ``threads``; the global RNG state and thread count are restored
     afterwards. Returns the metrics that ``metrics.json`` holds.
     """
-    settings = TrainSettings(
-        Path(out_dir), epochs, batch_size, lr, seed, Path(data_dir), tuple(checkpoint_epochs), limit, threads, progress
-    )
     settings.out.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(settings.threads)
     try:
-        train_split = _load_split(settings.data_dir, "train", limit)
+        train_split = _load_split(settings.data_dir, "train", settings.limit)
         test_split = _load_split(settings.data_dir, "t10k", None)
         model, per_epoch = _fit(settings, train_split, test_split)
         _save(model, settings.out / "final.pt")
@@ -255,15 +243,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--checkpoint-epochs must be comma-separated integers, got {args.checkpoint_epochs!r}")
     try:
         train(
-            args.out,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            data_dir=args.data_dir,
-            checkpoint_epochs=checkpoint_epochs,
-            limit=args.limit,
-            threads=args.threads,
+            Training(
+                args.out,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                data_dir=args.data_dir,
+                checkpoint_epochs=checkpoint_epochs,
+                limit=args.limit,
+                threads=args.threads,
+            )
         )
     except (DeconvError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -14,7 +14,7 @@ import torch
 
 import deconv.zoo.train as train_module
 from deconv.zoo.models import ZFNet28, load_model
-from deconv.zoo.train import main, train
+from deconv.zoo.train import Training, main, train
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -48,9 +48,11 @@ def test_tiny_run_writes_checkpoints_atomically(
         replaced.append((Path(src), Path(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(train_module.os, "replace", recording_replace)
+    monkeypatch.setattr(os, "replace", recording_replace)
     out = tmp_path / "run"
-    metrics = train(out, epochs=2, batch_size=64, data_dir=data_dir, checkpoint_epochs=(1,), threads=1, progress=False)
+    metrics = train(
+        Training(out, epochs=2, batch_size=64, data_dir=data_dir, checkpoint_epochs=(1,), threads=1, progress=False)
+    )
 
     assert sorted(p.name for p in out.iterdir()) == ["epoch1.pt", "epoch2.pt", "final.pt", "metrics.json"]
     assert [dst.name for _, dst in replaced] == ["epoch1.pt", "epoch2.pt", "final.pt", "metrics.json"]
@@ -83,7 +85,9 @@ def test_failed_save_leaves_no_partial_file(tmp_path: Path, data_dir: Path, monk
     out = tmp_path / "run"
     threads = torch.get_num_threads()
     with pytest.raises(OSError, match="disk full"):
-        train(out, epochs=1, batch_size=128, data_dir=data_dir, limit=128, threads=threads + 1, progress=False)
+        train(
+            Training(out, epochs=1, batch_size=128, data_dir=data_dir, limit=128, threads=threads + 1, progress=False)
+        )
     assert list(out.iterdir()) == []
     assert torch.get_num_threads() == threads
 
@@ -92,7 +96,16 @@ def test_deterministic_given_seed(tmp_path: Path, data_dir: Path) -> None:
     runs = []
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         train(
-            tmp_path / name, epochs=1, batch_size=64, seed=seed, data_dir=data_dir, limit=128, threads=1, progress=False
+            Training(
+                tmp_path / name,
+                epochs=1,
+                batch_size=64,
+                seed=seed,
+                data_dir=data_dir,
+                limit=128,
+                threads=1,
+                progress=False,
+            )
         )
         runs.append(torch.load(tmp_path / name / "final.pt", weights_only=True))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
@@ -124,6 +137,6 @@ def test_main_command_line(tmp_path: Path, data_dir: Path, capsys: pytest.Captur
 
 def test_a_log_gets_one_line_per_epoch(tmp_path: Path, data_dir: Path, capsys) -> None:
     """With progress on and standard error a log (not a terminal), each epoch reports once: its record."""
-    train(tmp_path / "run", epochs=2, batch_size=64, data_dir=data_dir, limit=128, threads=1, progress=True)
+    train(Training(tmp_path / "run", epochs=2, batch_size=64, data_dir=data_dir, limit=128, threads=1, progress=True))
     lines = capsys.readouterr().err.splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2], lines
