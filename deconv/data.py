@@ -22,9 +22,11 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DatasetError, SelectionError, one_line
+from .io import RUN_MANIFEST
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
     "Preprocess",
     "UnreadableImage",
     "read_idx",
@@ -37,6 +39,10 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+MAX_PIXELS = 2**26
+"""The pixel budget: no image is resized or cropped to more pixels than this (8192 x 8192; about 800 MB as
+float32 RGB). A setting that would make every image larger is refused, and so is an image that would be."""
 
 StrPath = str | os.PathLike[str]
 
@@ -84,10 +90,16 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"Preprocess.channels must be 1 (greyscale) or 3 (RGB), got {self.channels!r}")
-        for name in ("size", "crop"):
+        for name, key in (("size", "resize"), ("crop", "crop")):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"Preprocess.{name} must be None or an integer >= 1, got {value!r}")
+            if value is not None and value * value > MAX_PIXELS:
+                side = math.isqrt(MAX_PIXELS)
+                raise ValueError(
+                    f"{key} {value} makes every image at least {value}x{value} pixels, over the pixel budget of "
+                    f"{MAX_PIXELS:,} ({side}x{side}); choose {key} <= {side}"
+                )
         for name in ("mean", "std"):
             values = tuple(getattr(self, name))
             if len(values) not in (1, self.channels) or not all(
@@ -131,6 +143,11 @@ class Preprocess:
             width, height = image.size
             scale = self.size / min(width, height)
             new = (max(1, round(width * scale)), max(1, round(height * scale)))
+            if new[0] * new[1] > MAX_PIXELS:
+                raise ValueError(
+                    f"its {width}x{height} pixels resized to a shorter side of {self.size} (resize) would be "
+                    f"{new[0]}x{new[1]}, over the pixel budget of {MAX_PIXELS:,}; crop or shrink the image"
+                )
             if new != image.size:
                 image = image.resize(new, Image.Resampling.BILINEAR)
         if self.crop is not None:
@@ -291,7 +308,8 @@ class ImageFolder(Dataset):
 
     The label of a file is the index in ``classes`` of its first-level subfolder; ``classes`` holds
     the sorted names of the first-level subfolders that contain images. Files directly in ``root``
-    have label -1. Names starting with "." (hidden files and folders) are ignored.
+    have label -1. Names starting with "." (hidden files and folders) and deconv's own run folders
+    (holding ``deconv-run.json``) are ignored.
     """
 
     def __init__(self, root: StrPath, preprocess: Preprocess) -> None:
@@ -304,7 +322,10 @@ class ImageFolder(Dataset):
             raise DatasetError(f"{self.root}: not a folder (expected a folder of {accepted} images)")
         found: list[str] = []
         for folder, dirs, files in os.walk(self.root):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            # hidden folders, and deconv's own run folders (their sheets and thumbnails are no data)
+            dirs[:] = [
+                d for d in dirs if not d.startswith(".") and not os.path.isfile(os.path.join(folder, d, RUN_MANIFEST))
+            ]
             rel = Path(folder).relative_to(self.root)
             found.extend(
                 (rel / f).as_posix()

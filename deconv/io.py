@@ -8,7 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-__all__ = ["atomic_write", "write_json", "write_text"]
+__all__ = ["RUN_MANIFEST", "atomic_write", "write_json", "write_text"]
+
+RUN_MANIFEST = "deconv-run.json"
+"""The manifest that makes a folder a deconv run folder (what it wrote there): see :mod:`deconv.commands.run_folder`."""
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from deconv.data import (
+    MAX_PIXELS,
     Batch,
     IdxDataset,
     ImageFolder,
@@ -380,3 +382,36 @@ def test_batches_mixed_sizes_need_size_or_crop(tmp_path: Path, num_workers: int)
     assert "\n" not in str(info.value)
     fixed = list(batches(ImageFolder(tmp_path, Preprocess(size=4, crop=4)), batch_size=2))
     assert fixed[0].images.shape == (2, 3, 4, 4)
+
+
+@pytest.mark.parametrize("key", ["size", "crop"])
+def test_a_setting_over_the_pixel_budget_is_refused_naming_it(key: str) -> None:
+    side = math.isqrt(MAX_PIXELS)
+    Preprocess(channels=1, **{key: side})  # the largest square within the budget
+    with pytest.raises(ValueError, match=rf"^{'resize' if key == 'size' else 'crop'} {side + 1} makes every image"):
+        Preprocess(channels=1, **{key: side + 1})
+
+
+@pytest.mark.parametrize("size", [(2_000_000, 1), (1, 20_000_000)])
+def test_an_image_resized_over_the_pixel_budget_is_refused_naming_it_its_size_and_the_setting(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """A few KB of PNG whose shorter side of 1 resized to 28 would be 56M x 28 pixels or more (GBs as float32)."""
+    path = tmp_path / "long.png"
+    Image.new("L", size).save(path)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(UnreadableImage) as caught:
+        load_image(path, Preprocess(channels=1, size=28, crop=28))
+    message = str(caught.value)
+    assert str(path) in message and f"{size[0]}x{size[1]}" in message and "(resize)" in message
+    assert "pixel budget" in message and "\n" not in message
+
+
+def test_a_data_folder_never_yields_deconvs_own_run_folders(tmp_path: Path) -> None:
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    run = tmp_path / "runs" / "mine"
+    (run / "sheets").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(run / "sheets" / "layer-1.png")
+    (run / "deconv-run.json").write_text("{}")
+    Image.new("L", (8, 8)).save(tmp_path / "runs" / "b.png")  # beside a run folder: still data
+    assert ImageFolder(tmp_path, Preprocess(channels=1)).files == ["a.png", "runs/b.png"]

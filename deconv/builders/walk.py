@@ -13,10 +13,11 @@ rule's when a pass first uses it. Names:
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -101,10 +102,42 @@ def _call_name(node: fx.Node) -> str:
     )
 
 
+@contextlib.contextmanager
+def _kept_as_it_was(model: nn.Module) -> Iterator[None]:
+    """Runs the block (a trace, which runs the model's Python ``forward``) and then puts back what it changed
+    on the model: every module's ``training`` flag, buffers (``self.calls += 1``), plain attributes (numbers,
+    strings) and which tensors its parameters and buffers are (``torch.fx`` hands ``forward`` proxies of the
+    parameters, so those are never changed in place)."""
+    modules = list(model.modules())
+    attributes = [
+        (m, {k: v for k, v in vars(m).items() if isinstance(v, (bool, int, float, str, type(None)))}) for m in modules
+    ]
+    tensors = [(m, dict(m._parameters), dict(m._buffers)) for m in modules]
+    buffers = {id(b): b.detach().clone() for _, _, bs in tensors for b in bs.values() if b is not None}
+    try:
+        yield
+    finally:
+        for m, plain in attributes:
+            vars(m).update(plain)
+        for m, parameters, own_buffers in tensors:
+            m._parameters.clear()
+            m._parameters.update(parameters)
+            m._buffers.clear()
+            m._buffers.update(own_buffers)
+            with torch.no_grad():
+                for b in own_buffers.values():
+                    if b is not None and not torch.equal(b, buffers[id(b)]):
+                        b.copy_(buffers[id(b)])
+
+
 def _trace(model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, list[str]]]:
     tracer = _Tracer()
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()  # the mirror runs the model in eval mode: trace that forward pass (no auxiliary heads)
+    with _kept_as_it_was(model):
+        model.eval()  # the mirror runs the model in eval mode: trace that forward pass (no auxiliary heads)
+        return _traced(tracer, model)
+
+
+def _traced(tracer: _Tracer, model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, list[str]]]:
     try:
         graph = tracer.trace(model)
     except Exception as error:  # fx raises many types for untraceable code
@@ -113,9 +146,6 @@ def _trace(model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, list[str]]]:
             f"({type(error).__name__}: {one_line(error, 300)}); "
             "mirrors need a forward pass without data-dependent control flow"
         ) from None
-    finally:
-        for m, flag in flags:
-            m.training = flag
     return graph, tracer.returned
 
 

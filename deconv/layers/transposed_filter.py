@@ -49,7 +49,7 @@ def _spread(signal: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
 class TransposedFilter(MirrorModule):
     """Convolves the signal with the transposed filters of ``conv``; no bias.
 
-    ``weight`` *is* ``conv.weight`` (shared, never copied). Any stride, padding, dilation, groups
+    ``weight`` *is* ``conv.weight`` (shared, never copied, read at every call). Any stride, padding, dilation, groups
     and kernel shape; the output has exactly the size of the conv's input in the forward pass.
     Takes per-channel ``factors`` of its signal into its filters. ``(N, C_out, H_out, W_out) -> (N, C_in, H_in, W_in)``.
     """
@@ -66,10 +66,15 @@ class TransposedFilter(MirrorModule):
             )
         else:
             padding = pair(conv.padding)
-        self.weight = conv.weight
+        object.__setattr__(self, "conv", conv)  # read, not owned: no copy, no submodule
         self.groups = conv.groups
         self.in_channels = conv.in_channels
         self.geometry = Geometry(pair(conv.kernel_size), pair(conv.stride), padding, pair(conv.dilation))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The convolution's filters, read at every call: shared, and a parameter replaced on the model is used."""
+        return self.conv.weight
 
     def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
         return tuple(x.shape[-2:]), self.geometry.padding

@@ -19,7 +19,12 @@ class TransposedLinear(MirrorModule):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        self.weight = linear.weight
+        object.__setattr__(self, "linear", linear)  # read, not owned: no copy, no submodule
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The layer's weight ``(out, in)``, read at every call: shared; a parameter replaced on the model is used."""
+        return self.linear.weight
 
     def forward(self, signal: torch.Tensor, factors: torch.Tensor | None = None) -> torch.Tensor:
         return signal @ (self.weight if factors is None else self.weight * factors.view(-1, 1))

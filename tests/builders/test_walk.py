@@ -303,3 +303,33 @@ def test_a_reshape_that_mixes_the_batch_is_named_when_it_runs() -> None:
         mirror.project(torch.randn(2, 3, 5, 5), layer="conv", channel=0)
     message = str(error.value)
     assert "\n" not in message and "'view'" in message and "batch" in message, message
+
+
+class _Counting(nn.Module):
+    """A model whose Python forward changes its own state: a buffer, a plain counter, a replaced buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("last", torch.zeros(2))
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.last = torch.ones(2)
+        self.seen += 1
+        return torch.relu(self.conv(x))
+
+
+def test_building_a_mirror_leaves_the_models_buffers_attributes_and_flags_as_they_were() -> None:
+    model = _Counting().train()
+    calls, last = model.calls, model.last
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mirror = deconv.build_mirror(model)
+    assert model.calls is calls and model.last is last and model.seen == 0
+    assert model.training and model.conv.training
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    mirror.project(torch.randn(1, 1, 6, 6), layer="conv", channel=0)  # projections call the layers, not forward
+    assert float(model.calls) == 0 and model.seen == 0

@@ -87,3 +87,25 @@ def test_transposed_filter_is_the_adjoint_of_the_conv(case: dict, gen: torch.Gen
         assert back.shape == x.shape
         left = ((out - conv.bias.view(-1, 1, 1)) * y).sum()
         torch.testing.assert_close(left, (x * back).sum(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("how", ["setattr", "load_state_dict(assign=True)"])
+def test_the_mirror_follows_parameters_replaced_on_the_model(how: str) -> None:
+    """A parameter replaced after build_mirror (not changed in place) is the one projections use."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).double().eval()
+    images = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    mirror = deconv.build_mirror(model)
+    before = mirror.project(images, target_class=1)
+    fresh = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    if how == "setattr":
+        model[0].weight = nn.Parameter(fresh["0.weight"])
+        model[3].weight = nn.Parameter(fresh["3.weight"])
+        model[0].bias, model[3].bias = nn.Parameter(fresh["0.bias"]), nn.Parameter(fresh["3.bias"])
+    else:
+        model.load_state_dict(fresh, assign=True)
+    assert mirror.steps[0].mirror.weight is model[0].weight and mirror.steps[3].mirror.weight is model[3].weight
+    after = mirror.project(images, target_class=1)
+    expected = deconv.build_mirror(model).project(images, target_class=1)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-12)
