@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import operator
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from ..errors import UnsupportedModuleError
 from ..layers import (
@@ -130,6 +132,76 @@ def _only_signal(call: Call, what: str) -> None:
 
 def _dim(call: Call, position: int, default: int) -> int:
     return call.kwargs.get("dim", call.args[position] if len(call.args) > position else default)
+
+
+def _conv2d_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: ANN001, ANN202
+    """``F.conv2d``'s signature (a builtin without one of its own)."""
+
+
+def _bound(call: Call, function: Callable[..., Any]) -> dict[str, Any]:
+    """The call's arguments by name, as ``function`` would see them (defaults filled in)."""
+    bound = inspect.signature(function).bind(*call.args, **call.kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _constant_tensor(value: Any, what: str, call: Call) -> torch.Tensor | None:
+    """A tensor argument that is a parameter or buffer (or ``None``); one computed in the forward pass is refused."""
+    if value is None or isinstance(value, torch.Tensor):
+        return value
+    raise UnsupportedModuleError(
+        f"{_qualified(call.target)} with {what} computed in the forward pass ({value!r}); "
+        "only parameters and buffers can be mirrored"
+    )
+
+
+def _qualified(target: Any) -> str:
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
+
+
+@register_mirror(F.batch_norm)
+def _functional_batch_norm(call: Call) -> ChannelScale:
+    """``F.batch_norm`` in evaluation mode (timm's ``BatchNormAct2d`` calls it): its per-channel scale, read from
+    the running variance and weight it is passed (the module's own buffers and parameters, shared)."""
+    args = _bound(call, F.batch_norm)
+    if args["input"] is not SIGNAL or args["training"] is not False:
+        raise UnsupportedModuleError(
+            f"torch.nn.functional.batch_norm with training={args['training']!r} (only evaluation mode, with running "
+            "statistics, is linear in the signal)"
+        )
+    running_var = _constant_tensor(args["running_var"], "running_var", call)
+    if running_var is None:
+        raise UnsupportedModuleError("torch.nn.functional.batch_norm without running statistics")
+    weight = _constant_tensor(args["weight"], "weight", call)
+    return ChannelScale(
+        SimpleNamespace(running_var=running_var, weight=weight, eps=args["eps"], num_features=len(running_var))
+    )
+
+
+@register_mirror(F.conv2d)
+def _functional_conv(call: Call) -> TransposedFilter:
+    """``F.conv2d`` with a parameter as its filters (a ``Conv2d`` subclass's own forward): its transposed filters."""
+    args = _bound(call, _conv2d_signature)
+    weight = _constant_tensor(args["weight"], "filters", call)
+    if (
+        args["input"] is not SIGNAL
+        or weight is None
+        or any(isinstance(args[k], fx.Node) for k in ("stride", "padding", "dilation", "groups"))
+    ):
+        raise UnsupportedModuleError(
+            "torch.nn.functional.conv2d is mirrored only for a signal convolved with constant filters and settings"
+        )
+    groups = args["groups"]
+    conv = SimpleNamespace(
+        weight=weight,
+        kernel_size=tuple(weight.shape[2:]),
+        stride=args["stride"],
+        padding=args["padding"],
+        dilation=args["dilation"],
+        groups=groups,
+        in_channels=weight.shape[1] * groups,
+    )
+    return TransposedFilter(conv)
 
 
 @register_mirror(operator.add, operator.iadd, torch.add, torch.Tensor.add, torch.Tensor.add_)

@@ -20,6 +20,8 @@ __all__ = [
     "register_mirror",
     "unregister_mirror",
     "find_mirror_factory",
+    "computes_as",
+    "changed_base",
     "registered_types",
     "rules",
 ]
@@ -149,17 +151,50 @@ def unregister_mirror(target: Target, rule: str | Rule = DEFAULT_RULE) -> None:
 
 
 def find_mirror_factory(target: nn.Module | Target, rule: str | Rule = DEFAULT_RULE) -> MirrorFactory | None:
-    """The factory for a module (the nearest class in ``type(module).__mro__``) or a function under
-    ``rule``, falling back on the ``"deconvnet"`` one; ``None`` if neither is registered."""
+    """The factory for a module or a function under ``rule``, falling back on the ``"deconvnet"`` one; ``None``
+    if neither is registered.
+
+    A module matches the nearest registered class in ``type(module).__mro__`` only while it computes what that
+    class computes: a subclass that overrides ``forward`` or another method of the class (timm's
+    ``BatchNormAct2d`` adds an activation to ``BatchNorm2d``; ``StdConv2d`` standardises its filters) does not
+    match, and the walk traces through it, unless the subclass is registered itself.
+    """
     keys = type(target).__mro__ if isinstance(target, nn.Module) else (_key(target),)
     for wanted in dict.fromkeys((str(rule), DEFAULT_RULE)):
         for key in keys:
             try:
                 if (key, wanted) in _FACTORIES:
-                    return _FACTORIES[key, wanted]
+                    return _FACTORIES[key, wanted] if computes_as(keys, key) else None
             except TypeError:  # an unhashable target
                 return None
     return None
+
+
+def changed_base(module: nn.Module) -> type | None:
+    """The registered class that ``module``'s type derives from but computes otherwise (see
+    :func:`find_mirror_factory`), or ``None``."""
+    mro = type(module).__mro__
+    for key in mro[1:]:
+        if (key, DEFAULT_RULE) in _FACTORIES:
+            return None if computes_as(mro, key) else key
+    return None
+
+
+KEEPS_COMPUTATION = frozenset({"__init__", "__repr__", "extra_repr", "reset_parameters", "_load_from_state_dict"})
+"""Methods a subclass may override and still compute what its registered class computes."""
+
+
+def computes_as(mro: tuple[type, ...], base: type) -> bool:
+    """Whether the classes before ``base`` in ``mro`` (a module type's ``__mro__``) leave every method of
+    ``base`` as it is, but for :data:`KEEPS_COMPUTATION`: then the module computes what ``base`` does."""
+    if not isinstance(base, type):
+        return True  # a function
+    below = mro[: mro.index(base)]
+    return not any(
+        callable(value) and name not in KEEPS_COMPUTATION and hasattr(base, name)
+        for cls in below
+        for name, value in vars(cls).items()
+    )
 
 
 def registered_types() -> tuple[Target, ...]:

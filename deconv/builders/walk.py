@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import os
+import traceback
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -26,9 +28,11 @@ from torch import fx, nn
 from ..engine.graph import IMAGES, Graph, Node, attribute
 from ..errors import UnsupportedGraphError, UnsupportedModuleError, one_line
 from .builtins import _FunctionalMaxPool
-from .registry import SIGNAL, Call, find_mirror_factory
+from .registry import SIGNAL, Call, changed_base, find_mirror_factory
 
 __all__ = ["walk"]
+
+_TORCH = os.path.dirname(torch.__file__)
 
 
 def _pool(module_type: type[nn.Module]) -> Callable[..., nn.Module]:
@@ -68,6 +72,8 @@ class _Tracer(fx.Tracer):
         self.returned: dict[fx.Node, list[str]] = defaultdict(list)
         self._calls: Counter[str] = Counter()
         self._made: dict[fx.Node, int] = {}  # when each node was made
+        self._through: set[nn.Module] = set()  # leaves traced through: they take no tensor (see _selects)
+        self.failed_in: tuple[str, type] | None = None
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
@@ -77,20 +83,40 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if find_mirror_factory(m) is not None:
             return True
-        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or m in self._through:
+            return False
+        if changed_base(m) is not None:  # computes otherwise than its registered class: trace its forward
             return False
         return next(m.children(), None) is None or m.__module__.startswith("torch.nn")
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         name = self.path_of_module(m)
+        if _selects(m, args, kwargs):
+            self._through.add(m)
         before = len(self._made)
-        out = super().call_module(m, forward, args, kwargs)
+        try:
+            out = super().call_module(m, forward, args, kwargs)
+        except Exception:
+            self.failed_in = self.failed_in or (name, type(m))  # the innermost module whose forward failed
+            raise
         # a container whose output it computed itself (an empty Sequential returns its input)
         if not self.is_leaf_module(m, name) and isinstance(out, fx.Proxy) and self._made.get(out.node, -1) >= before:
             calls = self._calls[name]
             self._calls[name] += 1
             self.returned[out.node].append(name if not calls else f"{name}:{calls}")
         return out
+
+
+def _selects(m: nn.Module, args: Any, kwargs: Any) -> bool:
+    """A module with no mirror, parameters, buffers or children that is handed no tensor itself, only lists
+    or tuples of them (selecsls' ``SelectSeq``: ``x[self.index]``): what it does is traced, not a layer."""
+    return (
+        find_mirror_factory(m) is None
+        and next(m.children(), None) is None
+        and next(m.parameters(), None) is None
+        and next(m.buffers(), None) is None
+        and not any(isinstance(a, fx.Proxy) for a in (*args, *kwargs.values()))
+    )
 
 
 def _call_name(node: fx.Node) -> str:
@@ -141,10 +167,11 @@ def _traced(tracer: _Tracer, model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, 
     try:
         graph = tracer.trace(model)
     except Exception as error:  # fx raises many types for untraceable code
+        name, kind = tracer.failed_in or ("", type(model))
+        where = f"module {name!r} ({_qualified(kind)})" if name else f"{type(model).__name__}.forward"
         raise UnsupportedGraphError(
-            f"cannot trace {type(model).__name__}.forward with torch.fx "
-            f"({type(error).__name__}: {one_line(error, 300)}); "
-            "mirrors need a forward pass without data-dependent control flow"
+            f"cannot trace {where} with torch.fx{_source_line(error)} ({type(error).__name__}: "
+            f"{one_line(error, 300)}); mirrors need a forward pass without data-dependent control flow"
         ) from None
     return graph, tracer.returned
 
@@ -259,6 +286,25 @@ def _constant(model: nn.Module, node: fx.Node, signal: set[fx.Node]) -> Any:
     return node
 
 
+def _qualified(kind: type) -> str:
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _source_line(error: BaseException) -> str:
+    """`` at FILE:LINE`` of the innermost frame of the traceback outside torch (the model's own code), or ""."""
+    outside = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(_TORCH)]
+    return f" at {outside[-1].filename}:{outside[-1].lineno}" if outside else ""
+
+
+def _layer(name: str, node: fx.Node) -> str:
+    """``layer 'NAME'``, and the module it runs in where the walk traced through one (its name and class)."""
+    stack = list(node.meta.get("nn_module_stack", {}).values())
+    if not stack or node.op == "call_module":
+        return f"layer {name!r}"
+    path, kind = stack[-1]
+    return f"layer {name!r} (in module {path!r}, a {_qualified(kind) if isinstance(kind, type) else kind})"
+
+
 class _Mirrors:
     """A node's mirror under each rule, built the first time it is asked for; rules whose factory is the
     same (rules with nothing of their own fall back on ``"deconvnet"``'s) share one mirror."""
@@ -278,7 +324,7 @@ class _Mirrors:
             try:
                 self.built[factory] = factory(target)
             except UnsupportedModuleError as error:
-                raise UnsupportedModuleError(f"layer {self.name!r}: {error}") from None
+                raise UnsupportedModuleError(f"{_layer(self.name, self.node)}: {error}") from None
         return self.built[factory]
 
     def _unsupported(self) -> UnsupportedModuleError:
@@ -286,11 +332,11 @@ class _Mirrors:
         if isinstance(target, nn.Module):
             kind = type(target).__qualname__
             return UnsupportedModuleError(
-                f"layer {name!r} is a {type(target).__module__}.{kind}, which has no mirror; register one with "
-                f"@deconv.register_mirror({kind}) on a function ({kind}) -> nn.Module"
+                f"{_layer(name, self.node)} is a {type(target).__module__}.{kind}, which has no mirror; "
+                f"register one with @deconv.register_mirror({kind}) on a function ({kind}) -> nn.Module"
             )
         shown = _call_name(self.node) if self.node.op != "get_attr" else "a parameter directly"
         return UnsupportedModuleError(
-            f"layer {name!r} calls {shown}, which has no mirror; register one with "
+            f"{_layer(name, self.node)} calls {shown}, which has no mirror; register one with "
             f"@deconv.register_mirror({shown.removeprefix('tensor.')}) on a function (deconv.Call) -> nn.Module"
         )

@@ -64,7 +64,8 @@ def model_with(layer: nn.Module) -> nn.Module:
 def assert_oracle(model: nn.Module, gen: torch.Generator) -> deconv.Mirror:
     images = torch.randn(2, 2, 10, 10, generator=gen, dtype=torch.float64)
     mirror = deconv.build_mirror(model)
-    selections = oracle.selections_at(model, images, mirror.layer_names, 4, gen)
+    modules = dict(model.named_modules())  # the oracle taps modules; a traced function is checked from its module
+    selections = oracle.selections_at(model, images, [n for n in mirror.layer_names if n in modules], 4, gen)
     oracle.assert_matches(mirror.project_many(images, selections), oracle.project(model, images, selections))
     return mirror
 
@@ -96,7 +97,12 @@ def test_a_registered_mirror_is_used(scale_registered: list, gen: torch.Generato
     assert Scale in deconv.registered_types()
 
 
-def test_subclasses_are_found_through_the_mro(scale_registered: list, gen: torch.Generator) -> None:
+def test_plain_subclasses_match_and_ones_that_override_forward_are_traced_through(
+    scale_registered: list, gen: torch.Generator
+) -> None:
+    """A subclass that only adds nothing (DoubleScale) gets its registered class's mirror; one that overrides
+    forward (MyConv) computes what its forward says, so the walk traces it, here into F.conv2d."""
+
     class MyConv(nn.Conv2d):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return super().forward(x)
@@ -109,8 +115,91 @@ def test_subclasses_are_found_through_the_mro(scale_registered: list, gen: torch
     )
     mirror = assert_oracle(model, gen)
     assert isinstance(mirror.steps[0].mirror, TransposedFilter) and mirror.steps[0].mirror.weight is model[0].weight
-    assert isinstance(mirror.steps[1].mirror, ScaleMirror)
-    assert find_mirror_factory(model[0]) is find_mirror_factory(nn.Conv2d(1, 1, 1))
+    assert mirror.index("0") == 0 and isinstance(mirror.steps[1].mirror, ScaleMirror)
+    assert find_mirror_factory(model[1]) is find_mirror_factory(Scale(1.0))
+    assert find_mirror_factory(model[0]) is None and find_mirror_factory(nn.Conv2d(1, 1, 1)) is not None
+
+
+class BatchNormReLU(nn.BatchNorm2d):
+    """The issue's smallest repro: a batch norm subclass whose forward also rectifies."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.relu(super().forward(x))
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d in small: evaluation-mode F.batch_norm, then a ReLU module."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+        return self.act(x)
+
+
+class StandardisedConv(nn.Conv2d):
+    """Weight standardisation (timm's StdConv2d): filters computed in the forward pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_a_batch_norm_subclass_with_an_activation_is_mirrored_exactly(gen: torch.Generator) -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), BatchNormAct(4), nn.MaxPool2d(2), nn.Conv2d(4, 3, 2), nn.ReLU())
+    model = model.double().eval()
+    with torch.no_grad():
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(-1.0, 1.0)
+    mirror = assert_oracle(model, gen)  # the ReLU inside is rectified going down
+    assert [type(s.mirror).__name__ for s in mirror.steps[:3]] == ["TransposedFilter", "ChannelScale", "Rectify"]
+
+
+@pytest.mark.parametrize(
+    ("layer", "words"),
+    [
+        (BatchNormReLU(4), ["module '1'", "BatchNormReLU", "test_registry.py:", "control flow"]),
+        (StandardisedConv(4, 4, 1), ["in module '1'", "StandardisedConv", "conv2d", "computed in the forward pass"]),
+    ],
+)
+def test_subclasses_that_compute_otherwise_are_never_mirrored_as_their_base(layer: nn.Module, words: list) -> None:
+    """Before, both were accepted as a plain BatchNorm2d / Conv2d: wrong projections without an error."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), layer, nn.Conv2d(4, 2, 3)).double().eval()
+    with pytest.raises(TypeError) as error:
+        deconv.build_mirror(model)
+    message = str(error.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+class SelectSeq(nn.Module):
+    """selecsls's SelectSeq: no parameters, no children; picks one tensor of a list."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        return x[self.index]
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.pick = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, 1), SelectSeq(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.pick([self.a(x), self.b(x)]))
+
+
+def test_a_leaf_that_only_selects_from_a_list_is_traced_through(gen: torch.Generator) -> None:
+    torch.manual_seed(3)
+    assert_oracle(nn.Sequential(Pair(), nn.Conv2d(3, 2, 3)).double().eval(), gen)
 
 
 def test_registering_a_type_twice_needs_override(scale_registered: list) -> None:
