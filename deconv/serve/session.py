@@ -28,6 +28,7 @@ __all__ = ["DIGITS", "natural", "Viewed", "Views", "Maps", "Patch", "Session"]
 
 CACHE_BYTES = 512 * 2**20
 UPLOADS = 64  # uploaded images kept (their tensors), least recently used dropped first
+UPLOAD_PIXELS = 2**20  # an upload, preprocessed, has at most this many pixels (1024 x 1024): it is traced whole
 DIGITS = 18  # an image index, like every integer a client sends, has at most this many digits (fits int64)
 
 
@@ -195,6 +196,11 @@ class Session:
                 raise InputError(f"uploaded file: cannot read image: {reason}") from None
             except Image.DecompressionBombWarning as error:
                 raise InputError(f"uploaded file: {one_line(error)}") from None
+        if pixels.shape[1] * pixels.shape[2] > UPLOAD_PIXELS:
+            raise InputError(
+                f"uploaded image preprocesses to {pixels.shape[2]}x{pixels.shape[1]} pixels, over the "
+                f"{UPLOAD_PIXELS:,} deconv serve traces (1024x1024); upload a smaller image or set resize in the config"
+            )
         try:
             self.mirror.shape(self.mirror.output_layer, tuple(pixels.shape))
         except RuntimeError:

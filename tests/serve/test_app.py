@@ -490,3 +490,18 @@ def test_a_damaged_sheet_is_a_one_line_json_4xx(tmp_path: Path) -> None:
     response = client.get("/api/top9.png?layer=features.4&channel=0", headers=AUTH)
     assert response.status_code == 400 and "sheet of layer 'features.4' cannot be read" in response.json()["error"]
     assert str(tmp_path) not in response.json()["error"]
+
+
+def test_an_upload_over_the_pixel_cap_is_refused_before_any_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from deconv.serve.session import UPLOAD_PIXELS
+
+    mirror = build_mirror(default_model())
+    session = Session(mirror, default_dataset(), replace(default_preprocess(), size=1025))
+    monkeypatch.setattr(mirror, "shape", lambda *a: pytest.fail("walked an image over the cap"))
+    buffer = io.BytesIO()
+    Image.new("L", (1025, 1100)).save(buffer, "PNG")
+    response = TestClient(create_app(session, TOKEN)).post("/api/upload", content=buffer.getvalue(), headers=AUTH)
+    assert response.status_code == 400 and "1025x1100 pixels" in response.json()["error"]
+    assert f"{UPLOAD_PIXELS:,}" in response.json()["error"]
