@@ -30,7 +30,7 @@ from ..errors import DeconvError, one_line
 from ..selection import Position
 from . import pictures
 from .records import Run
-from .session import Session
+from .session import DIGITS, Session, natural
 
 __all__ = ["create_app", "MAX_UPLOAD_BYTES"]
 
@@ -104,10 +104,12 @@ def _int(request: Request, name: str, default: int | None = None) -> int:
     text = request.query_params.get(name)
     if text is None and default is not None:
         return default
-    try:
-        return int(_text(request, name))
-    except ValueError:
-        raise HTTPException(400, f"query parameter {name!r} must be an integer, got {text!r}") from None
+    text = _text(request, name)
+    if not natural(text.removeprefix("-")):
+        raise HTTPException(
+            400, f"query parameter {name!r} must be an integer of at most {DIGITS} digits, got {text!r}"
+        )
+    return int(text)
 
 
 def _optional_int(request: Request, name: str) -> int | None:
@@ -118,6 +120,8 @@ def _position(request: Request) -> Position:
     """Where a projection starts: the whole map with ``map=``, ``(y, x)``, or ``None`` for the strongest."""
     y, x = _optional_int(request, "y"), _optional_int(request, "x")
     if request.query_params.get("map") is not None:
+        if y is not None or x is not None:
+            raise HTTPException(400, "give map (the whole map) or y and x (one position), not both")
         return "map"
     if (y is None) != (x is None):
         raise HTTPException(400, "give both y and x (or neither, for the strongest activation)")
@@ -280,6 +284,9 @@ def _projections(context: Context) -> list[Route]:
         order = session.preprocess.channel_order
         target = _optional_int(request, "target_class")
         if target is not None:
+            given = [name for name in ("layer", "channel", "map", "y", "x") if name in request.query_params]
+            if given:
+                raise HTTPException(400, f"target_class projects a class, not a layer: leave out {', '.join(given)}")
             return _png(
                 await work(lambda: pictures.projection(session.project(ref, target_class=target, rule=rule), order))
             )

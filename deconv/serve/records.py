@@ -6,16 +6,25 @@ Files are opened only where the run's own ``top9.json`` and layout put them; not
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from PIL import Image
 
-from ..errors import ConfigError, SelectionError, one_line
+from ..errors import ConfigError, InputError, SelectionError, one_line
 from ..figures.report import panels_per_sheet, sheet_panels
 
 __all__ = ["Run"]
 
-FIELDS = ("layer", "channel", "rank", "index", "y", "x", "value")  # what clients see: no file paths
+TYPES = {  # what clients see (no file paths) and the JSON types each may have
+    "layer": (str,),
+    "channel": (int,),
+    "rank": (int,),
+    "index": (int,),
+    "y": (int, type(None)),
+    "x": (int, type(None)),
+    "value": (int, float),
+}
 
 
 class Run:
@@ -33,25 +42,39 @@ class Run:
             ) from None
         except (OSError, ValueError) as error:
             raise ConfigError(f"key 'run': cannot read {file} ({one_line(error)})") from None
+        if not isinstance(records, list):
+            raise ConfigError(f"key 'run': {file} is not a list of top9 records (it holds a {type(records).__name__})")
         self.records: dict[tuple[str, int], list[dict]] = {}
-        try:
-            for r in records:
-                if r["layer"] not in layers:
-                    raise ConfigError(
-                        f"key 'run': {file} has records of layer {r['layer']!r}, which the served model does not have"
-                    )
-                if not 0 <= r["index"] < images:
-                    raise ConfigError(
-                        f"key 'run': {file} has a record of image {r['index']}, beyond the served dataset's {images}"
-                    )
-                self.records.setdefault((r["layer"], r["channel"]), []).append({k: r[k] for k in FIELDS})
-        except (KeyError, TypeError) as error:
-            raise ConfigError(
-                f"key 'run': {file} is not a list of top9 records ({type(error).__name__}: {error})"
-            ) from None
+        for n, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise ConfigError(
+                    f"key 'run': {file} is not a list of top9 records: record {n} is a {type(r).__name__}"
+                )
+            wrong = [k for k, types in TYPES.items() if type(r.get(k, ...)) not in types]
+            if wrong or not math.isfinite(r["value"]):
+                raise ConfigError(
+                    f"key 'run': {file} is not a list of top9 records: record {n} has a missing or wrong "
+                    f"{', '.join(wrong) or 'value (not finite)'} ({one_line(json.dumps(r), 200)})"
+                )
+            if r["layer"] not in layers:
+                raise ConfigError(
+                    f"key 'run': {file} has records of layer {r['layer']!r}, which the served model does not have"
+                )
+            if not 0 <= r["index"] < images:
+                raise ConfigError(
+                    f"key 'run': {file} has a record of image {r['index']}, beyond the served dataset's {images}"
+                )
+            self.records.setdefault((r["layer"], r["channel"]), []).append({k: r[k] for k in TYPES})
         for rs in self.records.values():
             rs.sort(key=lambda r: r["rank"])
-        self.per_sheet = panels_per_sheet(self.out)
+        try:
+            self.per_sheet = panels_per_sheet(self.out)
+        except (OSError, ValueError, TypeError) as error:  # a TOMLDecodeError is a ValueError
+            raise ConfigError(
+                f"key 'run': cannot read per_sheet from {self.out / 'config.toml'} ({one_line(error)})"
+            ) from None
+        if self.per_sheet < 1:
+            raise ConfigError(f"key 'run': {self.out / 'config.toml'} has per_sheet {self.per_sheet}, not >= 1")
 
     def channels(self, layer: str) -> list[int]:
         """The channels of ``layer`` the run recorded, in order."""
@@ -66,7 +89,10 @@ class Run:
     def panel(self, layer: str, channel: int) -> Image.Image:
         """The channel's top-9 panel, cut from the run's sheet of its layer."""
         self.of(layer, channel)
-        for _, image, boxes in sheet_panels(self.out, layer, self.channels(layer), self.per_sheet):
-            if channel in boxes:
-                return image.crop(boxes[channel])
+        try:
+            for _, image, boxes in sheet_panels(self.out, layer, self.channels(layer), self.per_sheet):
+                if channel in boxes:
+                    return image.crop(boxes[channel])
+        except OSError as error:  # a damaged sheet: named by layer, not by its server path
+            raise InputError(f"the run's sheet of layer {layer!r} cannot be read ({type(error).__name__})") from None
         raise SelectionError(f"the run has no sheet with layer {layer!r} channel {channel}")

@@ -24,10 +24,17 @@ from ..figures.draw import class_name
 from ..mirror import Box, Mirror, Trace
 from ..selection import Position, check_channel
 
-__all__ = ["Viewed", "Views", "Maps", "Patch", "Session"]
+__all__ = ["DIGITS", "natural", "Viewed", "Views", "Maps", "Patch", "Session"]
 
 CACHE_BYTES = 512 * 2**20
 UPLOADS = 64  # uploaded images kept (their tensors), least recently used dropped first
+UPLOAD_PIXELS = 2**20  # an upload, preprocessed, has at most this many pixels (1024 x 1024): it is traced whole
+DIGITS = 18  # an image index, like every integer a client sends, has at most this many digits (fits int64)
+
+
+def natural(text: str) -> bool:
+    """Whether ``text`` is a whole number >= 0 as a client may write it: ASCII digits, at most ``DIGITS``."""
+    return text.isascii() and text.isdigit() and len(text) <= DIGITS
 
 
 @dataclass
@@ -52,11 +59,14 @@ class Viewed:
 
 class Views:
     """A bounded LRU of :class:`Viewed` entries, keyed by ``(model, image)``, holding at most ``max_bytes``
-    (the most recent entry is always kept)."""
+    (the most recent entry is always kept). Each entry's size is counted once, when it is made and when its
+    trace is added, into a running ``total``: O(1) bookkeeping per request, however full the cache."""
 
     def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self.entries: OrderedDict[tuple[int, str], Viewed] = OrderedDict()
+        self.sizes: dict[tuple[int, str], int] = {}
+        self.total = 0
 
     def get(self, key: tuple[int, str], image: torch.Tensor | None = None) -> Viewed | None:
         """The entry of ``key``, made fresh with ``image`` where missing (``None`` without one)."""
@@ -64,12 +74,18 @@ class Views:
             self.entries.move_to_end(key)
         elif image is not None:
             self.entries[key] = Viewed(image)
+            self.count(key)
         return self.entries.get(key)
 
-    def trim(self) -> None:
-        """Drops the least recently used entries until the rest fit in ``max_bytes``."""
-        while len(self.entries) > 1 and sum(v.nbytes for v in self.entries.values()) > self.max_bytes:
-            self.entries.popitem(last=False)
+    def count(self, key: tuple[int, str]) -> None:
+        """Counts the size of the most recent entry ``key`` anew (made, or its trace added), then drops the least
+        recently used entries until the rest fit in ``max_bytes``."""
+        size = self.entries[key].nbytes
+        self.total += size - self.sizes.get(key, 0)
+        self.sizes[key] = size
+        while len(self.entries) > 1 and self.total > self.max_bytes:
+            dropped, _ = self.entries.popitem(last=False)
+            self.total -= self.sizes.pop(dropped)
 
 
 @dataclass(frozen=True)
@@ -116,12 +132,13 @@ class Session:
     # ------------------------------------------------------------------ images
     def image(self, ref: str) -> Viewed:
         """The cached forward results of image ``ref`` (loaded and checked on first use)."""
-        key = (id(self.mirror), ref)
-        viewed = self.views.get(key)
+        viewed = self.views.get(self._key(ref))
         if viewed is None:
-            viewed = self.views.get(key, self.mirror.check_images(self._pixels(ref)[None]))
-            self.views.trim()
+            viewed = self.views.get(self._key(ref), self.mirror.check_images(self._pixels(ref)[None]))
         return viewed
+
+    def _key(self, ref: str) -> tuple[int, str]:
+        return (id(self.mirror), ref)
 
     def _pixels(self, ref: str) -> torch.Tensor:
         if ref in self.uploads:
@@ -139,7 +156,7 @@ class Session:
 
     def _index(self, ref: str) -> int:
         n = len(self.dataset)
-        if not (ref.isascii() and ref.isdigit()) or int(ref) >= n:
+        if not natural(ref) or int(ref) >= n:
             raise SelectionError(
                 f"image {ref!r} is not in the dataset: give an index in 0..{n - 1} or an upload's name"
             )
@@ -179,6 +196,11 @@ class Session:
                 raise InputError(f"uploaded file: cannot read image: {reason}") from None
             except Image.DecompressionBombWarning as error:
                 raise InputError(f"uploaded file: {one_line(error)}") from None
+        if pixels.shape[1] * pixels.shape[2] > UPLOAD_PIXELS:
+            raise InputError(
+                f"uploaded image preprocesses to {pixels.shape[2]}x{pixels.shape[1]} pixels, over the "
+                f"{UPLOAD_PIXELS:,} deconv serve traces (1024x1024); upload a smaller image or set resize in the config"
+            )
         try:
             self.mirror.shape(self.mirror.output_layer, tuple(pixels.shape))
         except RuntimeError:
@@ -199,7 +221,7 @@ class Session:
         viewed = self.image(ref)
         if viewed.trace is None:
             viewed.trace = self.mirror.trace(viewed.image)
-            self.views.trim()
+            self.views.count(self._key(ref))
         return viewed
 
     def output(self, ref: str, layer: str) -> torch.Tensor:
@@ -223,6 +245,8 @@ class Session:
 
     def classes_of(self, ref: str, top: int = 5) -> list[dict]:
         """The ``top`` most probable classes of image ``ref``: ``[{"class", "name", "probability"}]``, best first."""
+        if top < 1:
+            raise SelectionError(f"top must be >= 1 (how many classes to list), got {top}")
         scores = self.output(ref, self.mirror.output_layer)[0].float()
         if scores.dim() != 1:
             raise SelectionError(f"the model's last layer outputs maps {tuple(scores.shape)}, not class scores")

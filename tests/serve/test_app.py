@@ -22,7 +22,7 @@ from deconv.commands.main import main
 from deconv.figures.draw import colormap, show_patch, show_projection, to_pil, upscale
 from deconv.mirror import build_mirror
 from deconv.serve.app import MAX_UPLOAD_BYTES, create_app
-from deconv.serve.session import Session
+from deconv.serve.session import Session, Viewed
 from deconv.zoo.models import default_dataset, default_model, default_preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -391,3 +391,117 @@ def test_the_command_serves_on_loopback_with_a_token() -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_cache_counts_each_entry_once_however_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = default_model()
+    size = Session(build_mirror(model), default_dataset(), default_preprocess()).traced("0").nbytes
+    session = Session(build_mirror(model), default_dataset(), default_preprocess(), cache_bytes=40 * size)
+    for i in range(60):  # full: 40 entries
+        session.maps(str(i), "features.1")
+    counted = []
+    nbytes = Viewed.nbytes.fget
+    monkeypatch.setattr(Viewed, "nbytes", property(lambda v: counted.append(v) or nbytes(v)))
+    session.maps("60", "features.1")  # a new image: counted when made and when traced
+    session.maps("60", "features.4")  # cached: not counted
+    session.maps("59", "features.4")
+    assert len(counted) == 2
+    assert len(session.views.entries) == 40 and [key[1] for key in session.views.entries][-2:] == ["60", "59"]
+    assert session.views.total == sum(nbytes(v) for v in session.views.entries.values()) <= 40 * size
+
+
+FIVE_THOUSAND_DIGITS = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    "path, names",
+    [
+        ("/api/images?class=99999999999999999999", "'class' must be an integer of at most 18 digits"),
+        ("/api/images?class=-99999999999999999999", "'class'"),
+        ("/api/images?start=99999999999999999999", "'start'"),
+        ("/api/classes?image=0&top=-1", "top must be >= 1"),
+        ("/api/classes?image=0&top=0", "top must be >= 1"),
+        (f"/api/classes?image=0&top={FIVE_THOUSAND_DIGITS}", "'top'"),
+        (f"/api/classes?image={FIVE_THOUSAND_DIGITS}", "is not in the dataset"),
+        (f"/api/image.png?image={FIVE_THOUSAND_DIGITS}", "is not in the dataset"),
+        (f"/api/patch.png?image={FIVE_THOUSAND_DIGITS}&layer=features.4&y=0&x=0", "is not in the dataset"),
+        (f"/api/maps?image={FIVE_THOUSAND_DIGITS}&layer=features.4", "is not in the dataset"),
+        (f"/api/maps.png?image={FIVE_THOUSAND_DIGITS}&layer=features.4", "is not in the dataset"),
+        (f"/api/map.png?image={FIVE_THOUSAND_DIGITS}&layer=features.4&channel=0", "is not in the dataset"),
+        (f"/api/project.png?image={FIVE_THOUSAND_DIGITS}&layer=features.4&channel=0", "is not in the dataset"),
+        ("/api/project.png?image=0&layer=features.4&channel=1_0", "'channel' must be an integer"),
+        ("/api/project.png?image=0&layer=features.4&channel=%EF%BC%91", "'channel' must be an integer"),
+        ("/api/project.png?image=0&layer=features.4&channel=1&y=%201&x=0", "'y' must be an integer"),
+        ("/api/project.png?image=0&layer=features.4&channel=1&map=1&y=0&x=0", "not both"),
+        ("/api/project.png?image=0&target_class=1&layer=features.4&channel=2", "leave out layer, channel"),
+    ],
+)
+def test_huge_odd_or_conflicting_numbers_are_one_line_json_4xx(client: TestClient, path: str, names: str) -> None:
+    response = client.get(path, headers=AUTH)
+    assert 400 <= response.status_code < 500 and response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert names in error and "\n" not in error
+
+
+RECORD = {"layer": "features.4", "channel": 0, "rank": 0, "index": 1, "path": None, "y": 0, "x": 0, "value": 1.5}
+
+
+@pytest.mark.parametrize(
+    "top9, config, names",
+    [
+        (json.dumps([RECORD, {**RECORD, "rank": "1"}]), None, "record 1 has a missing or wrong rank"),
+        (json.dumps([RECORD, {**RECORD, "rank": 1.0}]), None, "record 1 has a missing or wrong rank"),
+        (json.dumps([{**RECORD, "index": 1.0}]), None, "wrong index"),
+        (json.dumps([{**RECORD, "channel": True}]), None, "wrong channel"),
+        (json.dumps([{**RECORD, "y": "0"}]), None, "wrong y"),
+        (json.dumps([{k: v for k, v in RECORD.items() if k != "x"}]), None, "wrong x"),
+        (json.dumps([{**RECORD, "value": "big"}]), None, "wrong value"),
+        (json.dumps([{**RECORD, "value": float("nan")}]), None, "value (not finite)"),
+        (json.dumps([RECORD, [1, 2]]), None, "record 1 is a list"),
+        (json.dumps({"records": [RECORD]}), None, "it holds a dict"),
+        (json.dumps([RECORD]), "per_sheet = 0", "per_sheet 0"),
+        (json.dumps([RECORD]), "per_sheet = ", "cannot read per_sheet"),
+        (json.dumps([RECORD]), "per_sheet = 'many'", "cannot read per_sheet"),
+    ],
+)
+def test_serve_refuses_a_run_with_records_of_wrong_types_in_one_line(
+    top9: str, config: str | None, names: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("served a run it should refuse"))
+    (tmp_path / "top9.json").write_text(top9)
+    if config is not None:
+        (tmp_path / "config.toml").write_text(config)
+    assert main(["serve", "--run", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and names in err
+
+
+def test_a_damaged_sheet_is_a_one_line_json_4xx(tmp_path: Path) -> None:
+    from deconv.serve.records import Run
+
+    (tmp_path / "top9.json").write_text(json.dumps([RECORD]))
+    (tmp_path / "sheets").mkdir()
+    (tmp_path / "sheets" / "features.4-1.png").write_bytes(b"not a png")
+    mirror = build_mirror(default_model())
+    session = Session(mirror, default_dataset(), default_preprocess())
+    client = TestClient(create_app(session, TOKEN, Run(tmp_path, mirror.layer_names, 10000)))
+    response = client.get("/api/top9.png?layer=features.4&channel=0", headers=AUTH)
+    assert response.status_code == 400 and "sheet of layer 'features.4' cannot be read" in response.json()["error"]
+    assert str(tmp_path) not in response.json()["error"]
+
+
+def test_an_upload_over_the_pixel_cap_is_refused_before_any_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from deconv.serve.session import UPLOAD_PIXELS
+
+    mirror = build_mirror(default_model())
+    session = Session(mirror, default_dataset(), replace(default_preprocess(), size=1025))
+    monkeypatch.setattr(mirror, "shape", lambda *a: pytest.fail("walked an image over the cap"))
+    buffer = io.BytesIO()
+    Image.new("L", (1025, 1100)).save(buffer, "PNG")
+    response = TestClient(create_app(session, TOKEN)).post("/api/upload", content=buffer.getvalue(), headers=AUTH)
+    assert response.status_code == 400 and "1025x1100 pixels" in response.json()["error"]
+    assert f"{UPLOAD_PIXELS:,}" in response.json()["error"]
