@@ -75,6 +75,28 @@ RULES = {"deconvnet": RectifiedGrad, "guided": GuidedGrad, "gradient": PlainGrad
 
 
 _RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_ACTIVATIONS = {F.hardtanh, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.mish, F.hardswish, F.prelu}
+"""Other pointwise activations: going down, the deconvnet rule rectifies the gradient as at a ReLU; the
+guided rule multiplies the rectified gradient by f'(x); the gradient rule is plain autograd."""
+
+
+class _Activation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor], rule: str) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.f, ctx.rule = f, rule
+        with torch.no_grad():
+            return f(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (x,) = ctx.saved_tensors
+        if ctx.rule == "deconvnet":
+            return grad.clamp(min=0), None, None
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (slope,) = torch.autograd.grad(ctx.f(leaf).sum(), leaf)
+        return (grad.clamp(min=0) if ctx.rule == "guided" else grad) * slope, None, None
 
 
 class DeconvReLUs(TorchFunctionMode):
@@ -85,12 +107,22 @@ class DeconvReLUs(TorchFunctionMode):
 
     def __init__(self, rule: str = "deconvnet") -> None:
         super().__init__()
+        self.rule = rule
         self.function = RULES[rule]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _RELUS:
             self.calls += 1
             return self.function.apply(args[0])
+        if func in _ACTIVATIONS and self.rule != "gradient":
+            rest = {k: v for k, v in (kwargs or {}).items() if k != "inplace"}
+            if func in (F.hardtanh, F.relu6, F.leaky_relu, F.elu) and len(args) > 1 and isinstance(args[-1], bool):
+                args = args[:-1]  # a positional inplace flag
+
+            def f(x: torch.Tensor) -> torch.Tensor:
+                return func(x, *args[1:], **rest)
+
+            return _Activation.apply(args[0], f, self.rule)
         return func(*args, **(kwargs or {}))
 
 

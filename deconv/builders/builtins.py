@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -13,6 +14,7 @@ from torch import fx, nn
 
 from ..errors import UnsupportedModuleError
 from ..layers import (
+    ActivationGradient,
     ChannelScale,
     Distribute,
     Embed,
@@ -58,6 +60,49 @@ def _relu_guided(relu: nn.ReLU) -> GuidedRectify:
 @register_mirror(nn.ReLU, rule=GRADIENT)
 def _relu_gradient(relu: nn.ReLU) -> ReLUGradient:
     return ReLUGradient()
+
+
+ACTIVATIONS = (nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish, nn.Hardtanh)
+"""Pointwise activations other than the ReLU: rectified as a ReLU is under the deconvnet rule; under the guided
+and gradient rules the signal is multiplied by the activation's own derivative at the forward input."""
+ACTIVATION_FUNCTIONS = (F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.mish, F.hardswish, F.hardtanh)
+
+
+@dataclass(frozen=True)
+class _Applied:
+    """A function of the forward pass applied to its input alone, its other arguments fixed."""
+
+    function: Callable[..., torch.Tensor]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x, *self.args, **self.kwargs)
+
+
+def _activation(target: nn.Module | Call) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """The activation as a function of its input alone, and its name."""
+    if isinstance(target, nn.Module):
+        return target, type(target).__name__
+    if target.signals != 1 or target.args[:1] != (SIGNAL,):
+        raise UnsupportedModuleError(f"{_qualified(target.target)} of a computed argument other than its input")
+    return _Applied(target.target, target.args[1:], target.kwargs), target.target.__name__
+
+
+@register_mirror(*ACTIVATIONS, *ACTIVATION_FUNCTIONS)
+def _activation_deconvnet(target: nn.Module | Call) -> Rectify:
+    _activation(target)  # refuses what it cannot take
+    return Rectify()
+
+
+@register_mirror(*ACTIVATIONS, *ACTIVATION_FUNCTIONS, rule=GUIDED)
+def _activation_guided(target: nn.Module | Call) -> ActivationGradient:
+    return ActivationGradient(*_activation(target), rectify=True)
+
+
+@register_mirror(*ACTIVATIONS, *ACTIVATION_FUNCTIONS, rule=GRADIENT)
+def _activation_gradient(target: nn.Module | Call) -> ActivationGradient:
+    return ActivationGradient(*_activation(target), rectify=False)
 
 
 @register_mirror(nn.MaxPool2d)

@@ -1,5 +1,6 @@
 """The deconvnet's modules: each maps a reconstruction at a layer's output back to its input."""
 
+from .activation_gradient import ActivationGradient
 from .base import POINTWISE, Geometry, MirrorModule
 from .channel_scale import ChannelScale
 from .distribute import Distribute
@@ -32,6 +33,7 @@ __all__ = [
     "PassThrough",
     "GuidedRectify",
     "ReLUGradient",
+    "ActivationGradient",
     "Distribute",
     "Split",
     "Embed",

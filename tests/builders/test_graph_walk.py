@@ -176,39 +176,32 @@ class Gate(nn.Module):
         return y * F.relu(y)  # a gate: the product of two input-dependent tensors
 
 
-class Swish(nn.Module):
+class Softplus(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.conv(x))
+        return F.softplus(self.conv(x))
 
 
-def test_mobilenet_is_refused_naming_its_first_relu6_until_one_is_registered() -> None:
+def test_mobilenet_v3_is_refused_naming_its_first_gate_until_one_is_registered() -> None:
+    """MobileNetV2's ReLU6 is mirrored (tests/layers/test_activation_gradient.py); V3's squeeze-excite gate is not."""
     torchvision = pytest.importorskip("torchvision")
-    model = torchvision.models.mobilenet_v2().eval()
+    model = torchvision.models.mobilenet_v3_small().eval()
     with pytest.raises(deconv.UnsupportedModuleError) as error:
         deconv.build_mirror(model)
     message = str(error.value)
-    assert "\n" not in message and "'features.0.2'" in message and "ReLU6" in message and "register_mirror" in message
-
-    @deconv.register_mirror(nn.ReLU6)
-    def _(module: nn.ReLU6) -> nn.Module:  # the README's example: treat ReLU6 like a ReLU
-        return deconv.layers.Rectify()
-
-    try:
-        mirror = deconv.build_mirror(model)
-        assert mirror.project(torch.randn(1, 3, 32, 32), layer="features.3", channel=0).shape == (1, 3, 32, 32)
-    finally:
-        deconv.unregister_mirror(nn.ReLU6)
+    assert "\n" not in message and "'features.1.block.1.scale_activation'" in message, message
+    assert "Hardsigmoid" in message and "register_mirror" in message, message
+    assert deconv.build_mirror(torchvision.models.mobilenet_v2().eval()).blocks()
 
 
 @pytest.mark.parametrize(
     "model, words",
     [
         (Gate(), ["'mul'", "input-dependent", "gate"]),
-        (Swish(), ["'silu'", "torch.nn.functional.silu", "register_mirror"]),
+        (Softplus(), ["'softplus'", "softplus", "register_mirror"]),
     ],
 )
 def test_operations_without_a_mirror_are_named(model: nn.Module, words: list[str]) -> None:
@@ -222,16 +215,16 @@ def test_a_function_registered_by_a_user_is_mirrored() -> None:
     """``register_mirror`` takes functions as it takes module types (the factory gets a ``deconv.Call``)."""
     seen = []
 
-    @deconv.register_mirror(F.silu)
+    @deconv.register_mirror(F.softplus)
     def _(call: deconv.Call) -> nn.Module:
         seen.append(call)
         return deconv.layers.Rectify()
 
     try:
-        mirror = deconv.build_mirror(Swish().eval())
-        assert mirror.layer_names == ["conv", "silu"] and seen[0].target is F.silu
-        assert mirror.project(torch.randn(1, 3, 6, 6), layer="silu", channel=1).shape == (1, 3, 6, 6)
+        mirror = deconv.build_mirror(Softplus().eval())
+        assert mirror.layer_names == ["conv", "softplus"] and seen[0].target is F.softplus
+        assert mirror.project(torch.randn(1, 3, 6, 6), layer="softplus", channel=1).shape == (1, 3, 6, 6)
     finally:
-        deconv.unregister_mirror(F.silu)
+        deconv.unregister_mirror(F.softplus)
     with pytest.raises(ValueError, match="already registered"):
         deconv.register_mirror(torch.cat)(lambda call: nn.Identity())

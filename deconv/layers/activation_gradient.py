@@ -1,0 +1,36 @@
+"""A smooth or piecewise activation (SiLU, GELU, ReLU6, LeakyReLU, ...) going down under the guided or gradient rule."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .base import MirrorModule
+
+__all__ = ["ActivationGradient"]
+
+
+class ActivationGradient(MirrorModule):
+    """``R_{l-1} = R_l * f'(x)`` (the gradient rule: the exact vector-Jacobian product of a pointwise ``f``), or
+    with ``rectify`` ``relu(R_l) * f'(x)`` (guided backpropagation). Remembers ``f'(x)`` of the forward input,
+    computed by autograd on ``f`` itself. Shape: any, unchanged.
+    """
+
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], name: str, rectify: bool) -> None:
+        super().__init__()
+        object.__setattr__(self, "f", f)  # read, not owned: a module's parameters stay the model's
+        self.rectify = rectify
+        self.name = name
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (slope,) = torch.autograd.grad(self.f(leaf + 0).sum(), leaf)  # a copy: f may work in place
+        return (slope,)
+
+    def forward(self, signal: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        return (signal.clamp(min=0) if self.rectify else signal) * slope
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, {'guided' if self.rectify else 'gradient'}"
