@@ -78,6 +78,10 @@ _RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Ten
 _ACTIVATIONS = {F.hardtanh, F.relu6, F.leaky_relu, F.elu, F.silu, F.gelu, F.mish, F.hardswish, F.prelu}
 """Other pointwise activations: going down, the deconvnet rule rectifies the gradient as at a ReLU; the
 guided rule multiplies the rectified gradient by f'(x); the gradient rule is plain autograd."""
+_GATES = {torch.sigmoid, F.sigmoid, torch.Tensor.sigmoid, F.hardsigmoid, torch.tanh, F.tanh, torch.Tensor.tanh}
+_GATES |= {torch.softmax, F.softmax, torch.Tensor.softmax}
+"""What a gate's factor comes out of: under the deconvnet and guided rules it keeps its forward value as a
+constant (no gradient enters the gate's branch); under the gradient rule, plain autograd."""
 
 
 class _Activation(torch.autograd.Function):
@@ -114,6 +118,8 @@ class DeconvReLUs(TorchFunctionMode):
         if func in _RELUS:
             self.calls += 1
             return self.function.apply(args[0])
+        if func in _GATES and self.rule != "gradient":
+            return func(*args, **(kwargs or {})).detach()
         if func in _ACTIVATIONS and self.rule != "gradient":
             rest = {k: v for k, v in (kwargs or {}).items() if k != "inplace"}
             if func in (F.hardtanh, F.relu6, F.leaky_relu, F.elu) and len(args) > 1 and isinstance(args[-1], bool):

@@ -18,8 +18,10 @@ from ..layers import (
     ChannelScale,
     Distribute,
     Embed,
+    Gated,
     GuidedRectify,
     PassThrough,
+    Product,
     Rectify,
     ReLUGradient,
     Scale,
@@ -29,6 +31,7 @@ from ..layers import (
     TransposedLinear,
     TransposedMean,
     Unflatten,
+    Ungated,
     Unpermute,
     Unpool2d,
 )
@@ -86,7 +89,8 @@ def _activation(target: nn.Module | Call) -> tuple[Callable[[torch.Tensor], torc
         return target, type(target).__name__
     if target.signals != 1 or target.args[:1] != (SIGNAL,):
         raise UnsupportedModuleError(f"{_qualified(target.target)} of a computed argument other than its input")
-    return _Applied(target.target, target.args[1:], target.kwargs), target.target.__name__
+    function = getattr(torch.Tensor, target.target) if isinstance(target.target, str) else target.target
+    return _Applied(function, target.args[1:], target.kwargs), function.__name__
 
 
 @register_mirror(*ACTIVATIONS, *ACTIVATION_FUNCTIONS)
@@ -256,15 +260,87 @@ def _add(call: Call) -> Distribute:
     return Distribute()
 
 
-@register_mirror(operator.mul, operator.imul, torch.mul, torch.Tensor.mul, torch.Tensor.mul_)
-def _mul(call: Call) -> Scale:
-    _only_signal(call, "a product")
+def _linear_signature(input, weight, bias=None):  # noqa: ANN001, ANN202
+    """``F.linear``'s signature (a builtin without one of its own)."""
+
+
+@register_mirror(F.linear)
+def _functional_linear(call: Call) -> TransposedLinear:
+    """``F.linear`` with a parameter as its weight (an ``nn.Linear`` subclass's own forward): its transpose."""
+    args = _bound(call, _linear_signature)
+    weight = _constant_tensor(args["weight"], "weight", call)
+    if args["input"] is not SIGNAL or weight is None:
+        raise UnsupportedModuleError("torch.nn.functional.linear is mirrored only for a signal times a constant weight")
+    return TransposedLinear(SimpleNamespace(weight=weight))
+
+
+PRODUCTS = (operator.mul, operator.imul, torch.mul, torch.Tensor.mul, torch.Tensor.mul_)
+GATES = (
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+    nn.Tanh,
+    nn.Softmax,
+    torch.sigmoid,
+    F.sigmoid,
+    torch.Tensor.sigmoid,
+    F.hardsigmoid,
+    torch.tanh,
+    F.tanh,
+    torch.Tensor.tanh,
+    torch.softmax,
+    F.softmax,
+    torch.Tensor.softmax,
+)
+"""What a gate's factor comes out of: in ``x * gate(...)`` (squeeze-excite, ECA, split attention)."""
+
+
+def _scale(call: Call) -> Scale:
+    """A product with a constant: the signal times it."""
     factor = next(a for a in call.args if a is not SIGNAL)
     if not isinstance(factor, (int, float, torch.Tensor)):
         raise UnsupportedModuleError(
             f"a product with {factor!r}, which is computed in the forward pass; only constants are mirrored"
         )
     return Scale(factor)
+
+
+@register_mirror(*PRODUCTS)
+def _mul(call: Call) -> Scale | Gated:
+    """A product with a constant; or a gate's: the gate keeps its value, its branch gets no signal."""
+    if call.signals != 2:
+        _only_signal(call, "a product")
+        return _scale(call)
+    gates = [k for k, p in enumerate(call.producers) if p in GATES]
+    if len(call.producers) != 2 or len(gates) != 1:
+        raise UnsupportedModuleError(
+            "a product of two input-dependent tensors, neither (or both) out of a gate's sigmoid, hardsigmoid, "
+            "softmax or tanh, is not linear in the signal under the deconvnet and guided rules"
+        )
+    return Gated(gates[0])
+
+
+@register_mirror(*PRODUCTS, rule=GRADIENT)
+def _mul_gradient(call: Call) -> Scale | Product:
+    """A product with a constant; or of two input-dependent tensors: the product rule."""
+    if call.signals == 2 and call.args[:2].count(SIGNAL) == 2:
+        return Product()
+    _only_signal(call, "a product")
+    return _scale(call)
+
+
+@register_mirror(*GATES)
+def _gate_function(target: nn.Module | Call) -> Ungated:
+    return Ungated(_activation(target)[1])
+
+
+@register_mirror(*GATES, rule=GRADIENT)
+def _gate_function_gradient(target: nn.Module | Call) -> ActivationGradient:
+    f, name = _activation(target)
+    if name.lower() == "softmax":
+        raise UnsupportedModuleError(
+            "softmax under the gradient rule (its Jacobian mixes its dimension) is not mirrored"
+        )
+    return ActivationGradient(f, name, rectify=False)
 
 
 @register_mirror(operator.truediv, operator.itruediv, torch.div, torch.Tensor.div, torch.Tensor.div_)

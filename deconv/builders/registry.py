@@ -77,7 +77,8 @@ class Call:
 
     ``args``/``kwargs`` are the call's, with :data:`SIGNAL` for each tensor computed from the images
     and the value of each constant (numbers, parameters); ``item`` is the piece taken of a call that
-    returns several (``torch.chunk(x, 2, 1)[item]``). ``name`` is the node's probe name.
+    returns several (``torch.chunk(x, 2, 1)[item]``). ``name`` is the node's probe name. ``producers`` says,
+    per signal argument in order, what computed it (a module's type or a function), seen through reshapes.
     """
 
     target: Any
@@ -85,6 +86,7 @@ class Call:
     kwargs: dict[str, Any] = field(default_factory=dict)
     item: int | None = None
     name: str = ""
+    producers: tuple[Any, ...] = ()
 
     @property
     def signals(self) -> int:

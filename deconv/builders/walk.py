@@ -52,6 +52,8 @@ _STAND_INS: dict[Any, Callable[..., nn.Module]] = {
 }
 _PIECES = {torch.chunk, torch.split, torch.unbind, "chunk", "split", "unbind"}  # calls that return several tensors
 _LAYOUT_BOUND = {torch.Tensor.view, "view"}  # need the default memory layout
+_RESHAPES = {"view", "reshape", "expand", "expand_as", "unsqueeze", "squeeze", "flatten", torch.flatten, torch.reshape}
+"""Calls that only reshape: a :class:`Call`'s ``producers`` are seen through them."""
 
 
 def _is_shape_query(node: fx.Node) -> bool:
@@ -72,7 +74,6 @@ class _Tracer(fx.Tracer):
         self.returned: dict[fx.Node, list[str]] = defaultdict(list)
         self._calls: Counter[str] = Counter()
         self._made: dict[fx.Node, int] = {}  # when each node was made
-        self._through: set[nn.Module] = set()  # leaves traced through: they take no tensor (see _selects)
         self.failed_in: tuple[str, type] | None = None
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
@@ -81,18 +82,16 @@ class _Tracer(fx.Tracer):
         return node
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        """Registered modules and torch's own layers stay whole; every other module (containers, a user's or a
+        library's layers, a subclass that computes otherwise than its registered class) is traced through, so
+        that each operation it computes is mirrored or refused by name."""
         if find_mirror_factory(m) is not None:
             return True
-        if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or m in self._through:
-            return False
-        if changed_base(m) is not None:  # computes otherwise than its registered class: trace its forward
-            return False
-        return next(m.children(), None) is None or m.__module__.startswith("torch.nn")
+        plain = isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+        return m.__module__.startswith("torch.nn") and not plain and changed_base(m) is None
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         name = self.path_of_module(m)
-        if _selects(m, args, kwargs):
-            self._through.add(m)
         before = len(self._made)
         try:
             out = super().call_module(m, forward, args, kwargs)
@@ -105,18 +104,6 @@ class _Tracer(fx.Tracer):
             self._calls[name] += 1
             self.returned[out.node].append(name if not calls else f"{name}:{calls}")
         return out
-
-
-def _selects(m: nn.Module, args: Any, kwargs: Any) -> bool:
-    """A module with no mirror, parameters, buffers or children that is handed no tensor itself, only lists
-    or tuples of them (selecsls' ``SelectSeq``: ``x[self.index]``): what it does is traced, not a layer."""
-    return (
-        find_mirror_factory(m) is None
-        and next(m.children(), None) is None
-        and next(m.parameters(), None) is None
-        and next(m.buffers(), None) is None
-        and not any(isinstance(a, fx.Proxy) for a in (*args, *kwargs.values()))
-    )
 
 
 def _call_name(node: fx.Node) -> str:
@@ -199,7 +186,26 @@ def walk(model: nn.Module, rule: str) -> Graph:
             f"the forward pass of {type(model).__name__} returns {returns!r}; "
             "mirrors need a model that returns one tensor"
         )
+    _check_stops(state.nodes, state.index[returns])
     return Graph(model, graph, state.nodes)
+
+
+def _check_stops(nodes: list[Node], output: int) -> None:
+    """Refuses a node whose mirror ``stops`` the signal (a gate's function under the default rule) where the signal
+    from the model's output reaches it: through anything but a ``silent`` input (a gate's branch)."""
+    reached = {output}
+    for i in range(output, -1, -1):
+        if i not in reached:
+            continue
+        node = nodes[i]
+        if node.mirror.stops:
+            what = f"a {_qualified(type(node.layer))}" if node.layer is not None else _call_name(node.fx_node)
+            raise UnsupportedModuleError(
+                f"{_layer(node.name, node.fx_node)} is {what}, which the signal reaches outside a gate "
+                "(x * gate(...)); under the deconvnet and guided rules only gates are mirrored: register a mirror "
+                "of your own with @deconv.register_mirror(..., override=True)"
+            )
+        reached.update(j for k, j in enumerate(node.inputs) if k not in node.mirror.silent and j != IMAGES)
 
 
 @dataclass
@@ -266,8 +272,17 @@ class _Walk:
             dict(fx.node.map_arg(call_node.kwargs, lambda n: _constant(self.model, n, self.signal))),
             fx_node.args[1] if pieces else None,
             name,
+            tuple(self._producer(n) for n in _arguments(call_node) if n in self.signal),
         )
         return name, None, call
+
+    def _producer(self, node: fx.Node) -> Any:
+        """What computed ``node``, seen through reshapes: a module's type, a function or a tensor method."""
+        while node.op != "call_module" and node.target in _RESHAPES and isinstance(node.args[0], fx.Node):
+            node = node.args[0]
+        if node.op == "call_module":
+            return type(self.model.get_submodule(str(node.target)))
+        return getattr(torch.Tensor, node.target) if node.op == "call_method" else node.target
 
 
 def _arguments(node: fx.Node) -> list[fx.Node]:

@@ -66,27 +66,33 @@ def union(a: Cone, b: Cone) -> Cone:
     return lo, (int(size[0]), int(size[1]))
 
 
-def cones(graph: Graph, top: int, origin: torch.Tensor | None, size: tuple[int, int]) -> dict[int, Cone]:
+def cones(
+    graph: Graph, top: int, origin: torch.Tensor | None, size: tuple[int, int], rule: str | None = None
+) -> dict[int, Cone]:
     """The cone of windows at node ``top`` at every node's output below it (and at ``IMAGES``, the
-    receptive field): the union over all paths of what each layer reads."""
+    receptive field): the union over all paths the signal takes under ``rule`` (default: each node's default
+    rule) of what each layer reads. Inputs a mirror leaves ``silent`` (a gate's branch) are not taken."""
     found: dict[int, Cone] = {top: None if origin is None else (origin, size)}
     for i in range(top, -1, -1):
         if i not in found:
             continue
         box = found[i]
-        geometry = graph.nodes[i].mirror.geometry
-        below = None if box is None or geometry is None else descend(geometry, *box)
-        for j in graph.nodes[i].inputs:
-            found[j] = union(found[j], below) if j in found else below
+        node = graph.nodes[i]
+        mirror = node.mirror if rule is None else node.mirror_for(rule)
+        below = None if box is None or mirror.geometry is None else descend(mirror.geometry, *box)
+        for k, j in enumerate(node.inputs):
+            if k not in mirror.silent:
+                found[j] = union(found[j], below) if j in found else below
     return found
 
 
 def boxes(
-    graph: Graph, top: int, positions: torch.Tensor, image_size: tuple[int, int] | None
+    graph: Graph, top: int, positions: torch.Tensor, image_size: tuple[int, int] | None, rule: str | None = None
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pixel boxes of activations of node ``top`` at ``positions`` ``(K, 2)`` (y, x): their top-left corners
-    ``(K, 2)`` and their shared size ``(h, w)``; the whole image (of ``image_size``) past a global layer."""
-    field = cones(graph, top, positions, (1, 1))[IMAGES]
+    """Pixel boxes of activations of node ``top`` at ``positions`` ``(K, 2)`` (y, x) under ``rule``: their
+    top-left corners ``(K, 2)`` and their shared size ``(h, w)``; the whole image (of ``image_size``) past a
+    global layer."""
+    field = cones(graph, top, positions, (1, 1), rule)[IMAGES]
     if field is not None:
         return field
     if image_size is None:
@@ -106,12 +112,12 @@ def receptive_field(graph: Graph, top: int) -> ReceptiveField | None:
 
 
 def patches(
-    graph: Graph, top: int, images: torch.Tensor, positions: torch.Tensor | None
+    graph: Graph, top: int, images: torch.Tensor, positions: torch.Tensor | None, rule: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The receptive-field boxes of activations of node ``top`` at ``positions`` ``(K, 2)`` cut from ``images``
     ``(K, C, H, W)`` (one image per activation): ``(K, C, h, w)``, zero where a box leaves its image, and the mask
     of pixels inside ``(K, 1, h, w)``. Whole images for a vector layer (``positions=None``) or past a global one."""
     if positions is None:
         return images, torch.ones_like(images[:, :1], dtype=torch.bool)
-    origin, size = boxes(graph, top, positions, (images.shape[-2], images.shape[-1]))
+    origin, size = boxes(graph, top, positions, (images.shape[-2], images.shape[-1]), rule)
     return crop(images, origin, size)

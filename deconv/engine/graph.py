@@ -270,7 +270,8 @@ class _Run:
             if computing is not None:
                 y, remembered = computing.remember_forward(tensors[0])
             else:
-                y, remembered = self._forward(node, position), None
+                reads = any(m.reads_inputs for m in mirrors.values())
+                y, remembered = self._forward(node, position, reads), None
             if not isinstance(y, torch.Tensor):
                 raise InputError(f"layer {node.name!r} returned a {type(y).__name__}, not a tensor")
             done: dict[int, tuple[Any, ...]] = {}
@@ -287,12 +288,14 @@ class _Run:
             raise InputError(f"layer {node.name!r} fails on its input of shape {shapes}: {reason}") from None
         return y
 
-    def _forward(self, node: Node, position: int) -> Any:
-        """What the node's fx node computes, the input of an in-place module copied unless nothing reads it again."""
+    def _forward(self, node: Node, position: int, reads: bool) -> Any:
+        """What the node's fx node computes; the input of an in-place module is copied unless nothing reads it
+        again (``reads``: its mirrors' ``remember`` does)."""
         fx_node = node.fx_node
         args, kwargs = self.arguments(fx_node)
         if getattr(node.layer, "inplace", False) and fx_node.op == "call_module":
             source = fx_node.all_input_nodes[0]
-            if self.graph._last_use[source] > position or source in self.kept or source.op == "placeholder":
+            later = self.graph._last_use[source] > position or source in self.kept or source.op == "placeholder"
+            if reads or later:
                 args = (args[0].clone(), *args[1:])
         return self.graph._call(fx_node, args, kwargs)

@@ -76,14 +76,14 @@ class Footprint:
 
 
 def selection_bytes(
-    graph: Graph, trace: Footprint, top: int, item: int, crop: bool, whole: bool = False
+    graph: Graph, trace: Footprint, top: int, item: int, crop: bool, whole: bool = False, rule: str | None = None
 ) -> tuple[int, int]:
     """Rough peak bytes one selection's reverse pass from node ``top`` costs (its largest step with
     the window it reads, the windows it writes and copies), and the bytes of the largest tensor it writes.
     ``whole``: the selection is a whole feature map, not one activation."""
     shape = trace.shapes[top]
     origin = torch.tensor([[shape[-2] // 2, shape[-1] // 2]]) if len(shape) == 3 and not whole else None
-    boxes = cones(graph, top, origin, (1, 1))
+    boxes = cones(graph, top, origin, (1, 1), rule)
 
     def held(i: int, shape: tuple[int, ...]) -> int:  # a window at the output of node i (or IMAGES)
         box = boxes.get(i)

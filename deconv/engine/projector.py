@@ -57,13 +57,13 @@ class Projector:
         dry = self.footprint(images.shape[1:], rule)
         keys = [(self.index[s.layer], _whole(s, dry.shapes[self.index[s.layer]])) for s in selections]
         item = images.element_size()
-        per_selection = {key: selection_bytes(self.graph, dry, key[0], item, crop, key[1]) for key in set(keys)}
+        per_selection = {key: selection_bytes(self.graph, dry, key[0], item, crop, key[1], rule) for key in set(keys)}
         tops = [top for top, _ in keys]
         if trace is not None:  # one chunk: the trace holds every image
             per_image, budget = (1, 1), 2**62
         else:
             per_image = dry.image_bytes(rule, max(tops), tops, item)
-        order = self._order(selections, keys, (images.shape[-2], images.shape[-1]))
+        order = self._order(selections, keys, (images.shape[-2], images.shape[-1]), rule)
         for chunk in chunks([s.image for s in selections], keys, per_image, per_selection, budget, order):
             if trace is None:
                 local = {image: i for i, image in enumerate(chunk.images)}
@@ -77,7 +77,7 @@ class Projector:
                 yield where, self._reverse(walked, rule, top, selected, local, crop, images.shape[1:])
 
     def _order(
-        self, selections: list[Selection], keys: list[tuple[int, bool]], size: tuple[int, int]
+        self, selections: list[Selection], keys: list[tuple[int, bool]], size: tuple[int, int], rule: str
     ) -> list[tuple[int, ...]]:
         """Sort keys that put selections with the same receptive field in the image (cut by the same
         borders) together: one part's windows share a size, the largest of its selections'."""
@@ -87,7 +87,7 @@ class Projector:
             if not mine:
                 continue
             positions = torch.tensor([[selections[k].y, selections[k].x] for k in mine])
-            field = cones(self.graph, top, positions, (1, 1))[IMAGES]
+            field = cones(self.graph, top, positions, (1, 1), rule)[IMAGES]
             if field is None:
                 continue
             lo = field[0].clamp(min=0)
@@ -123,7 +123,7 @@ class Projector:
             signal = out.new_zeros(len(part), *out.shape[1:])
             signal[batch, channel] = out[image, channel]
         size = (image_shape[-2], image_shape[-1])
-        field = cones(self.graph, top, origin, (1, 1))[IMAGES] if cut and origin is not None else None
+        field = cones(self.graph, top, origin, (1, 1), rule)[IMAGES] if cut and origin is not None else None
 
         def finished(which: torch.Tensor, result: Window) -> torch.Tensor:
             if result.origin is not None:

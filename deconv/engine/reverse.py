@@ -201,10 +201,11 @@ class _Pass:
         mirror = self.mirrors[i]
         ins, out_shape = self.trace.inputs[i], self.trace.shapes[i]
         geometry = mirror.geometry
+        reached = [s for k, s in enumerate(ins) if k not in mirror.silent]
         if w.origin is not None and (
             geometry is None
-            or any(len(s) != 3 for s in ins)
-            or (geometry == POINTWISE and any(s[-2:] != out_shape[-2:] for s in ins))
+            or any(len(s) != 3 for s in reached)
+            or (geometry == POINTWISE and any(s[-2:] != out_shape[-2:] for s in reached))
         ):
             w = _whole(w, out_shape)
         factors = mirror.channel_factors()
@@ -229,23 +230,27 @@ class _Pass:
                 _rectify(w)  # relu commutes with placing apart
                 rectified = True
         sent = self._apply(i, w, image, takes)
-        storage = [_storage(p.signal) for p in sent]
+        storage = [None if p is None else _storage(p.signal) for p in sent]
         for k, (j, piece) in enumerate(zip(node.inputs, sent)):
+            if piece is None:  # a silent input: no signal goes down there
+                continue
             # a signal may change in place if no other holds its memory: not the pending one (unless
             # that was ours), nor a sibling (fan-out sends one tensor twice, a split sends views)
             piece.owned = (w.owned or storage[k] != _storage(w.signal)) and storage.count(storage[k]) == 1
             piece.rectified = rectified
             _send(pending, j, piece, ins[k])
 
-    def _apply(self, i: int, w: Window, image: torch.Tensor, takes: dict[str, Any]) -> list[Window]:
-        """Node ``i``'s mirror on ``w``: the signal for each of its inputs, whole maps or windows cut to the cone."""
+    def _apply(self, i: int, w: Window, image: torch.Tensor, takes: dict[str, Any]) -> list[Window | None]:
+        """Node ``i``'s mirror on ``w``: the signal for each of its inputs, whole maps or windows cut to the cone
+        (``None`` for a silent input)."""
         node = self.graph.nodes[i]
         mirror = self.mirrors[i]
         memory = self.trace.memory[i][self.rule]
         geometry = mirror.geometry
         if w.origin is None:
             out = mirror(w.signal, *(_select(m, image) for m in memory), **takes)
-            return [Window(t, None, w.size, w.cone, w.cone_size) for t in (out if isinstance(out, tuple) else (out,))]
+            outs = out if isinstance(out, tuple) else (out,)
+            return [None if t is None else Window(t, None, w.size, w.cone, w.cone_size) for t in outs]
         cut = tuple(
             window(m, image, w.origin, w.size, channels_last=True)
             if isinstance(m, torch.Tensor) and m.dim() == 4
@@ -255,12 +260,15 @@ class _Pass:
         if geometry == POINTWISE:  # windows stay where they are
             out = mirror(w.signal, *mirror.restrict(cut, w.origin, w.size), **takes)
             outs = out if isinstance(out, tuple) else (out,)
-            return [Window(t, w.origin, w.size, w.cone, w.cone_size) for t in outs]
+            return [None if t is None else Window(t, w.origin, w.size, w.cone, w.cone_size) for t in outs]
         read, read_size = descend(geometry, w.origin, w.size)
         cone, cone_size = descend(geometry, w.cone, w.cone_size)
         out = mirror(w.signal, *mirror.restrict(cut, read, read_size), **takes)
-        sent = []
+        sent: list[Window | None] = []
         for j, t, shape in zip(node.inputs, out if isinstance(out, tuple) else (out,), self.trace.inputs[i]):
+            if t is None:
+                sent.append(None)
+                continue
             o, s = clip(cone, cone_size, read, read_size, tuple(shape[-2:]))
             sent.append(Window(shift(t if j == IMAGES else _channels_last(t), o - read, s), o, s, cone, cone_size))
         return sent

@@ -8,6 +8,7 @@ from .embed import Embed
 from .gradient import ReLUGradient
 from .guided import GuidedRectify
 from .pass_through import PassThrough
+from .product import Gated, Product, Ungated
 from .rectify import Rectify
 from .scale import Scale
 from .split import Split
@@ -34,6 +35,9 @@ __all__ = [
     "GuidedRectify",
     "ReLUGradient",
     "ActivationGradient",
+    "Gated",
+    "Product",
+    "Ungated",
     "Distribute",
     "Split",
     "Embed",

@@ -17,6 +17,8 @@ class ActivationGradient(MirrorModule):
     computed by autograd on ``f`` itself. Shape: any, unchanged.
     """
 
+    reads_inputs = True
+
     def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], name: str, rectify: bool) -> None:
         super().__init__()
         object.__setattr__(self, "f", f)  # read, not owned: a module's parameters stay the model's

@@ -81,7 +81,14 @@ class MirrorModule(nn.Module):
     - ``channel_factors()``: ``(C,)`` factors where ``forward`` multiplies channels by them, nothing
       else (the engine leaves them pending and hands them to the next mirror that takes them);
     - ``takes_factors``: ``forward(signal, *memory, factors=f)`` computes ``forward(signal * f)``
-      (channels on axis 1), folding ``f`` into its own work.
+      (channels on axis 1), folding ``f`` into its own work;
+    - ``reads_inputs``: ``remember`` reads the values of the layer's inputs, not only their shapes (the engine
+      keeps an in-place layer's input intact for it);
+    - ``stops``: no signal may pass through it (a gate's own function under the deconvnet rule): the walk refuses
+      a model where its output is used other than by a ``silent`` input;
+    - ``silent``: the inputs (by position) that get no signal (``forward`` returns ``None`` for them): a gate's
+      branch under the deconvnet rule. The engine neither sends anything down a silent input nor counts it
+      in the cone.
     """
 
     geometry: Geometry | None = POINTWISE
@@ -90,6 +97,9 @@ class MirrorModule(nn.Module):
     disjoint: bool = False
     computes_forward: bool = False
     takes_factors: bool = False
+    reads_inputs: bool = False
+    stops: bool = False
+    silent: tuple[int, ...] = ()
 
     def channel_factors(self) -> torch.Tensor | None:
         """``(C,)`` factors if ``forward`` is ``signal`` times them per channel (axis 1); else ``None``."""

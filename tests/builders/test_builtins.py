@@ -55,7 +55,41 @@ EXAMPLES = {
     nn.Dropout: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout(0.9)), (2, 6, 6), layers.PassThrough),
     nn.Dropout2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout2d(0.9)), (2, 6, 6), layers.PassThrough),
     nn.Identity: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Identity()), (2, 6, 6), layers.PassThrough),
+    **{
+        kind: (lambda g, make=make: nn.Sequential(nn.Conv2d(2, 3, 3), make()), (2, 6, 6), layers.Rectify)
+        for kind, make in {
+            nn.ReLU6: nn.ReLU6,
+            nn.LeakyReLU: lambda: nn.LeakyReLU(0.2),
+            nn.PReLU: lambda: nn.PReLU(3),
+            nn.ELU: nn.ELU,
+            nn.SiLU: nn.SiLU,
+            nn.GELU: nn.GELU,
+            nn.Mish: nn.Mish,
+            nn.Hardswish: nn.Hardswish,
+            nn.Hardtanh: lambda: nn.Hardtanh(-0.5, 1.5),
+        }.items()
+    },
+    **{
+        kind: (lambda g, make=make: nn.Sequential(nn.Conv2d(2, 3, 3), Gate(make())), (2, 6, 6), layers.Ungated)
+        for kind, make in {
+            nn.Sigmoid: nn.Sigmoid,
+            nn.Hardsigmoid: nn.Hardsigmoid,
+            nn.Tanh: nn.Tanh,
+            nn.Softmax: lambda: nn.Softmax(1),
+        }.items()
+    },
 }
+
+
+class Gate(nn.Module):
+    """Squeeze-excite in small: the input times a gate computed from its pooled channels."""
+
+    def __init__(self, gate: nn.Module) -> None:
+        super().__init__()
+        self.squeeze, self.gate = nn.Conv2d(3, 3, 1), gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.squeeze(x.mean((2, 3), keepdim=True)))
 
 
 def test_every_builtin_has_an_example() -> None:
@@ -70,7 +104,9 @@ def test_builtin_mirror_matches_the_oracle(kind: type, gen: torch.Generator) -> 
     mirror = deconv.build_mirror(model)
     assert any(type(s.layer) is kind and type(s.mirror) is mirror_type for s in mirror.steps)
     images = torch.randn(3, *shape, generator=gen, dtype=torch.float64)
-    selections = oracle.selections_at(model, images, mirror.layer_names, 5, gen)
+    modules = dict(model.named_modules())  # the oracle taps modules; a gate's branch carries no signal to project
+    probes = [n for n in mirror.layer_names if n in modules and (mirror_type is not layers.Ungated or "." not in n)]
+    selections = oracle.selections_at(model, images, probes, 5, gen)
     oracle.assert_matches(
         mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.8
     )
@@ -103,3 +139,15 @@ def test_configurations_that_cannot_be_mirrored_are_named(layer: nn.Module, word
 def test_a_model_with_nothing_to_mirror_is_refused() -> None:
     with pytest.raises(deconv.UnsupportedModuleError, match="Sequential"):
         deconv.build_mirror(nn.Sequential())
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
+def test_a_gates_own_branch_cannot_be_projected_under_the_rectifying_rules(rule: str) -> None:
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), Gate(nn.Sigmoid())).double().eval()
+    images = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    mirror = deconv.build_mirror(model, rule=rule)
+    assert mirror.project(images, layer="1", channel=0).shape == images.shape  # through the gate: fine
+    with pytest.raises(deconv.UnsupportedModuleError, match=r"^Sigmoid is reached by the signal outside a gate"):
+        mirror.project(images, layer="1.gate", channel=0)
+    projection = deconv.build_mirror(model, rule="gradient").project(images, layer="1.gate", channel=0)
+    assert projection.abs().sum() > 0  # the gradient rule mirrors the branch as it is
