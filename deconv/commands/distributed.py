@@ -8,7 +8,9 @@ CPU, nccl on CUDA). Without those variables the run is a single process and noth
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import pickle
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterator, Sequence, TypeVar
@@ -18,7 +20,7 @@ import torch.distributed as dist
 
 from ..errors import DeconvError, one_line
 
-__all__ = ["DistributedError", "Group", "process_group", "local_device"]
+__all__ = ["DistributedError", "Group", "dumps", "process_group", "local_device"]
 
 T = TypeVar("T")
 
@@ -56,22 +58,44 @@ class Group:
         ]
 
     def all_gather(self, obj: T) -> list[T]:
-        """Every process's ``obj``, by rank, on every process."""
+        """Every process's ``obj``, by rank, on every process; tensors are sent as by :func:`dumps`."""
         if self.size == 1:
             return [obj]
         out: list[Any] = [None] * self.size
         with _collective():
-            dist.all_gather_object(out, obj)
-        return out
+            dist.all_gather_object(out, dumps(obj))
+        return [pickle.loads(part) for part in out]
 
     def gather(self, obj: T) -> list[T] | None:
-        """Every process's ``obj``, by rank, on rank 0; ``None`` elsewhere."""
+        """Every process's ``obj``, by rank, on rank 0 (``None`` elsewhere); tensors are sent as by :func:`dumps`."""
         if self.size == 1:
             return [obj]
         out: list[Any] | None = [None] * self.size if self.main else None
         with _collective():
-            dist.gather_object(obj, out, dst=0)
-        return out
+            dist.gather_object(dumps(obj), out, dst=0)
+        return None if out is None else [pickle.loads(part) for part in out]
+
+
+class _Compact(pickle.Pickler):
+    """Pickles a tensor whose storage holds more than its elements (a view) as a compact copy."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            type(obj) is torch.Tensor
+            and obj.layout == torch.strided
+            and not obj.requires_grad
+            and obj.untyped_storage().nbytes() > obj.nbytes
+        ):
+            return obj.clone().__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        return NotImplemented
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` pickled with each tensor's own elements only. torch pickles a view with its whole storage,
+    so ``n`` views of one ``(n, ...)`` batch would be written as ``n`` copies of the batch."""
+    buffer = io.BytesIO()
+    _Compact(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
 
 
 @contextlib.contextmanager

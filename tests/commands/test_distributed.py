@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from PIL import Image
 
 from deconv.analyses.checkpoint import Checkpoint
 from deconv.analyses.top9 import ScanState, TopK
-from deconv.commands.distributed import Group
+from deconv.commands.distributed import Group, dumps
 from deconv.commands.main import main
 from deconv.errors import StateError
 from deconv.zoo.models import default_dataset
@@ -37,27 +39,65 @@ def make():
 """
 
 
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def torchrun_command(*args: str, processes: int = 2) -> list[str]:
+    """``torchrun --standalone --nproc_per_node processes -m deconv top9 args`` on this machine (gloo)."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    return [*run, "-m", "deconv", "top9", *args]
+
+
 def torchrun(*args: str, processes: int = 2) -> subprocess.Popen:
-    """``torchrun --nproc_per_node processes -m deconv top9 args`` on this machine (gloo)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(processes),
-        "-m",
-        "deconv",
-        "top9",
-        *args,
-    ]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """:func:`torchrun_command` started, its output piped."""
+    command = torchrun_command(*args, processes=processes)
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
     out, err = process.communicate(timeout=300)
     return process.returncode, out, err
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (torchrun starts its ranks in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found = children.get(pid, [])
+    for child in found:  # grows while it is walked
+        found += children.get(child, [])
+    return found
+
+
+def rss_kb(pid: int) -> int:
+    """``pid``'s resident memory in kB now (0 once it is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rss(command: list[str], log: Path, limit_kb: int) -> tuple[int | None, int]:
+    """Runs ``command`` (its output to ``log``) and returns its exit code and the peak resident memory in kB
+    of the process or any process it started (``wait4``'s ``ru_maxrss``). Once any of them holds more than
+    ``limit_kb``, all are killed and the exit code is ``None``: a run that explodes fails in seconds."""
+    with log.open("w") as output:
+        process = subprocess.Popen(command, env=ENV, stdout=output, stderr=subprocess.STDOUT)
+    killed = False
+    while not (done := os.wait4(process.pid, os.WNOHANG))[0]:
+        running = [process.pid, *descendants(process.pid)]
+        if not killed and max(map(rss_kb, running)) > limit_kb:
+            for pid in reversed(running):  # the ranks first: torchrun would restart nothing, but orphans live on
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed = True
+        time.sleep(0.1)
+    process.returncode = os.waitstatus_to_exitcode(done[1])  # reaped here, not by Popen
+    return None if killed else process.returncode, done[2].ru_maxrss
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +191,22 @@ def test_interrupted_distributed_scan_resumes_per_rank_to_the_same_result(tmp_pa
     assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
 
 
+def test_a_two_process_default_job_needs_no_more_memory_per_process_than_one(tmp_path: Path) -> None:
+    """The default job (10k images, 5 layers, 7 sheets of up to 576 tiles): rank 0 gathers each sheet's
+    tiles, once grown to 23 GB because every tile was pickled with its whole batch (issue 22)."""
+    args = ["--config", str(ROOT / "configs" / "default.toml"), "--no-progress"]
+    alone = [sys.executable, "-m", "deconv", "top9", *args, "--out", str(tmp_path / "one")]
+    code, single = peak_rss(alone, tmp_path / "one.log", limit_kb=2**40)
+    assert code == 0, (tmp_path / "one.log").read_text()
+    limit = int(1.5 * single)
+    code, peak = peak_rss(torchrun_command(*args, "--out", str(tmp_path / "two")), tmp_path / "two.log", limit)
+    log = (tmp_path / "two.log").read_text()
+    assert code is not None, f"a process of the 2-rank run held over 1.5x the single process's {single >> 10} MB"
+    assert code == 0, log
+    assert peak <= limit, f"peak {peak >> 10} MB per process on 2 ranks, {single >> 10} MB alone"
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "two")  # top9.json, skipped.json and the sheets
+
+
 def test_a_state_from_another_process_count_is_refused(tmp_path: Path) -> None:
     saved = Checkpoint(tmp_path / "rank0.pt", {"processes": 2, "rank": 0})
     saved.save(ScanState({}))
@@ -185,3 +241,12 @@ def test_merged_scan_state_equals_one_scan_with_empty_and_skipping_shards() -> N
     for a, b in zip(whole.tops["a"].state_dict().values(), merged.tops["a"].state_dict().values()):
         assert torch.equal(a, b)
     assert np.array_equal(merged.tops["a"].index[0].numpy(), [1, 3, 4])
+
+
+def test_views_are_pickled_with_their_own_elements_only() -> None:
+    batch = torch.arange(576 * 3 * 32 * 32).to(torch.uint8).reshape(576, 3, 32, 32)  # one sheet's tiles, as views
+    tiles = {"tiles": list(batch), "rows": batch[:, :, 2:5], "parameter": torch.nn.Parameter(torch.ones(2))}
+    assert len(dumps(tiles)) < 2 * batch.nbytes  # torch's pickle: 577 batches
+    back = pickle.loads(dumps(tiles))
+    assert all(torch.equal(a, b) for a, b in zip(back["tiles"], tiles["tiles"]))
+    assert torch.equal(back["rows"], tiles["rows"]) and back["parameter"].requires_grad
