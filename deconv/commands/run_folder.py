@@ -244,7 +244,7 @@ def open_run(run: RunFolder, main: bool = True, barrier: Callable[[], object] = 
     """Locks, checks and prepares ``run``'s folder, yields, then commits: on an error or an interrupt
     the earlier run stays as it was and the partial outputs are removed, except a scan's state, kept
     for ``--resume``. Under torchrun only the ``main`` process locks and commits; all meet at ``barrier``
-    once the partial folder is ready. A full disk is an ``OutputError`` saying how much the run had written."""
+    once the partial folder is ready. A full disk is an ``OutputError`` saying how much space the run needs."""
     check_length(run.path)
     if run.path.exists() and not run.path.is_dir():
         raise OutputError(f"{run.path}: exists and is not a folder; choose a folder for --out")
@@ -267,9 +267,9 @@ def open_run(run: RunFolder, main: bool = True, barrier: Callable[[], object] = 
                 raise
             free = os.statvfs(run.path)
             raise OutputError(
-                f"{run.path}: no space left on its device ({error.strerror}): the run needed more than "
-                f"{_mb(written)} (what it had written; {_mb(free.f_bavail * free.f_frsize)} free now); "
-                f"the folder is as it was; free some space or choose another --out"
+                f"{run.path}: no space left on the device: the run needs more than the "
+                f"{_mb(free.f_bavail * free.f_frsize)} free there (it had written {_mb(written)} when it filled); "
+                "the folder is as it was; free some space or choose another --out"
             ) from None
         except BaseException:
             if main:
