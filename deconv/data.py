@@ -6,10 +6,14 @@ Every dataset yields ``(image, label)`` with ``image`` a ``(C, H, W)`` float32 t
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import gzip
 import math
 import os
+import signal
 import stat
+import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -464,6 +468,7 @@ def batches(
     """Yield :class:`Batch` es of ``(B, C, H, W)`` images in order over ``indices`` (default: all items).
 
     Items that raise :class:`UnreadableImage` are left out of ``images`` and listed in ``skipped``.
+    Worker processes die with the process that started them, even when it is killed.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -478,8 +483,18 @@ def batches(
         sampler=order,
         num_workers=num_workers,
         collate_fn=_collate,
+        worker_init_fn=functools.partial(_die_with, os.getpid()),
     )
     for batch in loader:
         if isinstance(batch, DatasetError):
             raise batch
         yield batch
+
+
+def _die_with(parent: int, worker: int) -> None:
+    """A DataLoader worker's start: on Linux the kernel sends it SIGKILL when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``), so no worker outlives a killed run; one whose parent died already exits."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)

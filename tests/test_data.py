@@ -415,3 +415,64 @@ def test_a_data_folder_never_yields_deconvs_own_run_folders(tmp_path: Path) -> N
     (run / "deconv-run.json").write_text("{}")
     Image.new("L", (8, 8)).save(tmp_path / "runs" / "b.png")  # beside a run folder: still data
     assert ImageFolder(tmp_path, Preprocess(channels=1)).files == ["a.png", "runs/b.png"]
+
+
+SLOW_LOADER = """
+import sys, time, torch
+from deconv.data import batches
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        time.sleep(60)  # a worker busy with an item never looks at its parent: only the kernel ends it
+        return torch.zeros(1, 2, 2), 0
+
+print("started", flush=True)
+for batch in batches(Slow(), batch_size=1, num_workers=2):
+    pass
+"""
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_workers_die_with_a_killed_main_process() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    main = subprocess.Popen([sys.executable, "-c", SLOW_LOADER], env=env, stdout=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        assert main.stdout is not None and main.stdout.readline() == "started\n"
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = [c for c in _children(main.pid) if _alive(c)]
+            time.sleep(0.1)
+        assert len(workers) == 2, workers
+        main.kill()
+        main.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "DataLoader workers outlived their killed parent"
+    finally:
+        main.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

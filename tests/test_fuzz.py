@@ -25,7 +25,7 @@ from deconv.commands.config import load_config, resolve
 from deconv.commands.top9 import OPTIONS as TOP9
 from deconv.commands.top9 import Top9Settings
 from deconv.data import ImageFolder, Preprocess, UnreadableImage, batches, load_image, read_idx
-from deconv.errors import ConfigError, DatasetError, DeconvError, StateError
+from deconv.errors import ConfigError, DatasetError, InputError, SelectionError, StateError
 
 ROOT = Path(__file__).parents[1]
 
@@ -65,24 +65,35 @@ def architectures(draw: st.DrawFn) -> tuple[nn.Module, torch.Tensor]:
     return model, images
 
 
+def _runs(model: nn.Module, images: torch.Tensor) -> bool:
+    """Whether the plain model runs on ``images`` (random chains may shrink them below a kernel)."""
+    try:
+        with torch.no_grad():
+            model(images)
+    except RuntimeError:
+        return False
+    return True
+
+
 @given(architectures(), st.integers(1, 5), st.integers(1, 5), st.data())
-def test_random_architectures_scan_and_project_or_raise_typed_errors(
+def test_random_architectures_scan_and_project_or_raise_input_errors(
     arch: tuple[nn.Module, torch.Tensor], k: int, batch_size: int, data: st.DataObject
 ) -> None:
+    """Layers of a model that runs on the images are scanned and projected; layers it cannot reach are an
+    InputError."""
     model, images = arch
+    mirror = deconv.build_mirror(model)
+    layers = data.draw(st.lists(st.sampled_from(mirror.layer_names), min_size=1, max_size=3, unique=True))
+    dataset = Tensors(images)
     try:
-        mirror = deconv.build_mirror(model)
-        layers = data.draw(st.lists(st.sampled_from(mirror.layer_names), min_size=1, max_size=3, unique=True))
-        dataset = Tensors(images)
         state = scan(mirror, dataset, layers, k=k, batch_size=batch_size, progress=False)
         records = state.records(dataset)
-        projected = [
-            r
-            for chunk in project_top(mirror, dataset, records, batch_size=batch_size, progress=False)
-            for r in chunk.records
-        ]
-    except DeconvError:
+        chunks = project_top(mirror, dataset, records, batch_size=batch_size, progress=False)
+        projected = [r for chunk in chunks for r in chunk.records]
+    except InputError:
+        assert not _runs(model, images)  # only for images the model fails on (past the deepest layer, it may)
         return
+    assert _runs(model[: 1 + max(map(int, layers))], images)  # never for images the model fails on before it
     assert sorted(projected, key=lambda r: (r.layer, r.channel, r.rank)) == sorted(
         records, key=lambda r: (r.layer, r.channel, r.rank)
     )
@@ -95,24 +106,43 @@ def test_random_architectures_scan_and_project_or_raise_typed_errors(
             assert len({r.index for r in ranked}) == len(ranked)
 
 
+def _exists(mirror: deconv.Mirror, images: torch.Tensor, selection: tuple) -> bool:
+    """Whether ``selection`` names an image, layer and channel that exist, and a position inside a map's
+    layer (none for a layer of vectors)."""
+    image, layer, channel, *position = selection
+    if not 0 <= image < len(images) or layer not in mirror.layer_names:
+        return False
+    shape = mirror.shape(layer, tuple(images.shape[1:]))
+    inside = (
+        not position
+        if len(shape) == 1
+        else bool(position) and 0 <= position[0] < shape[1] and 0 <= position[1] < shape[2]
+    )
+    return 0 <= channel < shape[0] and inside
+
+
 @given(architectures(), st.lists(st.tuples(*[st.integers(-2, 20)] * 4), min_size=1, max_size=4), st.data())
 def test_random_selections_project_or_raise_selection_errors(
     arch: tuple[nn.Module, torch.Tensor], picks: list[tuple[int, int, int, int]], data: st.DataObject
 ) -> None:
+    """Selections that all exist are projected; any other is a SelectionError."""
     model, images = arch
-    try:
-        mirror = deconv.build_mirror(model)
-        mirror.activations(images, [mirror.output_layer])
-    except (DeconvError, RuntimeError):
-        assume(False)  # images too small for the model: Mirror raises torch's RuntimeError (the scan names it)
+    assume(_runs(model, images))  # images too small for the model: the test above
+    mirror = deconv.build_mirror(model)
     selections = []
     for image, channel, y, x in picks:
         layer = data.draw(st.sampled_from([*mirror.layer_names, "no-such-layer"]))
-        selections.append((image, layer, channel, y, x) if data.draw(st.booleans()) else (image, layer, channel))
-    try:
-        out = mirror.project_many(images, selections)
-    except DeconvError:
+        with_position = data.draw(st.booleans())
+        if layer in mirror.layer_names and data.draw(st.booleans()):  # one made to exist, inside the layer
+            shape = mirror.shape(layer, tuple(images.shape[1:]))
+            image, channel, y, x = image % len(images), channel % shape[0], y % shape[1 % len(shape)], x % shape[-1]
+            with_position = len(shape) == 3
+        selections.append((image, layer, channel, y, x) if with_position else (image, layer, channel))
+    if not all(_exists(mirror, images, s) for s in selections):
+        with pytest.raises(SelectionError):
+            mirror.project_many(images, selections)
         return
+    out = mirror.project_many(images, selections)
     assert out.shape == (len(selections), *images.shape[1:])
     assert bool(torch.isfinite(out).all())
 

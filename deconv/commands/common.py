@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -11,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..builders import rules as registered_rules
 from ..data import Preprocess, open_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..zoo.models import ASSETS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_model
 from .config import Option, Settings, with_options
 from .distributed import local_device
@@ -99,7 +101,7 @@ DATA = (
         choices=("RGB", "BGR"),
     ),
     Option("batch_size", int, 256, "images per forward pass"),
-    Option("workers", int, 0, "data-loading worker processes"),
+    Option("workers", int, 0, "data-loading worker processes (at most the CPU cores deconv may use)"),
 )
 RUN = (
     Option("out", str, "runs/default", "output folder"),
@@ -241,9 +243,19 @@ def preprocess_from(settings: Data, model: nn.Module, embedded: bool) -> Preproc
         raise ConfigError(f"preprocessing: {error}") from None
 
 
+def cores() -> int:
+    """The CPU cores this process may run on: the bound of ``workers``."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def dataset_from(settings: Data, preprocess: Preprocess, limit: int = 0) -> Dataset:
     """The configured dataset (the bundled Fashion-MNIST test split when ``data`` is empty); of an idx
-    file only the first ``limit`` images are read (0: all)."""
+    file only the first ``limit`` images are read (0: all). ``ConfigError`` for more ``workers`` than
+    :func:`cores` (more processes than cores only slow the loading down)."""
+    if settings.workers > cores():
+        raise ConfigError(
+            f"key 'workers' must be <= {cores()} (the CPU cores deconv may use here), got {settings.workers}"
+        )
     return open_dataset(settings.data or BUNDLED, preprocess, limit=limit or None)
 
 
@@ -254,10 +266,19 @@ def run_folder(
     outputs: tuple[str, ...] = (),
     replace_all: bool = False,
     resume: bool = False,
+    data: Data | None = None,
 ) -> RunFolder:
-    """The configured output folder as a :class:`~deconv.commands.run_folder.RunFolder` of ``command`` (see there)."""
+    """The configured output folder as a :class:`~deconv.commands.run_folder.RunFolder` of ``command`` (see there);
+    ``OutputError`` for one inside the folder of the ``data`` read (later scans of it would read the run)."""
     if not settings.out:
         raise ConfigError("key 'out' must name an output folder, got ''")
+    if data is not None and data.data and Path(data.data).is_dir():
+        folder, out = Path(data.data).resolve(), Path(settings.out).resolve()
+        if out.is_relative_to(folder):
+            raise OutputError(
+                f"--out {settings.out} is inside --data {data.data}: scans of the data would read the run's "
+                "sheets as images; choose an --out outside the data folder"
+            )
     return RunFolder(
         settings.out,
         command,

@@ -6,6 +6,7 @@ Errors that ``deconv`` raises on purpose print as one line and exit with status 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -77,11 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"deconv {command.name}: error: {_out_of_memory(error, command.options)}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno not in FIXABLE:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"deconv {command.name}: error: {where}{error.strerror}; {FIXABLE[error.errno]}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as interrupt:
         print(f"deconv {command.name}: interrupted" + (f" by {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return 130
 
 
+FIXABLE = {  # the system errors a user can fix, and how
+    errno.ENOSPC: "free some space or choose another --out",
+    errno.EDQUOT: "free some space or choose another --out",
+    errno.ENAMETOOLONG: "choose shorter names or a shorter --out",
+}
 SHRINK = ("batch_size", "memory_budget_mb", "top", "workers", "limit")  # settings that bound memory, most likely first
 
 

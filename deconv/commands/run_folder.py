@@ -10,6 +10,7 @@ manifest lists are ever replaced or deleted. One run at a time holds the folder'
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -29,6 +30,7 @@ LOCK = ".deconv-lock"
 PARTIAL = ".deconv-partial"
 RESERVED = (MANIFEST, LOCK, PARTIAL)
 STATE = "state"  # resumable scan states: kept in PARTIAL when a run is interrupted
+ROOM = 255  # bytes of path a run's own files may add below the output folder (PARTIAL, sheets/, projections/)
 
 
 def _files(root: Path) -> list[str]:
@@ -194,6 +196,39 @@ class RunFolder:
         )
 
 
+def _size(root: Path) -> int:
+    """The bytes of the files under ``root``."""
+    return sum((root / f).stat().st_size for f in _files(root))
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def _short(name: str) -> str:
+    return repr(name if len(name) <= 40 else f"{name[:20]}...{name[-12:]}")
+
+
+def check_length(path: Path) -> None:
+    """``OutputError`` for an output folder whose name or path is longer than its file system holds
+    (``NAME_MAX``; ``PATH_MAX`` less :data:`ROOM`, for the run's own files)."""
+    absolute = Path(os.path.abspath(path))
+    base = next(p for p in absolute.parents if os.path.isdir(p))
+    name_max, path_max = os.pathconf(base, "PC_NAME_MAX"), os.pathconf(base, "PC_PATH_MAX")
+    long = next((part for part in absolute.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:
+        raise OutputError(
+            f"--out: the name {_short(long)} is {len(os.fsencode(long))} bytes long; "
+            f"the file system holds names of at most {name_max} bytes"
+        )
+    size = len(os.fsencode(absolute))
+    if size > path_max - ROOM:
+        raise OutputError(
+            f"--out: the path {_short(str(path))} is {size} bytes long; with room for the run's files "
+            f"it may be at most {path_max - ROOM} bytes (PATH_MAX {path_max})"
+        )
+
+
 def _remove_empty_parents(path: Path, root: Path) -> None:
     for parent in path.parents:
         if parent == root or not parent.is_relative_to(root):
@@ -209,7 +244,8 @@ def open_run(run: RunFolder, main: bool = True, barrier: Callable[[], object] = 
     """Locks, checks and prepares ``run``'s folder, yields, then commits: on an error or an interrupt
     the earlier run stays as it was and the partial outputs are removed, except a scan's state, kept
     for ``--resume``. Under torchrun only the ``main`` process locks and commits; all meet at ``barrier``
-    once the partial folder is ready."""
+    once the partial folder is ready. A full disk is an ``OutputError`` saying how much space the run needs."""
+    check_length(run.path)
     if run.path.exists() and not run.path.is_dir():
         raise OutputError(f"{run.path}: exists and is not a folder; choose a folder for --out")
     with run.lock() if main else contextlib.nullcontext():
@@ -223,6 +259,18 @@ def open_run(run: RunFolder, main: bool = True, barrier: Callable[[], object] = 
             if main and not (run.partial / STATE).exists():
                 run.clear()
             raise
+        except OSError as error:
+            written = _size(run.partial) if main else 0
+            if main:
+                run.clear()
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            free = os.statvfs(run.path)
+            raise OutputError(
+                f"{run.path}: no space left on the device: the run needs more than the "
+                f"{_mb(free.f_bavail * free.f_frsize)} free there (it had written {_mb(written)} when it filled); "
+                "the folder is as it was; free some space or choose another --out"
+            ) from None
         except BaseException:
             if main:
                 run.clear()

@@ -159,6 +159,7 @@ def run(settings: Top9Settings) -> int:
             outputs=("config.toml", "skipped.json"),
             replace_all=True,
             resume=settings.resume,
+            data=settings.data,
         )
         with open_run(folder, group.main, lambda: group.all_gather(None)):
             clock.add("setup", clock.now() - clock.start)  # the model, data, mirror, rehearsal and output folder
@@ -168,7 +169,7 @@ def run(settings: Top9Settings) -> int:
             records = _chosen(state, job.dataset, job.wanted)
             if group.main:
                 _write_records(job, out, state, records)
-            sheets = _sheets(job, out, records, clock)
+            sheets = _sheets(job, out, records, clock) if state.images else 0  # none readable: _summary says so
             committing = clock.now()
         clock.add("report", clock.now() - committing)  # moving the files in, the report, the manifest
     _summary(job, folder, state, records, sheets, clock)

@@ -109,9 +109,25 @@ def test_settings_that_drift_from_their_options_are_refused() -> None:
             batch_size: str
 
 
-def test_shipped_configs_are_valid() -> None:
-    for path in Path(__file__).parents[2].glob("configs/*.toml"):
-        load_config(path, all_options())
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
+
+
+def test_the_repositorys_configs_are_found() -> None:
+    assert [p.name for p in CONFIGS] == ["default.toml", "imagenet-model.toml", "vgg16-hed.toml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_each_shipped_config_is_a_valid_top9_config(path: Path) -> None:
+    """Every key is kept with the file's value, the settings of top9 take them, and a model file is beside it."""
+    written = tomllib.loads(path.read_text())
+    loaded = load_config(path, all_options())
+    assert loaded and loaded == written
+    top9 = COMMANDS["top9"]
+    values = top9.settings.of(resolve(top9.options, loaded, {})).values()
+    assert {key: values[key] for key in loaded} == loaded
+    module = loaded.get("model", "").partition(":")[0]
+    if module.endswith(".py"):
+        assert (path.parent / module).is_file(), module
 
 
 # top9's `channels` is a table of layers (issue 12: `--channels features.29=0-63,100`); evolution's, of one

@@ -25,6 +25,8 @@ from deconv.commands import top9 as top9_command
 from deconv.commands.main import main
 from deconv.data import Preprocess, UnreadableImage, load_image, read_idx
 from deconv.errors import CheckpointError, DatasetError, OutputError
+from deconv.figures import sheet as sheet_module
+from deconv.io import atomic_write
 from deconv.zoo.models import ZFNet28, load_model
 
 ROOT = Path(__file__).parents[2]
@@ -411,6 +413,14 @@ def test_a_setting_that_is_not_utf8_is_refused_up_front(tmp_path: Path, flag: st
         (["top9", "--top", "100000000"], ["key 'top' must be <= 1000"]),
         (["top9", "--tile-px", "100000"], ["key 'tile_px' must be <= 256"]),
         (["top9", "--config", "{huge}"], ["key 'batch_size' must be between", "99999999999999999999"]),
+        (["top9", "--crop", "100000"], ["crop 100000 makes every image", "choose crop <= 8192"]),
+        (["top9", "--resize", "100000"], ["resize 100000 makes every image", "choose resize <= 8192"]),
+        (
+            ["project", "--crop", "100000", "--layer", "features.4", "--image", "{boot}"],
+            ["crop 100000 makes every image", "choose crop <= 8192"],
+        ),
+        (["top9", "--out", "{long_name}"], ["--out: the name", "300 bytes long", "at most 255 bytes"]),
+        (["top9", "--out", "{long_path}"], ["--out: the path", "bytes long", "PATH_MAX"]),
     ],
 )
 def test_each_bad_input_is_one_line_and_exit_2(
@@ -421,7 +431,14 @@ def test_each_bad_input_is_one_line_and_exit_2(
     (tmp_path / "huge.toml").write_text(
         Path(CONFIG).read_text().replace("batch_size = 500", "batch_size = 99999999999999999999")
     )
-    paths = {"one": tmp_path / "one.png", "boot": image_file, "file": tmp_path / "file", "huge": tmp_path / "huge.toml"}
+    paths = {
+        "one": tmp_path / "one.png",
+        "boot": image_file,
+        "file": tmp_path / "file",
+        "huge": tmp_path / "huge.toml",
+        "long_name": tmp_path / ("n" * 300),
+        "long_path": tmp_path.joinpath(*["p" * 250] * 17),
+    }
     command = args[0]
     config = ["--config", CONFIG] if command != "train" and "--config" not in args else []
     out = [] if "--out" in args or command == "layers" else ["--out", str(tmp_path / "out")]
@@ -512,3 +529,108 @@ def test_an_interrupted_run_without_a_scan_state_leaves_nothing_behind(
     assert sorted(os.listdir(tmp_path / "run")) == [".deconv-lock"]
     monkeypatch.undo()
     assert main(args) == 0  # not refused as "another occlusion run"
+
+
+# ------------------------------------------------------------------- 10. limits, full disks, workers
+
+
+def test_more_workers_than_cores_are_refused_in_one_line(tmp_path: Path) -> None:
+    """1000 workers on 20 images ran for minutes; refused at once, naming the bound."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "deconv", "top9", *SMALL, "--limit", "20", "--workers", "1000", "--out", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = run.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # its workers too
+        raise
+    lines = err.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, err
+    assert f"key 'workers' must be <= {len(os.sched_getaffinity(0))} (the CPU cores" in lines[0]
+    assert "got 1000" in lines[0] and not (tmp_path / "deconv-run.json").exists()
+
+
+@pytest.mark.parametrize("out", ["run", "a/b/run"])
+def test_an_output_folder_inside_the_data_folder_is_refused(tmp_path: Path, out: str, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("L", (28, 28), 128).save(data / "a.png")
+    before = snapshot(data)
+    assert main(["top9", *SMALL, "--data", str(data), "--out", str(data / out)]) == 2
+    error = one_line_error(capsys, "top9")
+    assert f"--out {data / out} is inside --data {data}" in error and "outside the data folder" in error
+    assert snapshot(data) == before and sorted(os.listdir(data)) == ["a.png"]
+
+
+def test_a_run_with_no_readable_image_stops_after_the_scan(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.png").write_text("not an image")
+    assert main(["top9", *SMALL, "--progress", "--data", str(data), "--out", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("scan: 1/1 img"), lines  # the scan's bar, no projection bars
+    assert lines[1].startswith("deconv top9: error: none of the 1 images")
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing a projection fills the disk: half of it is written, then ENOSPC, as a full file system does."""
+    real = atomic_write
+
+    def fills(path, write):
+        def half(file):
+            file.write(b"x" * 1000)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        return real(path, half)
+
+    monkeypatch.setattr(sheet_module, "atomic_write", fills)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    assert main(["top9", *SMALL, "--out", str(out)]) == 0
+    before = snapshot(out)
+    _full_disk(monkeypatch)
+    assert main(["top9", *SMALL, "--out", str(out), "--overwrite", "--save-projections", "npy"]) == 2
+    error = one_line_error(capsys, "top9")
+    assert f"{out}: no space left on the device: the run needs more than the" in error
+    assert "MB free there" in error and "the folder is as it was" in error
+    assert snapshot(out) == before and not (out / run_folder.PARTIAL).exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_tmpfs_is_one_line_and_keeps_the_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = disk / "run"
+        assert main(["top9", *SMALL, "--out", str(out)]) == 0
+        before = snapshot(out)
+        capsys.readouterr()
+        assert main(["top9", *SMALL, "--out", str(out), "--overwrite", "--save-projections", "npy"]) == 2
+        assert "no space left on the device" in one_line_error(capsys, "top9")
+        assert snapshot(out) == before
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_system_error_outside_the_run_folder_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A full disk while committing (the report), after the run folder's own handling: still one line."""
+
+    def full(out):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "index.html"))
+
+    monkeypatch.setattr(run_folder, "write_report", full)
+    assert main(["top9", *SMALL, "--out", str(tmp_path / "run")]) == 2
+    error = one_line_error(capsys, "top9")
+    assert f"{tmp_path / 'run' / 'index.html'}: No space left on device; free some space" in error
