@@ -95,7 +95,7 @@ def run(settings: EvolutionSettings) -> int:
     figure = f"evolution/{layer}.png"
     mirrors = (build_mirror(model_from(replace(settings.model, checkpoint=path))) for _, path in checkpoints)
     total = len(dataset) if not settings.limit else min(settings.limit, len(dataset))
-    with open_run(run_folder(settings.output, "evolution", figure)) as folder:
+    with open_run(run_folder(settings.output, "evolution", figure, data=settings.data)) as folder:
         result = evolve(
             mirrors,
             dataset,
