@@ -103,6 +103,30 @@ class _Activation(torch.autograd.Function):
         return (grad.clamp(min=0) if ctx.rule == "guided" else grad) * slope, None, None
 
 
+def _norm_with_constant_statistics(func: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """LayerNorm or GroupNorm whose mean and variance are constants for autograd (the deconvnet and guided rules)."""
+    names = (
+        ("normalized_shape", "weight", "bias", "eps")
+        if func is F.layer_norm
+        else ("num_groups", "weight", "bias", "eps")
+    )
+    given = dict(zip(names, args), **kwargs)
+    weight, bias, eps = given.get("weight"), given.get("bias"), given.get("eps", 1e-5)
+    if func is F.layer_norm:
+        dims = tuple(range(x.dim() - len(tuple(given["normalized_shape"])), x.dim()))
+        flat, shape = x, None
+    else:
+        flat, shape, dims = x.reshape(x.shape[0], given["num_groups"], -1), x.shape, (-1,)
+    var, mean = torch.var_mean(flat.detach(), dim=dims, unbiased=False, keepdim=True)
+    y = (flat - mean) * torch.rsqrt(var + eps)
+    if shape is not None:
+        y = y.reshape(shape)
+        weight = None if weight is None else weight.view(-1, *([1] * (x.dim() - 2)))
+        bias = None if bias is None else bias.view(-1, *([1] * (x.dim() - 2)))
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
 class DeconvReLUs(TorchFunctionMode):
     """Every ReLU (``nn.ReLU`` calls ``F.relu``; functional and tensor-method calls too) becomes
     the rule's function (``RectifiedGrad`` by default); in-place ones return a new tensor instead."""
@@ -120,6 +144,8 @@ class DeconvReLUs(TorchFunctionMode):
             return self.function.apply(args[0])
         if func in _GATES and self.rule != "gradient":
             return func(*args, **(kwargs or {})).detach()
+        if func in (F.layer_norm, F.group_norm) and self.rule != "gradient":
+            return _norm_with_constant_statistics(func, *args, **(kwargs or {}))
         if func in _ACTIVATIONS and self.rule != "gradient":
             rest = {k: v for k, v in (kwargs or {}).items() if k != "inplace"}
             if func in (F.hardtanh, F.relu6, F.leaky_relu, F.elu) and len(args) > 1 and isinstance(args[-1], bool):

@@ -20,6 +20,7 @@ from ..layers import (
     Embed,
     Gated,
     GuidedRectify,
+    Normalize,
     PassThrough,
     Product,
     Rectify,
@@ -272,6 +273,32 @@ def _functional_linear(call: Call) -> TransposedLinear:
     if args["input"] is not SIGNAL or weight is None:
         raise UnsupportedModuleError("torch.nn.functional.linear is mirrored only for a signal times a constant weight")
     return TransposedLinear(SimpleNamespace(weight=weight))
+
+
+def _norm(target: nn.Module | Call, rule_is_gradient: bool) -> Normalize:
+    """LayerNorm or GroupNorm, as a module or ``F.layer_norm`` / ``F.group_norm``."""
+    if isinstance(target, nn.LayerNorm):
+        return Normalize(target.weight, target.eps, rule_is_gradient, dims=len(target.normalized_shape))
+    if isinstance(target, nn.GroupNorm):
+        return Normalize(target.weight, target.eps, rule_is_gradient, groups=target.num_groups)
+    function = F.layer_norm if target.target is F.layer_norm else F.group_norm
+    args = _bound(target, function)
+    if args["input"] is not SIGNAL or any(isinstance(v, fx.Node) for k, v in args.items() if k != "input"):
+        raise UnsupportedModuleError(f"{_qualified(function)} of a signal with computed settings or weights")
+    weight = _constant_tensor(args["weight"], "weight", target)
+    if function is F.layer_norm:
+        return Normalize(weight, args["eps"], rule_is_gradient, dims=len(tuple(args["normalized_shape"])))
+    return Normalize(weight, args["eps"], rule_is_gradient, groups=args["num_groups"])
+
+
+@register_mirror(nn.LayerNorm, nn.GroupNorm, F.layer_norm, F.group_norm)
+def _normalize(target: nn.Module | Call) -> Normalize:
+    return _norm(target, False)
+
+
+@register_mirror(nn.LayerNorm, nn.GroupNorm, F.layer_norm, F.group_norm, rule=GRADIENT)
+def _normalize_gradient(target: nn.Module | Call) -> Normalize:
+    return _norm(target, True)
 
 
 PRODUCTS = (operator.mul, operator.imul, torch.mul, torch.Tensor.mul, torch.Tensor.mul_)

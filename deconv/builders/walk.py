@@ -292,12 +292,21 @@ def _arguments(node: fx.Node) -> list[fx.Node]:
     return found
 
 
+_VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", "expand", "permute", "transpose"}
+"""Tensor methods whose result shares its tensor's storage: a view of a parameter is still that parameter."""
+
+
 def _constant(model: nn.Module, node: fx.Node, signal: set[fx.Node]) -> Any:
-    """A call's argument as its mirror factory sees it: ``SIGNAL``, a parameter's value, or the fx node."""
+    """A call's argument as its mirror factory sees it: ``SIGNAL``, a parameter's value (or a view of one, such as
+    ConvNeXt's ``gamma.reshape(1, -1, 1, 1)``, which follows the parameter as it changes in place), or the fx node."""
     if node in signal:
         return SIGNAL
     if node.op == "get_attr":
         return attribute(model, str(node.target))
+    if node.op == "call_method" and node.target in _VIEWS and not node.kwargs:
+        base = _constant(model, node.args[0], signal) if isinstance(node.args[0], fx.Node) else None
+        if isinstance(base, torch.Tensor) and not any(isinstance(a, fx.Node) for a in node.args[1:]):
+            return getattr(base, str(node.target))(*node.args[1:])
     return node
 
 

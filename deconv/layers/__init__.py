@@ -7,6 +7,7 @@ from .distribute import Distribute
 from .embed import Embed
 from .gradient import ReLUGradient
 from .guided import GuidedRectify
+from .normalize import Normalize
 from .pass_through import PassThrough
 from .product import Gated, Product, Ungated
 from .rectify import Rectify
@@ -35,6 +36,7 @@ __all__ = [
     "GuidedRectify",
     "ReLUGradient",
     "ActivationGradient",
+    "Normalize",
     "Gated",
     "Product",
     "Ungated",
