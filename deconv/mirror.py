@@ -82,17 +82,31 @@ class Mirror(nn.Module):
 
     def __init__(self, graph: Graph, rule: str | Rule = DEFAULT_RULE) -> None:
         super().__init__()
-        self.graph = graph
         self.rule = str(rule)
+        object.__setattr__(self, "model", graph.model)  # not a submodule: the mirror owns no state of its own
+        self._attach(graph)
+        self._image_shape: tuple[int, ...] | None = None
+
+    def _attach(self, graph: Graph) -> None:
+        """Takes ``graph``'s nodes as the mirror's, and notes which tensors the model's parameters and buffers are."""
+        self.graph = graph
         self.steps: tuple[Node, ...] = tuple(graph.nodes)
         self.stack = nn.ModuleList(node.mirror for node in reversed(self.steps))
-        object.__setattr__(self, "model", graph.model)  # not a submodule: the mirror owns no state of its own
         self._index: dict[str, int] = {}
         for i, node in enumerate(self.steps):
             for name in (node.name, *node.aliases):
                 self._index.setdefault(name, i)
         self._projector = Projector(graph, self._index)
-        self._image_shape: tuple[int, ...] | None = None
+        self._tensors = self._model_tensors()
+
+    def _model_tensors(self) -> tuple[int, ...]:
+        return tuple(id(t) for t in (*self.model.parameters(), *self.model.buffers()))
+
+    def _follow(self) -> None:
+        """Walks the model again where a parameter or buffer was replaced since (``load_state_dict(assign=True)``,
+        ``model.conv.weight = nn.Parameter(...)``): projections always use the model's tensors of the moment."""
+        if self._model_tensors() != self._tensors:
+            self._attach(walk(self.model, self.rule))
 
     # ---------------------------------------------------------------- probe points
     @property
@@ -162,7 +176,9 @@ class Mirror(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def check_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Validated images ``(N, C, H, W)`` on the model's device and in its dtype."""
+        """Validated images ``(N, C, H, W)`` on the model's device and in its dtype (the mirror following the model's
+        tensors of the moment)."""
+        self._follow()
         if not isinstance(images, torch.Tensor):
             raise InputError(f"images must be a float tensor (N, C, H, W), got {type(images).__name__}")
         if images.device.type == "meta":

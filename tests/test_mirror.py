@@ -623,3 +623,26 @@ def test_windows_reach_the_transposed_filters_channels_last(zfnet: Arch, monkeyp
 def test_empty_selections_give_an_empty_batch(zfnet: Arch) -> None:
     out = deconv.build_mirror(zfnet.model).project_many(zfnet.images, [])
     assert out.shape == (0, 3, 48, 48) and out.dtype == torch.float64
+
+
+class _Scaled(nn.Module):
+    """A layer scale as ConvNeXt has one: the signal times a view of a parameter (a constant of a function call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.gamma = nn.Parameter(torch.rand(3) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x) * self.gamma.reshape(1, -1, 1, 1))
+
+
+def test_the_mirror_follows_a_replaced_parameter_that_a_function_call_reads(gen: torch.Generator) -> None:
+    model = _Scaled().double().eval()
+    images = torch.randn(2, 2, 7, 7, generator=gen, dtype=torch.float64)
+    mirror = deconv.build_mirror(model)
+    before = mirror.project(images, layer="relu", channel=1)
+    model.gamma = nn.Parameter(torch.rand(3, dtype=torch.float64) + 2.0)
+    after = mirror.project(images, layer="relu", channel=1)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, deconv.build_mirror(model).project(images, layer="relu", channel=1))
