@@ -456,6 +456,14 @@ def _reshape(call: Call) -> Unflatten:
     return Unflatten()
 
 
+@register_mirror("torchvision.ops.stochastic_depth.stochastic_depth")
+def _stochastic_depth(call: Call) -> PassThrough:
+    """torchvision's stochastic depth (EfficientNet, ConvNeXt): the identity in evaluation mode."""
+    if call.kwargs.get("training", call.args[3] if len(call.args) > 3 else True) is not False:
+        raise UnsupportedModuleError("stochastic_depth in training mode (it drops rows at random)")
+    return PassThrough()
+
+
 @register_mirror(torch.Tensor.contiguous, F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout)
 def _identity(call: Call) -> PassThrough:
     return PassThrough()

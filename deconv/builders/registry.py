@@ -97,8 +97,15 @@ class Call:
 
 
 def _key(target: Target) -> Target:
-    """Tensor methods named by string (as fx records them) are keyed by the method itself."""
-    return getattr(torch.Tensor, target) if isinstance(target, str) else target
+    """Tensor methods named by string (as fx records them) are keyed by the method itself; a dotted name
+    (``"torchvision.ops.stochastic_depth.stochastic_depth"``) is the key of a function deconv does not import."""
+    return getattr(torch.Tensor, target) if isinstance(target, str) and "." not in target else target
+
+
+def _by_name(target: Target) -> str | None:
+    """A function's dotted name, under which a mirror may be registered without importing its package."""
+    module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    return f"{module}.{name}" if isinstance(module, str) and isinstance(name, str) else None
 
 
 def _name(target: Target) -> str:
@@ -109,7 +116,8 @@ def register_mirror(*targets: Target, rule: str | Rule = DEFAULT_RULE, override:
     """Decorate a factory as the mirror of ``targets`` under ``rule``.
 
     A target is an ``nn.Module`` subclass (its subclasses match too), whose factory takes the module,
-    or a function or tensor method (``F.silu``, ``torch.Tensor.view``), whose factory takes a :class:`Call`.
+    or a function or tensor method (``F.silu``, ``torch.Tensor.view``, or a function's dotted name, so that its
+    package need not be imported), whose factory takes a :class:`Call`.
     The factory returns the mirror module: ``forward(signal, *memory)`` maps a reconstruction of the
     output back to the input; subclass :class:`deconv.layers.MirrorModule` to keep memory from the
     forward pass or to declare geometry::
@@ -124,7 +132,10 @@ def register_mirror(*targets: Target, rule: str | Rule = DEFAULT_RULE, override:
     ``ValueError`` unless ``override=True``.
     """
     if not targets or not all(
-        (isinstance(t, type) and issubclass(t, nn.Module)) or (callable(t) and not isinstance(t, type)) for t in targets
+        (isinstance(t, type) and issubclass(t, nn.Module))
+        or (callable(t) and not isinstance(t, type))
+        or (isinstance(t, str) and "." in t)
+        for t in targets
     ):
         raise TypeError(f"register_mirror takes nn.Module subclasses or functions, got {targets!r}")
     entry = rule if isinstance(rule, Rule) else Rule(rule)
@@ -161,7 +172,7 @@ def find_mirror_factory(target: nn.Module | Target, rule: str | Rule = DEFAULT_R
     ``BatchNormAct2d`` adds an activation to ``BatchNorm2d``; ``StdConv2d`` standardises its filters) does not
     match, and the walk traces through it, unless the subclass is registered itself.
     """
-    keys = type(target).__mro__ if isinstance(target, nn.Module) else (_key(target),)
+    keys = type(target).__mro__ if isinstance(target, nn.Module) else (_key(target), _by_name(target))
     for wanted in dict.fromkeys((str(rule), DEFAULT_RULE)):
         for key in keys:
             try:

@@ -52,6 +52,11 @@ MODELS = {
     "shufflenet_v2_x1_0": (32, "stage3.0.branch1.4", ["stage2.2", "stage4.0"]),
     "shufflenet_v2_x1_5": (32, "stage2.0.branch2.2", ["stage3.3", "stage4.3"]),
     "shufflenet_v2_x2_0": (32, "stage4.1.branch2.4", ["stage2.1", "stage4.2"]),
+    # ReLU6, Hardswish, SiLU, squeeze-excite gates, LayerNorm, GELU, layer scale
+    "mobilenet_v2": (32, "features.3.conv.0.2", ["features.2", "features.10", "features.17"]),
+    "mobilenet_v3_small": (32, "features.4.block.2.fc2", ["features.1", "features.4", "features.11"]),
+    "efficientnet_b0": (32, "features.2.0.block.2.fc1", ["features.1.0", "features.4.1", "features.7.0"]),
+    "convnext_tiny": (32, "features.1.0.block.2", ["features.1.0", "features.3.2", "features.7.2"]),
 }
 
 
@@ -79,7 +84,18 @@ def test_every_branching_torchvision_cnn_matches_the_oracle(name: str, gen: torc
 
 
 @pytest.mark.parametrize("rule", ["guided", "gradient"])
-@pytest.mark.parametrize("name", ["resnet18", "densenet121", "googlenet", "squeezenet1_1", "shufflenet_v2_x0_5"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        "densenet121",
+        "googlenet",
+        "squeezenet1_1",
+        "shufflenet_v2_x0_5",
+        "mobilenet_v3_small",
+        "convnext_tiny",
+    ],
+)
 def test_each_rule_on_branching_cnns(name: str, rule: str, gen: torch.Generator) -> None:
     _check(name, rule, gen)
 

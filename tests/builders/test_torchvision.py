@@ -37,7 +37,7 @@ def real(builder, num_classes: int = 10, hidden: int | None = 32) -> nn.Module:
 
 def materialized(model: nn.Module) -> nn.Module:
     """A model made on the meta device, in float64 on the CPU with random weights and, for batch
-    norms, random statistics; in eval mode."""
+    norms, random statistics (layer and group norms, and a model's own parameters, random too); in eval mode."""
     model = model.to(torch.float64).to_empty(device="cpu")
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
@@ -51,6 +51,12 @@ def materialized(model: nn.Module) -> nn.Module:
                 module.running_mean.normal_(0.0, 0.5, generator=gen)
                 module.running_var.uniform_(0.5, 2.0, generator=gen)
                 module.num_batches_tracked.zero_()
+            elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+                module.bias.normal_(0.0, 0.5, generator=gen)
+            elif not hasattr(module, "reset_parameters"):  # a model's own parameters (ConvNeXt's layer scale)
+                for parameter in module.parameters(recurse=False):
+                    parameter.uniform_(0.5, 1.5, generator=gen)
     return model.eval()
 
 
