@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "tests")) if p not in sys.path]
 
 import oracle  # noqa: E402  (tests/oracle.py, found through the path set above)
 
@@ -216,7 +216,11 @@ def check(entry: Entry, progress: Callable[[str], None] = lambda _: None) -> Res
             try:
                 oracle.assert_matches(actual[rows], expected[rows], rtol=RTOL)
             except AssertionError as error:
-                failures.append(f"{rule} at {layer}: {one_line(error)}")
+                scale = expected[rows].abs().flatten(1).amax(1)
+                off = (actual[rows] - expected[rows]).abs().flatten(1).amax(1) / scale.clamp_min(1e-300)
+                bad = int((off > RTOL).sum())
+                how = f"{bad}/{len(rows)} projections off, up to {float(off.max()):.2g} relative" if bad else error
+                failures.append(f"{rule} at `{layer}`: {one_line(how)}")
     where = f"(at {', '.join(f'`{n}`' for n in layers)}; {len(selections)} projections per rule)"
     if failures:
         return result("wrong", f"**WRONG** {where}: " + "; ".join(failures))
@@ -233,11 +237,17 @@ def table(rows: list[tuple[Entry, Result]]) -> str:
         f"{IMAGES} random images. An accepted model is projected at a middle block, its deepest block and its class",
         f"output, {PER_LAYER} random positive activations and the largest at each, under every rule; each",
         f"projection must be within {RTOL:g} of the oracle's (`tests/oracle.py`, plain autograd with each rule's",
-        "backward definitions), relative to its own largest value. Any other model is refused in one line.",
+        "backward definitions), relative to its own largest value. Any other model is refused in one line: the",
+        "refusal's message is shown without its hint on registering a mirror, with paths from site-packages.",
         "",
         f"**{len(rows)} models: {counts['exact']} exact under all three rules, {counts['refused']} refused, "
         f"{counts['wrong']} wrong, {counts['error']} errors.**",
         "",
+    ]
+    bad = [f"`{entry.name}`" for entry, r in rows if r.kind in ("wrong", "error")]
+    if bad:
+        lines += [f"**Bugs: {', '.join(bad)} (see their rows).**", ""]
+    lines += [
         "| family | model | input | result | time |",
         "|---|---|---|---|---|",
     ]

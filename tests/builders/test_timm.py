@@ -29,26 +29,56 @@ sys.modules["model_matrix"] = matrix  # dataclasses look their module up by name
 _spec.loader.exec_module(matrix)
 
 ENTRIES = {entry.name: entry for entry in matrix.MODELS}
+# A representative subset (about 1.5 minutes on one thread): a model of most families, and every kind of
+# refusal in the matrix, so that a family whose refusal is lifted is checked against the oracle at once.
 SUBSET = [
     "resnet18",
+    "resnetv2_50",
     "regnetx_002",
+    "regnety_002",
     "densenet121",
-    "dpn48b",
+    "inception_v3",
+    "dpn68",
+    "gernet_s",
+    "repvgg_a0",
+    "mobileone_s0",
+    "mnasnet_050",
     "mobilenetv1_100",
     "mobilenetv2_050",
+    "mobilenetv3_small_050",
+    "efficientnet_b0",
     "efficientnet_lite0",
     "tf_efficientnet_lite0",
+    "ghostnet_050",
+    "hrnet_w18_small",
+    "darknet17",
+    "seresnet18",
+    "ecaresnet26t",
+    "skresnet18",
+    "resnest14d",
     "nf_resnet26",
-    "selecsls42b",
     "convnext_atto",
-    "efficientnet_b0",
+    "selecsls42b",
+    "dla34",
+    "hgnetv2_b0",
+    "tresnet_m",
+    "fbnetc_100",
     "hf:ResNetForImageClassification",
+    "hf:RegNetForImageClassification",
     "hf:ConvNextForImageClassification",
+    pytest.param(
+        "cs3darknet_s",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="a bug in deconv: an in-place SiLU (nn.SiLU(inplace=True)) is wrong under the guided and gradient"
+            " rules (0.19 relative against plain autograd); remove this mark once it is fixed",
+        ),
+    ),
 ]
 
 
 def test_the_subset_is_in_the_matrix() -> None:
-    assert set(SUBSET) <= set(ENTRIES)
+    assert {p if isinstance(p, str) else p.values[0] for p in SUBSET} <= set(ENTRIES)
 
 
 @pytest.mark.parametrize("name", SUBSET)
@@ -57,8 +87,9 @@ def test_a_timm_or_hugging_face_cnn_is_exact_or_refused_by_name(name: str) -> No
     result = matrix.check(entry)
     assert result.kind in ("exact", "refused"), result.text
     if result.kind == "refused":
-        modules = [n for n, _ in matrix.build(entry).named_modules() if n]
-        assert any(f"'{n}'" in result.text for n in modules), f"the refusal names no module: {result.text}"
+        model = matrix.build(entry)
+        names = [f"'{n}'" for n, _ in model.named_modules() if n] + [f"{type(model).__name__}.forward"]
+        assert any(n in result.text for n in names), f"the refusal names no module: {result.text}"
 
 
 def _chain(layer: nn.Module) -> nn.Module:
