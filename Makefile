@@ -33,6 +33,10 @@ $(TEST_VENV)/.installed: setup.cfg scripts/system-packages.sh
 	$(PYTHON) -m venv $(TEST_VENV)
 	$(TEST_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(TEST_VENV)/bin/pip install -q -e '.[test,bench]'
+# timm's and Hugging Face's CNNs (tests/builders/test_timm.py): the small packages they import, then timm and
+# transformers without their dependencies (which would move torch)
+	$(TEST_VENV)/bin/pip install -q pyyaml==6.0.4 huggingface_hub==2.4.0 safetensors==0.8.0 tokenizers==0.23.3 regex==2026.11.19
+	$(TEST_VENV)/bin/pip install -q --no-deps timm==1.0.31 transformers==5.25.0
 	touch $@
 
 clean:
