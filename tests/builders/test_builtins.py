@@ -55,6 +55,8 @@ EXAMPLES = {
     nn.Dropout: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout(0.9)), (2, 6, 6), layers.PassThrough),
     nn.Dropout2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout2d(0.9)), (2, 6, 6), layers.PassThrough),
     nn.Identity: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Identity()), (2, 6, 6), layers.PassThrough),
+    nn.LayerNorm: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.LayerNorm([3, 4, 4])), (2, 6, 6), layers.Normalize),
+    nn.GroupNorm: (lambda g: nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4)), (2, 6, 6), layers.Normalize),
     **{
         kind: (lambda g, make=make: nn.Sequential(nn.Conv2d(2, 3, 3), make()), (2, 6, 6), layers.Rectify)
         for kind, make in {
