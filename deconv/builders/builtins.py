@@ -20,6 +20,7 @@ from ..layers import (
     Embed,
     Gated,
     GuidedRectify,
+    LinearTranspose,
     Normalize,
     PassThrough,
     Product,
@@ -35,6 +36,7 @@ from ..layers import (
     Ungated,
     Unpermute,
     Unpool2d,
+    VectorJacobian,
 )
 from ..layers.base import pair
 from ..layers.transposed_average import adaptive_axis_pool, average_axis_pool
@@ -301,6 +303,69 @@ def _normalize_gradient(target: nn.Module | Call) -> Normalize:
     return _norm(target, True)
 
 
+@dataclass(frozen=True)
+class _Substituted:
+    """A call of the forward pass as a function of its input-dependent tensors alone, in their order."""
+
+    function: Callable[..., torch.Tensor]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        given = iter(tensors)
+
+        def put(value: Any) -> Any:
+            if value is SIGNAL:
+                return next(given)
+            return type(value)(put(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+        return self.function(*put(self.args), **{k: put(v) for k, v in self.kwargs.items()})
+
+
+def _dims(call: Call, position: int, name: str) -> tuple[int, ...] | None:
+    value = call.kwargs.get(name, call.args[position] if len(call.args) > position else None)
+    return None if value is None else tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def _keeps_batch(dims: tuple[int, ...] | None) -> bool:
+    """Dimensions that are given and none of them the batch (0, or a negative one that could reach it)."""
+    return dims is not None and all(isinstance(d, int) and (d > 0 or -3 <= d < 0) for d in dims)
+
+
+@register_mirror(
+    F.pad,
+    F.interpolate,
+    torch.stack,
+    torch.sum,
+    torch.Tensor.sum,
+    torch.Tensor.expand,
+    torch.Tensor.expand_as,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d,
+    nn.ConstantPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
+)
+def _linear(target: nn.Module | Call) -> LinearTranspose:
+    """Padding, upsampling, stacking and sums over dimensions: linear in their input tensors, so their mirror is
+    their transpose under every rule (a constant padding value is a bias, left out like the filters' biases)."""
+    if isinstance(target, nn.Module):
+        return LinearTranspose(target, type(target).__name__)
+    function = getattr(torch.Tensor, target.target) if isinstance(target.target, str) else target.target
+    name = function.__name__
+    if function is F.pad:
+        pad = target.args[1] if len(target.args) > 1 else target.kwargs.get("pad", ())
+        if isinstance(pad, fx.Node) or len(pad) > 4:
+            raise UnsupportedModuleError(f"F.pad of {pad!r}: only padding the two spatial dimensions is mirrored")
+    elif function is torch.stack and not _keeps_batch(_dims(target, 1, "dim") or (0,)):
+        raise UnsupportedModuleError("torch.stack along the batch dimension mixes the images")
+    elif function in (torch.sum, torch.Tensor.sum) and not _keeps_batch(_dims(target, 1, "dim")):
+        raise UnsupportedModuleError("a sum over the batch (or over everything) mixes the images")
+    return LinearTranspose(_Substituted(function, target.args, target.kwargs), name)
+
+
 PRODUCTS = (operator.mul, operator.imul, torch.mul, torch.Tensor.mul, torch.Tensor.mul_)
 GATES = (
     nn.Sigmoid,
@@ -361,12 +426,10 @@ def _gate_function(target: nn.Module | Call) -> Ungated:
 
 
 @register_mirror(*GATES, rule=GRADIENT)
-def _gate_function_gradient(target: nn.Module | Call) -> ActivationGradient:
+def _gate_function_gradient(target: nn.Module | Call) -> ActivationGradient | VectorJacobian:
     f, name = _activation(target)
-    if name.lower() == "softmax":
-        raise UnsupportedModuleError(
-            "softmax under the gradient rule (its Jacobian mixes its dimension) is not mirrored"
-        )
+    if name.lower() == "softmax":  # mixes along its dimension: the whole vector-Jacobian product
+        return VectorJacobian(f, name)
     return ActivationGradient(f, name, rectify=False)
 
 

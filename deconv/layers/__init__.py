@@ -1,12 +1,13 @@
 """The deconvnet's modules: each maps a reconstruction at a layer's output back to its input."""
 
-from .activation_gradient import ActivationGradient
+from .activation_gradient import ActivationGradient, VectorJacobian
 from .base import POINTWISE, Geometry, MirrorModule
 from .channel_scale import ChannelScale
 from .distribute import Distribute
 from .embed import Embed
 from .gradient import ReLUGradient
 from .guided import GuidedRectify
+from .linear_transpose import LinearTranspose
 from .normalize import Normalize
 from .pass_through import PassThrough
 from .product import Gated, Product, Ungated
@@ -36,7 +37,9 @@ __all__ = [
     "GuidedRectify",
     "ReLUGradient",
     "ActivationGradient",
+    "VectorJacobian",
     "Normalize",
+    "LinearTranspose",
     "Gated",
     "Product",
     "Ungated",

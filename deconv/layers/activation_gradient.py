@@ -8,7 +8,7 @@ import torch
 
 from .base import MirrorModule
 
-__all__ = ["ActivationGradient"]
+__all__ = ["ActivationGradient", "VectorJacobian"]
 
 
 class ActivationGradient(MirrorModule):
@@ -36,3 +36,28 @@ class ActivationGradient(MirrorModule):
 
     def extra_repr(self) -> str:
         return f"{self.name}, {'guided' if self.rectify else 'gradient'}"
+
+
+class VectorJacobian(MirrorModule):
+    """``R_x = R J_f(x)``: the exact vector-Jacobian product of ``f`` at the forward input, by autograd on ``f``
+    itself, for an operation that mixes along a dimension (softmax under the gradient rule). Remembers ``x``.
+    Shape: any, unchanged."""
+
+    reads_inputs = True
+
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], name: str) -> None:
+        super().__init__()
+        object.__setattr__(self, "f", f)  # read, not owned
+        self.name = name
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        return (x.detach(),)
+
+    def forward(self, signal: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.f(leaf + 0), leaf, signal)
+        return grad
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, gradient"

@@ -56,6 +56,18 @@ EXAMPLES = {
     nn.Dropout2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout2d(0.9)), (2, 6, 6), layers.PassThrough),
     nn.Identity: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Identity()), (2, 6, 6), layers.PassThrough),
     nn.LayerNorm: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.LayerNorm([3, 4, 4])), (2, 6, 6), layers.Normalize),
+    **{
+        kind: (lambda g, make=make: nn.Sequential(nn.Conv2d(2, 3, 3), make()), (2, 6, 6), layers.LinearTranspose)
+        for kind, make in {
+            nn.Upsample: lambda: nn.Upsample(scale_factor=2, mode="bilinear"),
+            nn.UpsamplingNearest2d: lambda: nn.UpsamplingNearest2d(scale_factor=2),
+            nn.UpsamplingBilinear2d: lambda: nn.UpsamplingBilinear2d(scale_factor=2),
+            nn.ZeroPad2d: lambda: nn.ZeroPad2d((1, 2, 0, 1)),
+            nn.ConstantPad2d: lambda: nn.ConstantPad2d(1, -0.5),
+            nn.ReflectionPad2d: lambda: nn.ReflectionPad2d(1),
+            nn.ReplicationPad2d: lambda: nn.ReplicationPad2d((2, 0, 1, 1)),
+        }.items()
+    },
     nn.GroupNorm: (lambda g: nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4)), (2, 6, 6), layers.Normalize),
     **{
         kind: (lambda g, make=make: nn.Sequential(nn.Conv2d(2, 3, 3), make()), (2, 6, 6), layers.Rectify)
