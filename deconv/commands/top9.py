@@ -10,6 +10,7 @@ succeeded); ``--resume`` continues from it.
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from ..data import Preprocess
 from ..engine.graph import model_runs_on
 from ..errors import ConfigError, DatasetError
 from ..figures.draw import save_png
-from ..figures.sheet import display_tiles, figure2, save_projections
+from ..figures.report import write_thumbnails
+from ..figures.sheet import MANIFEST, display_tiles, figure2_sheet, save_projections
 from ..io import write_json, write_text
 from ..mirror import Mirror, build_mirror
 from ..progress import Clock, progress_bar
@@ -320,10 +322,11 @@ def _scan(job: Job, out: Path) -> ScanState:
 def _sheets(job: Job, out: Path, records: list[Record], clock: Clock) -> int:
     """Projects and draws the sheets one at a time: each process projects its share of a sheet's
     records under each rule and turns them into display tiles at once; rank 0 gathers that sheet's
-    tiles, draws and writes it (one projection grid per rule), and frees it before the next.
+    tiles, draws and writes it (one projection grid per rule) with its panels' thumbnails, and frees it
+    before the next; then the layouts the sheets were drawn by, in ``sheets.json``.
     Returns the number of sheets. ``clock`` collects the time of each phase.
     """
-    written = 0
+    manifest = []
     per_sheet, group = job.settings.per_sheet, job.group
     for layer in job.layers:
         of_layer = [r for r in records if r.layer == layer]
@@ -345,10 +348,11 @@ def _sheets(job: Job, out: Path, records: list[Record], clock: Clock) -> int:
                 del tiles
                 if gathered is not None:
                     with clock("rendering"):
-                        _draw(job, out / "sheets" / f"{layer}-{n}.png", _title(job, layer, n, len(parts)), gathered)
-                    written += 1
+                        manifest.append(_draw(job, out, layer, n, len(parts), gathered))
                     del gathered
-    return written
+    if group.main:
+        write_json(out / MANIFEST, manifest)
+    return len(manifest)
 
 
 def _tiles(job: Job, out: Path, layer: str, records: list[Record], clock: Clock, bar: Any) -> dict[str, list]:
@@ -389,8 +393,16 @@ def _title(job: Job, layer: str, n: int, sheets: int) -> str:
     )
 
 
-def _draw(job: Job, path: Path, title: str, gathered: list[dict[str, list]]) -> None:
-    """Draws and writes one sheet from every process's tiles, one projection grid per rule."""
+def _draw(job: Job, out: Path, layer: str, n: int, sheets: int, gathered: list[dict[str, list]]) -> dict:
+    """Draws and writes sheet ``n`` of ``sheets`` of ``layer`` from every process's tiles, one projection grid
+    per rule, and its panels' thumbnails; returns its entry of ``sheets.json``."""
     rules = job.rules
     merged = {rule: itertools.chain(*(part[rule] for part in gathered)) for rule in rules}
-    save_png(figure2(merged if len(rules) > 1 else merged[rules[0]], title), path)
+    sheet = figure2_sheet(merged if len(rules) > 1 else merged[rules[0]], _title(job, layer, n, sheets))
+    name = f"sheets/{layer}-{n}.png"
+    entry = sheet.manifest(name, layer, rules)
+    with ThreadPoolExecutor(1) as writer:  # zlib and Pillow release the GIL: the PNG beside the thumbnails
+        png = writer.submit(save_png, sheet.pixels, out / name)
+        write_thumbnails(out, entry, sheet.pixels)
+        png.result()
+    return entry

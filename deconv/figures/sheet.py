@@ -1,7 +1,8 @@
 """The paper's Fig. 2 sheet: per channel, its top projections beside the image patches that caused them.
 
-Records become display tiles (:func:`display_tiles`), each channel's tiles a panel (:func:`channel_panel`),
-panels titled sheets (:func:`sheets`; :mod:`~deconv.figures.report` cuts them out again by the same layout).
+Records become display tiles (:func:`display_tiles`); :func:`layout` says where every panel, grid and tile
+of a sheet goes (data), :func:`figure2_sheet` draws the tiles there and returns that layout with the image;
+``deconv top9`` writes it beside the sheets (:func:`write_manifest`), and the report cuts panels by it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from .draw import (
     font,
     grid,
     hatch,
-    label_strip,
     resize,
     save_png,
     show_patch,
@@ -36,17 +36,26 @@ if TYPE_CHECKING:
 __all__ = [
     "MARGIN",
     "GAP",
+    "MANIFEST",
     "Tile",
     "display_size",
     "display_tiles",
     "save_projections",
-    "channel_panel",
-    "sheets",
+    "Box",
+    "Panel",
+    "Layout",
+    "Sheet",
+    "layout",
+    "figure2_sheet",
     "figure2",
 ]
 
 MARGIN = 10  # pixels around and between the panels of a sheet
 GAP = 6  # pixels between the grids of a panel
+TITLE = 24  # the height of a sheet's title strip (18 px text)
+LABEL = 19  # the height of a panel's label strip (13 px text)
+MANIFEST = "sheets.json"  # beside top9.json: where each sheet's panels are (:meth:`Sheet.manifest`)
+CAPTION = 17  # the height of the captions above a panel's grids (11 px text), when several rules are drawn
 
 
 class Tile(NamedTuple):
@@ -89,10 +98,13 @@ def display_tiles(
     size = display_size((th, tw), tile_px)
     projections = resize(as_uint8(show_projection(chunk.projections[window].float().cpu(), channel_order)), size)
     patches = resize(as_uint8(show_patch(chunk.patches[window].float().cpu(), denormalize)), size)
-    valid = torch.nn.functional.interpolate(chunk.inside[window].float().cpu(), size=size, mode="nearest") > 0.5
-    if not bool(valid.all()):
-        projections = as_uint8(hatch(projections / 255.0, valid))
-        patches = as_uint8(hatch(patches / 255.0, valid))
+    inside = chunk.inside[window].cpu()
+    edge = ~inside.flatten(1).all(1)  # the tiles whose box reaches beyond the image: hatched
+    if bool(edge.any()):
+        valid = torch.nn.functional.interpolate(inside[edge].float(), size=size, mode="nearest") > 0.5
+        projections, patches = projections.contiguous(), patches.contiguous()  # an expanded grey one is a view
+        projections[edge] = hatch(projections[edge], valid)
+        patches[edge] = hatch(patches[edge], valid)
     silent = chunk.projections.flatten(1).abs().amax(1).cpu() == 0
     return [
         Tile(r, p, q, r.value > 0 or not bool(n)) for r, p, q, n in zip(chunk.records, projections, patches, silent)
@@ -120,84 +132,183 @@ def save_projections(
         save_png(to_pil(grid(torch.cat([shown, patch]), 2)), path)
 
 
-def channel_panel(
-    projections: torch.Tensor | Sequence[torch.Tensor],
-    patches: torch.Tensor,
-    label: str,
+Box = tuple[int, int, int, int]
+"""A rectangle of a sheet in pixels: ``(left, top, right, bottom)``, as :meth:`PIL.Image.Image.crop` takes it."""
+
+
+class Panel(NamedTuple):
+    """Where one channel's panel is on its sheet: its ``label`` strip, the ``panel`` below the label, and
+    the columns of the panel (caption included where captioned): one per projection ``grid`` (one per
+    rule, in order), then the image ``patches``. ``tiles`` holds the top-left corner of each of the
+    ``count`` tiles of every column, best first, and ``captions`` where each column's caption is written."""
+
+    channel: int
+    label: Box
+    panel: Box
+    grids: tuple[Box, ...]
+    patches: Box
+    tiles: tuple[tuple[tuple[int, int], ...], ...]
+    captions: tuple[tuple[int, int], ...]
+
+
+class Layout(NamedTuple):
+    """Where everything of a Fig. 2 sheet is: its ``size`` ``(width, height)``, its ``title`` strip and
+    its panels in channel order. Pure data: :func:`figure2_sheet` draws by it, the report cuts by it."""
+
+    size: tuple[int, int]
+    title: Box
+    panels: tuple[Panel, ...]
+
+
+class Sheet(NamedTuple):
+    """A drawn Fig. 2 sheet: its ``(H, W, 3)`` uint8 ``pixels`` and the ``layout`` it was drawn by."""
+
+    pixels: np.ndarray
+    layout: Layout
+
+    @property
+    def image(self) -> Image.Image:
+        """The sheet as a PIL image."""
+        return Image.fromarray(self.pixels, "RGB")
+
+    def manifest(self, sheet: str, layer: str, rules: Sequence[str]) -> dict:
+        """This sheet's entry of ``sheets.json`` (:data:`MANIFEST`): its file ``sheet`` (relative to the run
+        folder), ``layer``, ``size`` ``[width, height]`` and per channel its ``panel`` (below the label), and the
+        columns of the panel, each ``[left, top, right, bottom]``: one per rule (named by ``rules``), ``patches``."""
+        return {
+            "sheet": sheet,
+            "layer": layer,
+            "size": list(self.layout.size),
+            "panels": [
+                {
+                    "channel": p.channel,
+                    "panel": list(p.panel),
+                    "rules": {rule: list(box) for rule, box in zip(rules, p.grids, strict=True)},
+                    "patches": list(p.patches),
+                }
+                for p in self.layout.panels
+            ],
+        }
+
+
+def layout(
+    counts: Mapping[int, int],
+    tile: tuple[int, int],
+    grids: int = 1,
+    captions: bool = False,
+    margin: int = MARGIN,
     gap: int = GAP,
     spacing: int = 2,
-    captions: Sequence[str] = (),
-) -> Image.Image:
-    """The paper's Fig. 2 cell: 3x3 projections beside the 3x3 image patches that caused them.
+) -> Layout:
+    """The layout of a sheet of panels, one per channel of ``counts`` (``{channel: tiles in its panel}``, at
+    most 9, best first), of ``(h, w)`` tiles: a square-ish grid of panels ``margin`` apart, under a title.
 
-    ``projections`` and ``patches`` are ``(k, 3, h, w)`` display tiles (``k <= 9``; uint8 or in [0, 1]),
-    best first, ``spacing`` pixels apart; the grids ``gap`` pixels apart. Several ``projections``
-    grids (one per rule) are drawn side by side, left of the patches, each under its caption.
+    A panel is the paper's Fig. 2 cell: ``grids`` 3x3 projection grids (one per rule, each under its caption
+    when ``captions``) beside the 3x3 image patches, ``gap`` apart, tiles ``spacing`` apart, under a label.
     """
-    grids = [projections] if isinstance(projections, torch.Tensor) else list(projections)
-    k, _, h, w = patches.shape
-    columns = 3 if k > 1 else 1
-    rows = math.ceil(k / columns)
-    side = columns * (w + spacing) - spacing
-    top = label_strip(Image.new("RGB", (1, 1)), "", size=11).height - 1 if captions else 0
-    out = Image.new("RGB", (len(grids) * (side + gap) + side, top + rows * (h + spacing) - spacing), "white")
-    for n, tiles in enumerate([*grids, patches]):
-        left = n * (side + gap)
-        pixels = (tiles if tiles.dtype == torch.uint8 else as_uint8(tiles)).permute(0, 2, 3, 1).cpu().numpy()
-        for i, tile in enumerate(pixels):
-            r, q = divmod(i, columns)
-            out.paste(Image.fromarray(tile, "RGB"), (left + q * (w + spacing), top + r * (h + spacing)))
-    draw = ImageDraw.Draw(out)
-    for n, caption in enumerate(captions):
-        draw.text((n * (side + gap) + 1, 1), caption, fill=INK, font=font(11))
-    return label_strip(out, label)
+    h, w = tile
+    top = CAPTION if captions else 0
+
+    def panel(count: int) -> tuple[int, int, int, int]:  # columns, rows, a grid's width, the panel's (w, h)
+        columns = 3 if count > 1 else 1
+        rows = math.ceil(count / columns)
+        side = columns * (w + spacing) - spacing
+        return columns, side, grids * (side + gap) + side, LABEL + top + rows * (h + spacing) - spacing
+
+    shapes = {c: panel(n) for c, n in counts.items()}
+    cell = (max(s[2] for s in shapes.values()), max(s[3] for s in shapes.values()))
+    columns = math.ceil(math.sqrt(len(counts)))
+    rows = math.ceil(len(counts) / columns)
+    size = (columns * (cell[0] + margin) + margin, TITLE + rows * (cell[1] + margin) + margin)
+    panels = []
+    for i, channel in enumerate(sorted(counts)):
+        r, q = divmod(i, columns)
+        left, top_ = margin + q * (cell[0] + margin), TITLE + margin + r * (cell[1] + margin)
+        per_row, side, width, height = shapes[channel]
+        inner = top_ + LABEL
+        boxes = [
+            (left + g * (side + gap), inner, left + g * (side + gap) + side, top_ + height) for g in range(grids + 1)
+        ]
+        tiles = tuple(
+            tuple(
+                (box[0] + (k % per_row) * (w + spacing), inner + top + (k // per_row) * (h + spacing))
+                for k in range(counts[channel])
+            )
+            for box in boxes
+        )
+        panels.append(
+            Panel(
+                channel,
+                (left, top_, left + cell[0], inner),
+                (left, inner, left + cell[0], top_ + cell[1]),
+                tuple(boxes[:-1]),
+                boxes[-1],
+                tiles,
+                tuple((box[0] + 1, inner + 1) for box in boxes) if captions else (),
+            )
+        )
+    return Layout(size, (0, 0, size[0], TITLE), tuple(panels))
 
 
-def sheets(panels: Sequence[Image.Image], title: str, per_sheet: int = 64, margin: int = MARGIN) -> list[Image.Image]:
-    """Lays panels out on sheets of at most ``per_sheet`` each (a square-ish grid), titled."""
-    out = []
-    total = math.ceil(len(panels) / per_sheet)
-    for s in range(total):
-        part = panels[s * per_sheet : (s + 1) * per_sheet]
-        columns = math.ceil(math.sqrt(len(part)))
-        w = max(p.width for p in part)
-        h = max(p.height for p in part)
-        rows = math.ceil(len(part) / columns)
-        sheet = Image.new("RGB", (columns * (w + margin) + margin, rows * (h + margin) + margin), "white")
-        for i, panel in enumerate(part):
-            r, q = divmod(i, columns)
-            sheet.paste(panel, (margin + q * (w + margin), margin + r * (h + margin)))
-        name = title if total == 1 else f"{title} (sheet {s + 1} of {total})"
-        out.append(label_strip(sheet, name, size=18))
-    return out
+def _text(pixels: np.ndarray, box: Box, writes: Sequence[tuple[tuple[int, int], str, int]]) -> None:
+    """Writes ``(where, text, size)`` into ``box`` of ``pixels`` (white there), clipped to the box."""
+    strip = Image.new("RGB", (box[2] - box[0], box[3] - box[1]), "white")
+    draw = ImageDraw.Draw(strip)
+    for (x, y), text, size in writes:
+        draw.text((x - box[0], y - box[1]), text, fill=INK, font=font(size))
+    pixels[box[1] : box[3], box[0] : box[2]] = np.asarray(strip)
 
 
-def figure2(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: str) -> Image.Image:
+def figure2_sheet(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: str) -> Sheet:
     """One sheet of the paper's Fig. 2: per channel of ``tiles`` (all of one layer, one size), its top
-    projections beside their image patches, best first, in channel order, under ``title``.
+    projections beside their image patches, best first, in channel order, under ``title``; with the
+    :class:`Layout` it was drawn by.
 
     ``tiles`` by rule (the same records under each) draw one projection grid per rule, captioned
     with its name, left to right, beside the patches. Inactive entries are blank and the panel's
-    label counts the active ones (of the first rule).
+    label counts the active ones (of the first rule). The tiles are copied into one array of the
+    sheet's pixels; only the text goes through Pillow.
     """
-    by_rule = dict(tiles) if isinstance(tiles, Mapping) else {"": tiles}
+    captioned = isinstance(tiles, Mapping)
+    by_rule = dict(tiles) if captioned else {"": tiles}
     by_channel: dict[int, list[list[Tile]]] = {}
     for n, of_rule in enumerate(by_rule.values()):
         for tile in of_rule:
             by_channel.setdefault(tile.record.channel, [[] for _ in by_rule])[n].append(tile)
-    panels = []
-    for channel in sorted(by_channel):
-        ranked = [sorted(of_rule, key=lambda t: t.record.rank) for of_rule in by_channel[channel]]
-        first = ranked[0]
-        active = sum(t.active for t in first)
-        note = "" if active == len(first) else "  never active" if not active else f"  {active} of {len(first)} active"
-        blank = lambda t, x: x if t.active else torch.full_like(x, 255)  # noqa: E731
-        panels.append(
-            channel_panel(
-                [torch.stack([blank(t, t.projection) for t in of_rule]) for of_rule in ranked],
-                torch.stack([blank(t, t.patch) for t in first]),
-                f"{first[0].record.layer}  channel {channel}{note}",
-                captions=[*by_rule, "image patches"] if isinstance(tiles, Mapping) else (),
-            )
+    ranked = {c: [sorted(of_rule, key=lambda t: t.record.rank) for of_rule in grids] for c, grids in by_channel.items()}
+    first = next(iter(ranked.values()))[0][0]
+    shape = tuple(first.patch.shape[-2:])
+    plan = layout({c: len(grids[0]) for c, grids in ranked.items()}, shape, len(by_rule), captioned)
+    pixels = np.full((plan.size[1], plan.size[0], 3), 255, np.uint8)
+    _text(pixels, plan.title, [((2, 2), title, 18)])
+    captions = [*by_rule, "image patches"] if captioned else []
+    h, w = shape
+    every = [t.projection for grids in ranked.values() for of_rule in grids for t in of_rule]
+    every += [t.patch for grids in ranked.values() for t in grids[0]]
+    stacked = torch.stack(every).permute(0, 2, 3, 1).numpy()  # (N, h, w, 3): one copy of all the tiles
+    shown = {id(tile): pixels for tile, pixels in zip(every, stacked)}
+    for panel in plan.panels:
+        grids = ranked[panel.channel]
+        patches = grids[0]
+        active = sum(t.active for t in patches)
+        note = (
+            "" if active == len(patches) else "  never active" if not active else f"  {active} of {len(patches)} active"
         )
-    return sheets(panels, title, per_sheet=len(panels))[0]
+        label = f"{patches[0].record.layer}  channel {panel.channel}{note}"
+        _text(pixels, panel.label, [((panel.label[0] + 2, panel.label[1] + 2), label, 13)])
+        if captions:
+            box = (panel.panel[0], panel.panel[1], panel.panel[2], panel.panel[1] + CAPTION)
+            _text(pixels, box, [(where, text, 11) for where, text in zip(panel.captions, captions)])
+        columns = [[(t.projection, t.active) for t in of_rule] for of_rule in grids] + [
+            [(t.patch, t.active) for t in patches]
+        ]
+        for corners, column in zip(panel.tiles, columns):
+            for (x, y), (tile, active) in zip(corners, column):
+                if active:  # an inactive entry stays blank (white)
+                    pixels[y : y + h, x : x + w] = shown[id(tile)]
+    return Sheet(pixels, plan)
+
+
+def figure2(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: str) -> Image.Image:
+    """The image of :func:`figure2_sheet`: one sheet of the paper's Fig. 2."""
+    return figure2_sheet(tiles, title).image

@@ -12,7 +12,8 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import ConfigError, InputError, SelectionError, one_line
-from ..figures.report import panels_per_sheet, sheet_panels
+from ..figures.report import sheet_panels
+from ..figures.sheet import MANIFEST
 
 __all__ = ["Run"]
 
@@ -67,14 +68,10 @@ class Run:
             self.records.setdefault((r["layer"], r["channel"]), []).append({k: r[k] for k in TYPES})
         for rs in self.records.values():
             rs.sort(key=lambda r: r["rank"])
-        try:
-            self.per_sheet = panels_per_sheet(self.out)
-        except (OSError, ValueError, TypeError) as error:  # a TOMLDecodeError is a ValueError
-            raise ConfigError(
-                f"key 'run': cannot read per_sheet from {self.out / 'config.toml'} ({one_line(error)})"
-            ) from None
-        if self.per_sheet < 1:
-            raise ConfigError(f"key 'run': {self.out / 'config.toml'} has per_sheet {self.per_sheet}, not >= 1")
+        try:  # where the sheets' panels are, as top9 drew them
+            self.panels = {layer: sheet_panels(self.out, layer) for layer, _ in self.records}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(f"key 'run': cannot read {self.out / MANIFEST} ({one_line(repr(error))})") from None
 
     def channels(self, layer: str) -> list[int]:
         """The channels of ``layer`` the run recorded, in order."""
@@ -89,10 +86,11 @@ class Run:
     def panel(self, layer: str, channel: int) -> Image.Image:
         """The channel's top-9 panel, cut from the run's sheet of its layer."""
         self.of(layer, channel)
+        panel = self.panels[layer].get(channel)
+        if panel is None:
+            raise SelectionError(f"the run has no sheet with layer {layer!r} channel {channel}")
         try:
-            for _, image, boxes in sheet_panels(self.out, layer, self.channels(layer), self.per_sheet):
-                if channel in boxes:
-                    return image.crop(boxes[channel])
+            with Image.open(self.out / panel.sheet) as image:
+                return image.crop(panel.box)
         except OSError as error:  # a damaged sheet: named by layer, not by its server path
             raise InputError(f"the run's sheet of layer {layer!r} cannot be read ({type(error).__name__})") from None
-        raise SelectionError(f"the run has no sheet with layer {layer!r} channel {channel}")

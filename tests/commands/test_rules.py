@@ -17,8 +17,7 @@ import deconv
 from deconv.analyses.top9 import Projected, Record, project_top
 from deconv.commands.main import main
 from deconv.figures.draw import label_strip
-from deconv.figures.report import GAP, panel_boxes
-from deconv.figures.sheet import display_tiles
+from deconv.figures.sheet import GAP, display_tiles
 from deconv.mirror import Selection
 from deconv.zoo.models import default_preprocess
 
@@ -165,8 +164,12 @@ def _assert_panel_is_the_mirrors(out: Path, rules: list[str]) -> None:
     order = [patches.records.index(r) for r in mine]
     images = torch.stack([dataset[r.index][0] for r in mine])
     sheet = torch.from_numpy(np.array(Image.open(out / "sheets" / "features.11-1.png"))).permute(2, 0, 1)
-    left, top, right, _ = panel_boxes((sheet.shape[2], sheet.shape[1]), len(channels))[-1]
+    (entry,) = [e for e in json.loads((out / "sheets.json").read_text()) if e["sheet"] == "sheets/features.11-1.png"]
+    assert [p["channel"] for p in entry["panels"]] == channels and entry["size"] == [sheet.shape[2], sheet.shape[1]]
+    panel = entry["panels"][-1]  # where the sheet's own layout put the last channel's panel
+    left, top, right, _ = panel["panel"]
     top += label_strip(Image.new("RGB", (1, 1)), "", size=11).height - 1 if len(rules) > 1 else 0  # the rules' captions
+    assert list(panel["rules"]) == rules and panel["patches"][2] == right
     for n, rule in enumerate(rules):
         selections = [Selection(k, r.layer, r.channel, r.y, r.x) for k, r in enumerate(mine)]
         chunks = list(mirror.projections(images, selections, crop=True, rule=rule))
@@ -178,6 +181,7 @@ def _assert_panel_is_the_mirrors(out: Path, rules: list[str]) -> None:
         assert right - left == (len(rules) + 1) * side + len(rules) * GAP
         for i, tile in enumerate(tiles):
             y, x = top + (i // 3) * (h + 2), left + n * (side + GAP) + (i % 3) * (w + 2)
+            assert panel["rules"][rule][0] == left + n * (side + GAP)
             assert torch.equal(sheet[:, y : y + h, x : x + w], tile.projection), (rule, i)
 
 

@@ -218,7 +218,7 @@ def test_a_run_that_fails_late_leaves_the_earlier_run_byte_identical(
     def fails(*args, **kwargs):
         raise OutputError("the disk is full (simulated)")
 
-    monkeypatch.setattr(top9_command, "figure2", fails)  # after the scan, state and top9.json are written
+    monkeypatch.setattr(top9_command, "figure2_sheet", fails)  # after the scan, state and top9.json are written
     assert main(["top9", *SMALL, "--top", "4", "--out", str(out), "--overwrite"]) == 2
     assert "simulated" in one_line_error(capsys, "top9")
     assert snapshot(out) == before

@@ -30,7 +30,7 @@ def test_each_sheet_is_projected_drawn_and_freed_before_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     events: list[tuple[str, set[int]]] = []
-    project_top, figure2 = top9.project_top, top9.figure2
+    project_top, figure2_sheet = top9.project_top, top9.figure2_sheet
 
     def projecting(mirror, dataset, records, **kw):
         events.append(("project", {r.channel for r in records}))
@@ -42,10 +42,10 @@ def test_each_sheet_is_projected_drawn_and_freed_before_the_next(
             t.projection.dtype == torch.uint8 and t.patch.dtype == torch.uint8 for t in tiles
         )  # display tiles only
         events.append(("draw", {t.record.channel for t in tiles}))
-        return figure2(tiles, title)
+        return figure2_sheet(tiles, title)
 
     monkeypatch.setattr(top9, "project_top", projecting)
-    monkeypatch.setattr(top9, "figure2", drawing)
+    monkeypatch.setattr(top9, "figure2_sheet", drawing)
     out = tmp_path / "run"
     assert main([*SMALL, "--layers", "features.4", "--per-sheet", "20", "--out", str(out)]) == 0
     # 64 channels, 20 a sheet: four sheets, each drawn right after its own channels were projected

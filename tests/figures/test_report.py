@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 
 from deconv.commands.main import main
-from deconv.figures.report import LABEL, panel_boxes, write_report
-from deconv.figures.sheet import channel_panel, sheets
+from deconv.figures.report import sheet_panels, write_report
 
 NET = """
 from torch import nn
@@ -28,24 +27,6 @@ def make():
         nn.Conv2d(6, 10, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(10 * 7 * 7, 3),
     )
 """
-
-
-@pytest.mark.parametrize("count, records, per_sheet", [(7, 9, 64), (70, 4, 64), (5, 1, 3)])
-def test_thumbnails_are_exactly_the_panels_of_the_sheets(count: int, records: int, per_sheet: int) -> None:
-    g = torch.Generator().manual_seed(count)
-    panels = [
-        channel_panel(
-            torch.rand(records, 3, 10, 10, generator=g), torch.rand(records, 3, 10, 10, generator=g), f"l channel {c}"
-        )
-        for c in range(count)
-    ]
-    pages = sheets(panels, "l: top 9", per_sheet=per_sheet)
-    for s, page in enumerate(pages):
-        part = panels[s * per_sheet : (s + 1) * per_sheet]
-        for panel, box in zip(part, panel_boxes(page.size, len(part))):
-            cut = np.asarray(page.crop(box))
-            assert cut.shape[:2] == (panel.height - LABEL, panel.width)
-            assert (cut == np.asarray(panel)[LABEL:]).all()
 
 
 class Links(HTMLParser):
@@ -89,6 +70,42 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["evolution", *model, "--checkpoints", *checkpoints, "--layer", "4", "--channels", "0", "3"]) == 0
     assert main(["project", *model, "--image", image, "--top-classes", "3"]) == 0
     return out
+
+
+def test_thumbnails_are_the_panels_where_the_sheets_manifest_puts_them(run: Path, tmp_path: Path) -> None:
+    """top9 writes sheets.json beside its sheets (where it drew each channel's panel) and a thumbnail per panel
+    as it draws; the report cuts the same thumbnails from the sheet files by that manifest where they are missing."""
+    manifest = json.loads((run / "sheets.json").read_text())
+    assert sorted(e["sheet"] for e in manifest) == sorted(f"sheets/{p.name}" for p in (run / "sheets").glob("*.png"))
+    records = json.loads((run / "top9.json").read_text())
+    for layer in ("1", "4"):
+        panels = sheet_panels(run, layer)
+        assert sorted(panels) == sorted({r["channel"] for r in records if r["layer"] == layer})
+        for channel, panel in panels.items():
+            with Image.open(run / panel.sheet) as sheet:
+                assert sheet.size == panel.size
+                cut = np.asarray(sheet.convert("RGB").crop(panel.box))
+            active = any(r["value"] > 0 for r in records if (r["layer"], r["channel"]) == (layer, channel))
+            assert (cut[:17] != 255).any() and (cut[17:] != 255).any() == active  # the rules' captions, the grids
+            label = np.asarray(sheet.convert("RGB").crop((panel.box[0], panel.box[1] - 19, panel.box[2], panel.box[1])))
+            assert (label != 255).any()  # the panel's label is just above its box
+            assert list(panel.rules) == ["deconvnet", "guided"] and panel.patches[2] == panel.box[2]
+            with Image.open(run / panel.thumb) as thumb:
+                assert thumb.width == min(240, cut.shape[1])
+    copy = shutil.copytree(run, tmp_path / "copy")
+    shutil.rmtree(copy / "thumbs")
+    write_report(copy)  # the thumbnails cut again, from the sheet files
+    for thumb in (run / "thumbs").rglob("*.jpg"):
+        assert (copy / thumb.relative_to(run)).read_bytes() == thumb.read_bytes(), thumb
+
+
+def test_a_run_without_a_manifest_shows_no_panels_and_says_why(run: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(run, tmp_path / "old")
+    (copy / "sheets.json").unlink()
+    shutil.rmtree(copy / "thumbs")
+    page = write_report(copy).read_text()
+    assert "No panels to show" in page and "thumbs/" not in page
+    assert not (copy / "thumbs").exists()
 
 
 def test_report_shows_every_output_and_its_links_resolve(run: Path) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from deconv.analyses.top9 import Projected, Record
 from deconv.commands import top9
 from deconv.figures.draw import OUTSIDE, grid, show_patch, show_projection, upscale
-from deconv.figures.sheet import channel_panel, display_size, display_tiles, figure2, sheets
+from deconv.figures.sheet import LABEL, TITLE, Tile, display_size, display_tiles, figure2, figure2_sheet, layout
 
 
 def test_projection_display_is_centred_grey_and_per_patch() -> None:
@@ -47,12 +48,72 @@ def test_grid_and_upscale() -> None:
     assert upscale(torch.tensor([[1.0, 2.0]]), 2).tolist() == [[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]]
 
 
-def test_sheets_split_large_layers() -> None:
-    panel = channel_panel(torch.rand(9, 3, 8, 8), torch.rand(9, 3, 8, 8), "layer x  channel 0")
-    assert panel.width == 2 * (3 * 8 + 2 * 2) + 6
-    pages = sheets([panel] * 70, "layer x", per_sheet=32)
-    assert len(pages) == 3
-    assert pages[0].width > pages[2].width
+def test_the_layout_of_a_panel_is_the_papers_cell() -> None:
+    plan = layout({0: 9}, (8, 8))
+    (panel,) = plan.panels
+    assert panel.panel[2] - panel.panel[0] == 2 * (3 * 8 + 2 * 2) + 6  # two 3x3 grids, 2 px apart, 6 between
+    assert panel.label == (10, TITLE + 10, panel.panel[2], TITLE + 10 + LABEL) and panel.panel[1] == panel.label[3]
+    assert plan.size == (panel.panel[2] + 10, panel.panel[3] + 10)
+    assert panel.tiles[1][:4] == (
+        (panel.patches[0], panel.panel[1]),
+        (panel.patches[0] + 10, panel.panel[1]),
+        (panel.patches[0] + 20, panel.panel[1]),
+        (panel.patches[0], panel.panel[1] + 10),
+    )
+
+
+def _tiles(channels: int, k: int, side: int, rules: int, seed: int = 0) -> list[list[Tile]]:
+    """Random display tiles of ``channels`` channels, ``k`` each, under ``rules`` rules (the same records)."""
+    g = torch.Generator().manual_seed(seed)
+    records = [Record("l", c, r, c * k + r, None, 0, 0, 1.0 + r) for c in range(channels) for r in range(k)]
+    patches = [torch.randint(0, 256, (3, side, side), generator=g, dtype=torch.uint8) for _ in records]
+    return [
+        [
+            Tile(r, torch.randint(0, 256, (3, side, side), generator=g, dtype=torch.uint8), q, True)
+            for r, q in zip(records, patches)
+        ]
+        for _ in range(rules)
+    ]
+
+
+@pytest.mark.parametrize("channels, k, rules", [(7, 9, 1), (12, 9, 3), (5, 1, 1), (3, 4, 2)])
+def test_every_tile_is_drawn_where_the_layout_says_inside_its_boxes(channels: int, k: int, rules: int) -> None:
+    """The sheet's pixels at each tile corner of its layout are that tile's; every tile lies inside its
+    column, every column inside its panel, the panels apart from each other and from the title."""
+    by_rule = _tiles(channels, k, 6, rules)
+    names = [f"rule{n}" for n in range(rules)]
+    sheet = figure2_sheet(dict(zip(names, by_rule)) if rules > 1 else by_rule[0], "l: top")
+    pixels, plan = np.asarray(sheet.image), sheet.layout
+    assert (sheet.pixels == pixels).all() and pixels.shape == (plan.size[1], plan.size[0], 3)
+    assert [p.channel for p in plan.panels] == list(range(channels))
+    inside = lambda a, b: b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]  # noqa: E731
+    for panel in plan.panels:
+        columns = [[t for t in tiles if t.record.channel == panel.channel] for tiles in by_rule]
+        assert len(panel.grids) == rules and inside(panel.patches, panel.panel)
+        for box, corners, kind, tiles in zip(
+            [*panel.grids, panel.patches], panel.tiles, ["projection"] * rules + ["patch"], [*columns, columns[0]]
+        ):
+            assert inside(box, panel.panel) and len(corners) == k
+            for (x, y), tile in zip(corners, tiles):
+                assert inside((x, y, x + 6, y + 6), box)
+                assert (pixels[y : y + 6, x : x + 6] == getattr(tile, kind).permute(1, 2, 0).numpy()).all()
+        assert inside(panel.label, (0, plan.title[3], *plan.size)) and panel.label[3] == panel.panel[1]
+        for other in plan.panels:
+            if other is not panel:
+                a, b = panel.panel, other.panel
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]  # disjoint
+
+
+def test_the_manifest_names_each_column_by_its_rule() -> None:
+    sheet = figure2_sheet(dict(zip(["deconvnet", "guided"], _tiles(2, 9, 5, 2))), "l: top 9")
+    entry = sheet.manifest("sheets/l-1.png", "l", ["deconvnet", "guided"])
+    assert entry["sheet"] == "sheets/l-1.png" and entry["layer"] == "l" and entry["size"] == list(sheet.layout.size)
+    (first, second) = entry["panels"]
+    assert first["channel"] == 0 and second["channel"] == 1
+    assert first["rules"] == {r: list(b) for r, b in zip(["deconvnet", "guided"], sheet.layout.panels[0].grids)}
+    assert first["panel"] == list(sheet.layout.panels[0].panel) and first["patches"][2] == first["panel"][2]
+    with pytest.raises(ValueError):  # a rule for every grid, no more and no fewer
+        sheet.manifest("sheets/l-1.png", "l", ["deconvnet"])
 
 
 def test_figure2_blanks_entries_that_reach_nothing_and_counts_the_active_ones() -> None:
@@ -130,7 +191,5 @@ def test_large_boxes_are_downscaled_with_a_filter_and_small_ones_enlarged_by_an_
 
 def test_sheets_of_64_channels_fit_4096_pixels_at_the_default_tile_size() -> None:
     side = next(o.default for o in top9.OPTIONS if o.key == "tile_px")
-    tile = torch.zeros(9, 3, side, side, dtype=torch.uint8)
-    panel = channel_panel(tile, tile, "features.29  channel 511  8 of 9 active")
-    (sheet,) = sheets([panel] * 64, "features.29: top 9 activations per channel (sheet 8 of 8)", per_sheet=64)
-    assert max(sheet.size) <= 4096
+    plan = layout(dict.fromkeys(range(64), 9), (side, side))
+    assert max(plan.size) <= 4096

@@ -333,9 +333,9 @@ def test_a_top9_run_links_each_channel_to_its_panel(run: Path) -> None:
     panel = pixels(client.get("/api/top9.png?layer=features.4&channel=37", headers=AUTH).content)
     from deconv.figures.report import sheet_panels
 
-    sheet, image, boxes = next(p for p in sheet_panels(run, "features.4", list(range(64)), 16) if 37 in p[2])
-    with Image.open(run / sheet) as whole:
-        assert (panel == np.asarray(whole.convert("RGB").crop(boxes[37]))).all()  # the report's own cut of the sheet
+    where = sheet_panels(run, "features.4")[37]  # where sheets.json says the sheet has channel 37's panel
+    with Image.open(run / where.sheet) as whole:
+        assert (panel == np.asarray(whole.convert("RGB").crop(where.box))).all()  # the report's own cut of the sheet
     missing = client.get("/api/top9?layer=features.1&channel=0", headers=AUTH)
     assert missing.status_code == 400 and "no records" in missing.json()["error"]
 
@@ -447,7 +447,7 @@ RECORD = {"layer": "features.4", "channel": 0, "rank": 0, "index": 1, "path": No
 
 
 @pytest.mark.parametrize(
-    "top9, config, names",
+    "top9, manifest, names",
     [
         (json.dumps([RECORD, {**RECORD, "rank": "1"}]), None, "record 1 has a missing or wrong rank"),
         (json.dumps([RECORD, {**RECORD, "rank": 1.0}]), None, "record 1 has a missing or wrong rank"),
@@ -459,20 +459,20 @@ RECORD = {"layer": "features.4", "channel": 0, "rank": 0, "index": 1, "path": No
         (json.dumps([{**RECORD, "value": float("nan")}]), None, "value (not finite)"),
         (json.dumps([RECORD, [1, 2]]), None, "record 1 is a list"),
         (json.dumps({"records": [RECORD]}), None, "it holds a dict"),
-        (json.dumps([RECORD]), "per_sheet = 0", "per_sheet 0"),
-        (json.dumps([RECORD]), "per_sheet = ", "cannot read per_sheet"),
-        (json.dumps([RECORD]), "per_sheet = 'many'", "cannot read per_sheet"),
+        (json.dumps([RECORD]), "[{", "cannot read"),
+        (json.dumps([RECORD]), '[{"layer": "features.4"}]', "cannot read"),
+        (json.dumps([RECORD]), '{"sheets": 1}', "cannot read"),
     ],
 )
 def test_serve_refuses_a_run_with_records_of_wrong_types_in_one_line(
-    top9: str, config: str | None, names: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    top9: str, manifest: str | None, names: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     import uvicorn
 
     monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("served a run it should refuse"))
     (tmp_path / "top9.json").write_text(top9)
-    if config is not None:
-        (tmp_path / "config.toml").write_text(config)
+    if manifest is not None:
+        (tmp_path / "sheets.json").write_text(manifest)
     assert main(["serve", "--run", str(tmp_path), "--port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and names in err
@@ -484,6 +484,9 @@ def test_a_damaged_sheet_is_a_one_line_json_4xx(tmp_path: Path) -> None:
     (tmp_path / "top9.json").write_text(json.dumps([RECORD]))
     (tmp_path / "sheets").mkdir()
     (tmp_path / "sheets" / "features.4-1.png").write_bytes(b"not a png")
+    box = {"channel": 0, "panel": [0, 0, 4, 4], "rules": {"deconvnet": [0, 0, 2, 4]}, "patches": [2, 0, 4, 4]}
+    entry = {"sheet": "sheets/features.4-1.png", "layer": "features.4", "size": [4, 4], "panels": [box]}
+    (tmp_path / "sheets.json").write_text(json.dumps([entry]))
     mirror = build_mirror(default_model())
     session = Session(mirror, default_dataset(), default_preprocess())
     client = TestClient(create_app(session, TOKEN, Run(tmp_path, mirror.layer_names, 10000)))
