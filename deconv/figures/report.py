@@ -59,13 +59,11 @@ def _href(path: Path | str) -> str:
 
 
 def _save_thumbnail(image: Image.Image, path: Path) -> None:
-    """Writes a panel as a small JPEG thumbnail (at most ``THUMB`` wide; Pillow's Lanczos filter after a
-    reduction by the integer part of the factor, ``reducing_gap=1``: a quarter of the work, and alike to the
-    eye), quickly (no fsync), yet never half-written (temp file, rename)."""
+    """Writes a panel as a small JPEG thumbnail (at most ``THUMB`` wide; Pillow's Lanczos filter),
+    quickly (no fsync), yet never half-written (temp file, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if image.width > THUMB:
-        size = (THUMB, max(1, round(image.height * THUMB / image.width)))
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=1.0)
+        image = image.resize((THUMB, max(1, round(image.height * THUMB / image.width))), Image.Resampling.LANCZOS)
     temp = path.with_name(f".{path.name}.tmp")
     image.save(temp, "JPEG", quality=85)
     os.replace(temp, path)
@@ -85,7 +83,6 @@ def write_thumbnails(out: Path, entry: dict, pixels: np.ndarray) -> None:
         image = Image.fromarray(np.ascontiguousarray(pixels[top:bottom, left:right]), "RGB")
         _save_thumbnail(image, out / _thumb(entry["layer"], panel["channel"]))
 
-    (out / "thumbs" / entry["layer"]).mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(one, entry["panels"]))
 
