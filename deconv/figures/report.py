@@ -112,7 +112,10 @@ def sheet_panels(out: Path, layer: str) -> dict[int, _Panel]:
     the sheets that exist in ``out``."""
     found = {}
     for entry in read_manifest(out):
-        if entry["layer"] != layer or not (Path(out) / entry["sheet"]).is_file():
+        sheet = Path(entry["sheet"])
+        if sheet.parent != Path("sheets") or sheet.suffix != ".png":  # only the run's own sheets are opened
+            raise ValueError(f"{MANIFEST} names {entry['sheet']!r}, not a PNG in the run's sheets/")
+        if entry["layer"] != layer or not (Path(out) / sheet).is_file():
             continue
         for p in entry["panels"]:
             found[p["channel"]] = _Panel(

@@ -2,7 +2,7 @@
 
 Records become display tiles (:func:`display_tiles`); :func:`layout` says where every panel, grid and tile
 of a sheet goes (data), :func:`figure2_sheet` draws the tiles there and returns that layout with the image;
-``deconv top9`` writes it beside the sheets (:func:`write_manifest`), and the report cuts panels by it.
+``deconv top9`` writes it beside the sheets (:meth:`Sheet.manifest`), and the report cuts panels by it.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def layout(
     h, w = tile
     top = CAPTION if captions else 0
 
-    def panel(count: int) -> tuple[int, int, int, int]:  # columns, rows, a grid's width, the panel's (w, h)
+    def panel(count: int) -> tuple[int, int, int, int]:  # tiles a row, a grid's width, the panel's (w, h)
         columns = 3 if count > 1 else 1
         rows = math.ceil(count / columns)
         side = columns * (w + spacing) - spacing
@@ -283,10 +283,7 @@ def figure2_sheet(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: s
     _text(pixels, plan.title, [((2, 2), title, 18)])
     captions = [*by_rule, "image patches"] if captioned else []
     h, w = shape
-    every = [t.projection for grids in ranked.values() for of_rule in grids for t in of_rule]
-    every += [t.patch for grids in ranked.values() for t in grids[0]]
-    stacked = torch.stack(every).permute(0, 2, 3, 1).numpy()  # (N, h, w, 3): one copy of all the tiles
-    shown = {id(tile): pixels for tile, pixels in zip(every, stacked)}
+    placed = []  # (x, y, tile) of every active entry
     for panel in plan.panels:
         grids = ranked[panel.channel]
         patches = grids[0]
@@ -302,10 +299,12 @@ def figure2_sheet(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: s
         columns = [[(t.projection, t.active) for t in of_rule] for of_rule in grids] + [
             [(t.patch, t.active) for t in patches]
         ]
-        for corners, column in zip(panel.tiles, columns):
-            for (x, y), (tile, active) in zip(corners, column):
-                if active:  # an inactive entry stays blank (white)
-                    pixels[y : y + h, x : x + w] = shown[id(tile)]
+        for corners, column in zip(panel.tiles, columns):  # an inactive entry stays blank (white)
+            placed += [(x, y, tile) for (x, y), (tile, active) in zip(corners, column) if active]
+    if placed:
+        stacked = torch.stack([tile for _, _, tile in placed]).permute(0, 2, 3, 1).numpy()  # one copy, (N, h, w, 3)
+        for (x, y, _), tile in zip(placed, stacked):
+            pixels[y : y + h, x : x + w] = tile
     return Sheet(pixels, plan)
 
 

@@ -462,6 +462,7 @@ RECORD = {"layer": "features.4", "channel": 0, "rank": 0, "index": 1, "path": No
         (json.dumps([RECORD]), "[{", "cannot read"),
         (json.dumps([RECORD]), '[{"layer": "features.4"}]', "cannot read"),
         (json.dumps([RECORD]), '{"sheets": 1}', "cannot read"),
+        (json.dumps([RECORD]), json.dumps([{"sheet": "../top9.png", "layer": "features.4"}]), "not a PNG in"),
     ],
 )
 def test_serve_refuses_a_run_with_records_of_wrong_types_in_one_line(
