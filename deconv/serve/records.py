@@ -69,7 +69,7 @@ class Run:
         for rs in self.records.values():
             rs.sort(key=lambda r: r["rank"])
         try:  # where the sheets' panels are, as top9 drew them
-            self.panels = {layer: sheet_panels(self.out, layer) for layer, _ in self.records}
+            self.panels = {layer: sheet_panels(self.out, layer) for layer in {layer for layer, _ in self.records}}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ConfigError(f"key 'run': cannot read {self.out / MANIFEST} ({one_line(repr(error))})") from None
 
