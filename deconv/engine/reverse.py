@@ -45,8 +45,11 @@ class Window:
 
 
 def _select(memory: Any, image: torch.Tensor) -> Any:
-    """A memory entry for the traced images ``image``: per-image tensors are picked, the rest kept."""
-    return memory.index_select(0, image) if isinstance(memory, torch.Tensor) else memory
+    """A memory entry for the traced images ``image``: per-image tensors are picked (a view where the trace holds
+    one image: K selections of one image share its memory), the rest kept."""
+    if not isinstance(memory, torch.Tensor):
+        return memory
+    return memory.expand(len(image), *memory.shape[1:]) if memory.shape[0] == 1 else memory.index_select(0, image)
 
 
 def _whole(w: Window, shape: tuple[int, ...]) -> Window:
