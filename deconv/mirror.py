@@ -156,17 +156,18 @@ class Mirror(nn.Module):
         outermost = [b for b in found if not any(b.startswith(o + ".") for o in found)]
         last = len(self.steps) - 1  # the model's output: a classifier head, not a block
         kept = [b for b in outermost if self._index[b] != last and self._convolves(self.model.get_submodule(b))]
-        return [inner for b in kept for inner in self._chain_in(b)]
-
-    def _chain_in(self, stage: str) -> list[str]:
-        """The repeated blocks of ``stage`` (a probe point) that end in its output, or ``[stage]``: children of one
-        module inside it, of one class, each a probe point holding a convolution, each output used only by the
-        next one's nodes (a chain: not DenseNet's concatenated layers), each after the first merging two of its own
-        signals (a residual, a gate: not a stem's conv-norm-act units), the last one's output the stage's."""
         users: dict[int, list[int]] = {}
         for i, node in enumerate(self.steps):
             for j in node.inputs:
                 users.setdefault(j, []).append(i)
+        return [inner for b in kept for inner in self._chain_in(b, users)]
+
+    def _chain_in(self, stage: str, users: dict[int, list[int]]) -> list[str]:
+        """The repeated blocks of ``stage`` (a probe point) that end in its output, or ``[stage]``: children of one
+        module inside it, of one class, each a probe point holding a convolution, each output used only by the
+        next one's nodes (a chain: not DenseNet's concatenated layers), each after the first merging two of its own
+        signals (a residual, a gate: not a stem's conv-norm-act units), the last one's output the stage's.
+        ``users``: the nodes that read each node's output."""
         end = self._index[stage]
         for parent, module in self.model.get_submodule(stage).named_modules(prefix=stage):
             kids = [(f"{parent}.{n}", m) for n, m in module.named_children() if f"{parent}.{n}" in self._index]
