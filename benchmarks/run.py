@@ -20,6 +20,9 @@ Every row also checks that the outputs agree: Captum returns the modified gradie
 attribution (max abs difference / max abs of Captum's, at most 1e-5 in float32). Without captum
 installed the reference is the same modified backward pass done here with autograd hooks.
 
+timm's ResNet-50, EfficientNet-B0 and ConvNeXt-T at their stage outputs against Captum's NeuronGradient
+follow (``benchmarks/timm_stages.py``, which also runs alone; ``--no-timm`` skips them).
+
 The memory rows run in a fresh subprocess each (peak RSS from the child's own ``VmHWM``): the top 9
 images of every channel of VGG16's conv5_3 (512 x 9 = 4,608 projections), through
 ``mirror.projections(..., crop=True)``, each chunk dropped as it comes.
@@ -587,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocess rows")
     parser.add_argument("--no-fig2", action="store_true", help="skip the Fig. 2 job rows")
+    parser.add_argument("--no-timm", action="store_true", help="skip timm's stage rows (benchmarks/timm_stages.py)")
     parser.add_argument(MEMORY_CHILD, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=224, help=argparse.SUPPRESS)
     parser.add_argument("--pool", type=int, default=16, help=argparse.SUPPRESS)
@@ -726,7 +730,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_fig2:
         out += measure_fig2(reps, quick)
         print("  measured the Fig. 2 job", flush=True)
-    worst = max([r.error for r in rows] + [worst_rule])
+    timm_error = 0.0
+    if not args.no_timm and not ref_name.startswith("Captum"):
+        out += ["", "timm's stage rows skipped: they need Captum's NeuronGradient (the bench extra)."]
+    elif not args.no_timm:
+        import timm_stages
+
+        lines, timm_error, _ = timm_stages.measure(size, 8 if quick else 64, reps, references, not quick)
+        out += ["", "timm's CNNs at their stage outputs against Captum's NeuronGradient (gradient rule):", "", *lines]
+        print("  measured timm's stages", flush=True)
+    worst = max([r.error for r in rows] + [worst_rule, timm_error])
     ok = worst <= TOLERANCE
     out += [
         "",

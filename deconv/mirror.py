@@ -72,6 +72,10 @@ def _rule(rule: str | Rule) -> str:
     return resolve_rule(rule).name
 
 
+_PLAIN = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+"""Plain containers: no blocks of their own (see :meth:`Mirror.blocks`)."""
+
+
 class Mirror(nn.Module):
     """A deconvnet attached to a CNN. Build it with :func:`build_mirror`.
 
@@ -138,17 +142,56 @@ class Mirror(nn.Module):
         return node.layer if layer == node.name else self.model.get_submodule(layer.partition(":")[0])
 
     def blocks(self) -> list[str]:
-        """The outermost blocks whose outputs are probe points (ResNet blocks, DenseNet blocks,
-        Inception and Fire modules): containers that are not plain ``Sequential``/``ModuleList``/
-        ``ModuleDict``, not inside another such block. Empty for a plain chain of layers."""
-        plain = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+        """The blocks whose outputs are probe points, in forward order: the outermost containers that are not plain
+        ``Sequential``/``ModuleList``/``ModuleDict`` and hold a convolution (ResNet blocks, DenseNet blocks and
+        transitions, Inception and Fire modules; not a pooling or classifier head, nor a norm traced through). A
+        stage whose output is the last of a chain of repeated blocks inside it (timm's ``stages.0``, ending in
+        ``stages.0.blocks.2``) gives those blocks instead. Empty for a plain chain of layers."""
         found = []
         for node in self.steps:
             for name in node.aliases:
                 module = self.model.get_submodule(name.partition(":")[0])
-                if type(module) not in plain and not any(name.startswith(b + ".") for b in found):
+                if type(module) not in _PLAIN and not any(name.startswith(b + ".") for b in found):
                     found.append(name)
-        return [b for b in found if not any(b.startswith(o + ".") for o in found)]
+        outermost = [b for b in found if not any(b.startswith(o + ".") for o in found)]
+        last = len(self.steps) - 1  # the model's output: a classifier head, not a block
+        kept = [b for b in outermost if self._index[b] != last and self._convolves(self.model.get_submodule(b))]
+        users: dict[int, list[int]] = {}
+        for i, node in enumerate(self.steps):
+            for j in node.inputs:
+                users.setdefault(j, []).append(i)
+        return [inner for b in kept for inner in self._chain_in(b, users)]
+
+    def _chain_in(self, stage: str, users: dict[int, list[int]]) -> list[str]:
+        """The repeated blocks of ``stage`` (a probe point) that end in its output, or ``[stage]``: children of one
+        module inside it, of one class, each a probe point holding a convolution, each output used only by the
+        next one's nodes (a chain: not DenseNet's concatenated layers), each after the first merging two of its own
+        signals (a residual, a gate: not a stem's conv-norm-act units), the last one's output the stage's.
+        ``users``: the nodes that read each node's output."""
+        end = self._index[stage]
+        for parent, module in self.model.get_submodule(stage).named_modules(prefix=stage):
+            kids = [(f"{parent}.{n}", m) for n, m in module.named_children() if f"{parent}.{n}" in self._index]
+            if not kids or self._index[kids[-1][0]] != end:
+                continue
+            run = [kids[-1]]
+            for name, child in reversed(kids[:-1]):
+                here, after = self._index[name], self._index[run[0][0]]
+                chained = all(here < u <= after for u in users.get(here, []))
+                merges = any(  # inside the block: a residual, a gate
+                    len(self.steps[i].inputs) > 1 and all(here <= j <= after for j in self.steps[i].inputs)
+                    for i in range(here + 1, after + 1)
+                )
+                if type(child) is not type(run[0][1]) or not chained or not merges:
+                    break
+                run.insert(0, (name, child))
+            if len(run) > 1 and type(run[0][1]) not in _PLAIN and self._convolves(run[0][1]):
+                return [name for name, _ in run]
+        return [stage]
+
+    @staticmethod
+    def _convolves(module: nn.Module) -> bool:
+        """Whether ``module`` holds a convolution (a block, not a norm, pooling or classifier head)."""
+        return any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
 
     def shape(self, layer: str, image_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The output shape of ``layer`` (batch left out), ``(C, H, W)`` or ``(F,)``, for images of ``image_shape``."""

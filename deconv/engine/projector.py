@@ -7,7 +7,7 @@ their receptive fields or in whole images.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -74,7 +74,8 @@ class Projector:
             for (top, _), part in chunk.parts:
                 selected = [selections[k] for k in part]
                 where = torch.tensor(part, device=images.device)
-                yield where, self._reverse(walked, rule, top, selected, local, crop, images.shape[1:])
+                for which, projected in self._reverse(walked, rule, top, selected, local, crop, images.shape[1:]):
+                    yield where[which], projected  # each group of the reverse pass as it is: no copy into one batch
 
     def _order(
         self, selections: list[Selection], keys: list[tuple[int, bool]], size: tuple[int, int], rule: str
@@ -105,8 +106,9 @@ class Projector:
         local: dict[int, int],
         cut: bool,
         image_shape: Sequence[int],
-    ) -> torch.Tensor:
-        """The projections of ``part`` (selections at node ``top``), whole images or cut to their boxes."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The projections of ``part`` (selections at node ``top``), whole images or cut to their boxes, in the
+        groups the reverse pass went down in: ``(which (k_g,) indexes part, (k_g, C, H, W) or (k_g, C, h, w))``."""
         out = trace.outputs[top]
         device = out.device
         image = torch.tensor([local[s.image] for s in part], device=device)
@@ -135,21 +137,9 @@ class Projector:
             return result.signal
 
         parts = reverse(self.graph, trace, rule, top, image, signal, origin, WORK_TENSOR_BYTES)
-        return assemble(len(part), ((which, finished(which, result)) for which, result in parts))
+        return [(which, finished(which, result)) for which, result in parts]
 
 
 def _whole(s: Selection, shape: tuple[int, ...]) -> bool:
     """Whether ``s`` projects a whole feature map (a layer of maps, no position)."""
     return len(shape) == 3 and s.y is None
-
-
-def assemble(k: int, parts: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """One ``(k, ...)`` batch from parts ``(which (k_p,), values (k_p, ...))`` that cover it."""
-    parts = list(parts)
-    which, values = parts[0]
-    if len(parts) == 1 and bool((which == torch.arange(k, device=which.device)).all()):
-        return values
-    out = values.new_empty(k, *values.shape[1:])
-    for which, values in parts:
-        out[which] = values
-    return out

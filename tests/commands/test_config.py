@@ -113,7 +113,13 @@ CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.toml"))
 
 
 def test_the_repositorys_configs_are_found() -> None:
-    assert [p.name for p in CONFIGS] == ["default.toml", "imagenet-model.toml", "vgg16-hed.toml"]
+    assert [p.name for p in CONFIGS] == [
+        "default.toml",
+        "imagenet-model.toml",
+        "timm-convnext_tiny.toml",
+        "timm-efficientnet_b0.toml",
+        "vgg16-hed.toml",
+    ]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
