@@ -1,0 +1,152 @@
+"""A layer's census, kept while a scan streams the dataset: what the top ``k`` alone does not say about a unit.
+
+Per channel a :class:`Tally` keeps the bottom ``k`` (the images with the smallest per-image minimum),
+how often the unit is active and how strongly (moments and a quantile sketch of the per-image
+maximum), the statistics of that maximum per class, and where the maximum falls on the map. Its
+memory grows with channels x (``k`` + bins + classes + map positions), never with the dataset, and
+shards merge exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .sketch import Sketch
+from .topk import TopK, _key
+
+__all__ = ["Tally", "Extremes"]
+
+
+class Extremes:
+    """One batch of one layer, reduced per image and channel: ``maxima``/``minima`` ``(B, C)`` and the flat
+    map positions of the first of each in row-major order, ``argmax``/``argmin`` ``(B, C)`` (``None`` for a
+    vector layer)."""
+
+    def __init__(self, out: torch.Tensor, minima: bool) -> None:
+        """From a layer's output ``(B, C, H, W)`` or ``(B, F)``; the minima only with ``minima``."""
+        self.size: tuple[int, int] | None = None
+        self.minima = self.argmin = self.argmax = None
+        if out.dim() == 2:
+            self.maxima = out
+            self.minima = out if minima else None
+            return
+        self.size = (out.shape[2], out.shape[3])
+        # one pooling window over the whole map: as fast as amax, and it returns the first position on ties
+        maxima, argmax = torch.nn.functional.adaptive_max_pool2d(out, 1, return_indices=True)
+        self.maxima, self.argmax = maxima.flatten(1), argmax.flatten(1)
+        if minima:
+            negated, argmin = torch.nn.functional.adaptive_max_pool2d(-out, 1, return_indices=True)
+            self.minima, self.argmin = -negated.flatten(1), argmin.flatten(1)
+
+    def positions(self, flat: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows and columns ``(y, x)`` of flat positions (zeros for a vector layer), shaped like ``like``."""
+        if flat is None or self.size is None:
+            return torch.zeros_like(like, dtype=torch.long), torch.zeros_like(like, dtype=torch.long)
+        return flat // self.size[1], flat % self.size[1]
+
+
+class Tally:
+    """The census of one layer of ``channels`` channels (maps of ``size`` ``(H, W)``, or ``None``):
+
+    - ``bottom``: :class:`TopK` of the negated per-image minima (the most negative first, with positions);
+    - ``active`` ``(C,)``: images whose maximum is > 0; ``total``, ``sum``, ``squares`` ``(C,)`` float64 of the
+      per-image maximum; ``sketch``: its :class:`Sketch`;
+    - per class (labels >= 0; the arrays grow with the largest label seen): ``class_images`` ``(K,)``,
+      ``class_active`` ``(C, K)``, ``class_sum`` and ``class_max`` ``(C, K)`` float64 of the per-image maximum;
+    - ``hits`` ``(C, H * W)``: images whose maximum lies at each map position, over the images where the unit
+      is active.
+    """
+
+    def __init__(self, channels: int, k: int, size: tuple[int, int] | None, dtype: torch.dtype) -> None:
+        self.size = size
+        self.bottom = TopK(channels, k, dtype)
+        self.active = torch.zeros(channels, dtype=torch.int64)
+        self.sum = torch.zeros(channels, dtype=torch.float64)
+        self.squares = torch.zeros(channels, dtype=torch.float64)
+        self.sketch = Sketch(channels)
+        self.class_images = torch.zeros(0, dtype=torch.int64)
+        self.class_active = torch.zeros(channels, 0, dtype=torch.int64)
+        self.class_sum = torch.zeros(channels, 0, dtype=torch.float64)
+        self.class_max = torch.zeros(channels, 0, dtype=torch.float64)
+        self.hits = torch.zeros(channels, size[0] * size[1] if size else 0, dtype=torch.int64)
+
+    @property
+    def channels(self) -> int:
+        return self.active.shape[0]
+
+    def update(self, found: Extremes, index: torch.Tensor, labels: torch.Tensor) -> None:
+        """Counts one batch: its extremes, the images' dataset ``index`` and ``labels`` ``(B,)`` (-1: none)."""
+        assert found.minima is not None
+        maxima = found.maxima.detach().cpu()
+        peak = maxima.to(torch.float64)
+        on = peak > 0
+        self.active += on.sum(0)
+        self.sum += peak.sum(0)
+        self.squares += (peak * peak).sum(0)
+        self.sketch.update(peak.T)
+        negated = -found.minima.detach().cpu().T  # (C, B): the most negative minimum ranks first
+        best = _key(negated, index).topk(min(self.bottom.k, len(index)), dim=1).indices  # the batch's own bottom k
+        flat = None if found.argmin is None else found.argmin.cpu().T.gather(1, best)
+        self.bottom.update(negated.gather(1, best), index[best], *found.positions(flat, best))
+        if found.argmax is not None:
+            flat = found.argmax.cpu()
+            self.hits.scatter_add_(1, flat.T, on.T.to(torch.int64))
+        self._classes(peak, on, labels.cpu())
+
+    def _classes(self, peak: torch.Tensor, on: torch.Tensor, labels: torch.Tensor) -> None:
+        known = labels >= 0
+        if not bool(known.any()):
+            return
+        peak, on, labels = peak[known], on[known], labels[known]
+        self._grow(int(labels.max()) + 1)
+        where = labels.expand(self.channels, -1)  # (C, B)
+        self.class_images.scatter_add_(0, labels, torch.ones_like(labels))
+        self.class_active.scatter_add_(1, where, on.T.to(torch.int64))
+        self.class_sum.scatter_add_(1, where, peak.T)
+        self.class_max.scatter_reduce_(1, where, peak.T, "amax")
+
+    def _grow(self, classes: int) -> None:
+        """Widens the class arrays to ``classes`` columns."""
+        more = classes - self.class_images.shape[0]
+        if more <= 0:
+            return
+        self.class_images = torch.cat([self.class_images, torch.zeros(more, dtype=torch.int64)])
+        self.class_active = torch.cat([self.class_active, torch.zeros(self.channels, more, dtype=torch.int64)], 1)
+        self.class_sum = torch.cat([self.class_sum, torch.zeros(self.channels, more, dtype=torch.float64)], 1)
+        self.class_max = torch.cat([self.class_max, torch.full((self.channels, more), -torch.inf).double()], 1)
+
+    def merge(self, other: Tally) -> None:
+        """Adds another shard's tally: the result is that of one scan over both shards."""
+        self.bottom.merge(other.bottom)
+        self.active += other.active
+        self.sum += other.sum
+        self.squares += other.squares
+        self.sketch.merge(other.sketch)
+        self._grow(other.class_images.shape[0])
+        classes = other.class_images.shape[0]
+        self.class_images[:classes] += other.class_images
+        self.class_active[:, :classes] += other.class_active
+        self.class_sum[:, :classes] += other.class_sum
+        self.class_max[:, :classes] = torch.maximum(self.class_max[:, :classes], other.class_max)
+        self.hits += other.hits
+
+    ARRAYS = ("active", "sum", "squares", "class_images", "class_active", "class_sum", "class_max", "hits")
+
+    def state_dict(self) -> dict:
+        return {
+            "size": list(self.size) if self.size else None,
+            "bottom": self.bottom.state_dict(),
+            "sketch": self.sketch.state_dict(),
+            **{name: getattr(self, name) for name in self.ARRAYS},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Tally:
+        bottom = TopK.from_state_dict(state["bottom"])
+        size = tuple(state["size"]) if state["size"] else None
+        tally = cls(bottom.values.shape[0], bottom.k, size, bottom.values.dtype)  # type: ignore[arg-type]
+        tally.bottom = bottom
+        tally.sketch = Sketch.from_state_dict(state["sketch"])
+        for name in cls.ARRAYS:
+            setattr(tally, name, torch.as_tensor(state[name]).clone())
+        return tally
