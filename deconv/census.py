@@ -385,7 +385,7 @@ def _labels(dataset: Dataset | None, state: ScanState) -> dict[int, int]:
     return {i: int(known[i]) if known is not None else int(dataset[i][1]) for i in sorted(indices)}
 
 
-def _check_labels(dataset: Dataset, classes: Sequence[str] | None, state: ScanState | None = None) -> None:
+def check_labels(dataset: Dataset, classes: Sequence[str] | None, state: ScanState | None = None) -> None:
     """``DatasetError`` naming the first label that does not fit ``classes`` (before the scan where the
     dataset lists its labels, else from the scan's class counts)."""
     if not classes:
@@ -429,11 +429,17 @@ def census(
     size = len(dataset)  # type: ignore[arg-type]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= size:
         raise SelectionError(f"k must be an integer from 1 to the dataset's {size} images, got {k!r}")
-    names = classes or getattr(dataset, "classes", None) or getattr(mirror.model, "classes", None)
-    _check_labels(dataset, names)
+    names = class_names(dataset, mirror.model, classes)
+    check_labels(dataset, names)
     state = scan(mirror, dataset, list(layers), replace(options or ScanOptions(), k=k, census=True, **overrides))
-    _check_labels(dataset, names, state)
+    check_labels(dataset, names, state)
     return Census(state, k, mirror=mirror, dataset=dataset, classes=names)
+
+
+def class_names(dataset: Dataset, model: nn.Module, given: Sequence[str] | None = None) -> list[str] | None:
+    """The names of the labels: ``given``, else the dataset's or the model's ``classes`` (``None``: unnamed)."""
+    names = given or getattr(dataset, "classes", None) or getattr(model, "classes", None)
+    return list(names) if names else None
 
 
 def _image_channels(mirror: Mirror) -> int:

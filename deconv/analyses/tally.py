@@ -18,25 +18,35 @@ __all__ = ["Tally", "Extremes"]
 
 
 class Extremes:
-    """One batch of one layer, reduced per image and channel: ``maxima``/``minima`` ``(B, C)`` and the flat
-    map positions of the first of each in row-major order, ``argmax``/``argmin`` ``(B, C)`` (``None`` for a
-    vector layer)."""
+    """One batch of one layer, reduced per image and channel: ``maxima`` ``(B, C)``; for a ``census`` also
+    ``minima`` ``(B, C)`` and the flat map position of every maximum, the first in row-major order,
+    ``argmax`` ``(B, C)`` (``None`` otherwise and for a vector layer). :meth:`first` finds the positions
+    of the few images that need them."""
 
-    def __init__(self, out: torch.Tensor, minima: bool) -> None:
-        """From a layer's output ``(B, C, H, W)`` or ``(B, F)``; the minima only with ``minima``."""
-        self.size: tuple[int, int] | None = None
-        self.minima = self.argmin = self.argmax = None
+    def __init__(self, out: torch.Tensor, census: bool) -> None:
+        """From a layer's output ``(B, C, H, W)`` or ``(B, F)``."""
+        self.out, self.size = out, None if out.dim() == 2 else (out.shape[2], out.shape[3])
+        self.argmax = self.minima = None
         if out.dim() == 2:
             self.maxima = out
-            self.minima = out if minima else None
-            return
-        self.size = (out.shape[2], out.shape[3])
-        # one pooling window over the whole map: as fast as amax, and it returns the first position on ties
-        maxima, argmax = torch.nn.functional.adaptive_max_pool2d(out, 1, return_indices=True)
-        self.maxima, self.argmax = maxima.flatten(1), argmax.flatten(1)
-        if minima:
-            negated, argmin = torch.nn.functional.adaptive_max_pool2d(-out, 1, return_indices=True)
-            self.minima, self.argmin = -negated.flatten(1), argmin.flatten(1)
+        elif census:  # one pooling window over the whole map: the maxima and their first positions at once
+            maxima, argmax = torch.nn.functional.adaptive_max_pool2d(out, 1, return_indices=True)
+            self.maxima, self.argmax = maxima.flatten(1), argmax.flatten(1)
+        else:
+            self.maxima = out.amax((2, 3))
+        if census:
+            self.minima = out if out.dim() == 2 else out.amin((2, 3))
+
+    def first(self, best: torch.Tensor, largest: bool) -> torch.Tensor | None:
+        """The flat positions ``(C, k)`` of the maxima (or minima) of the images ``best`` ``(C, k)`` (batch
+        rows), the first on ties; ``None`` for a vector layer."""
+        if self.size is None:
+            return None
+        if largest and self.argmax is not None:
+            return self.argmax.cpu().T.gather(1, best)
+        channel = torch.arange(self.out.shape[1], device=self.out.device)[:, None]
+        maps = self.out[best.to(self.out.device), channel].flatten(2)  # (C, k, H * W)
+        return (maps.argmax(2) if largest else maps.argmin(2)).cpu()
 
     def positions(self, flat: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows and columns ``(y, x)`` of flat positions (zeros for a vector layer), shaped like ``like``."""
@@ -86,7 +96,7 @@ class Tally:
         self.sketch.update(peak.T)
         negated = -found.minima.detach().cpu().T  # (C, B): the most negative minimum ranks first
         best = _key(negated, index).topk(min(self.bottom.k, len(index)), dim=1).indices  # the batch's own bottom k
-        flat = None if found.argmin is None else found.argmin.cpu().T.gather(1, best)
+        flat = found.first(best, largest=False)
         self.bottom.update(negated.gather(1, best), index[best], *found.positions(flat, best))
         if found.argmax is not None:
             flat = found.argmax.cpu()
@@ -100,9 +110,10 @@ class Tally:
         peak, on, labels = peak[known], on[known], labels[known]
         self._grow(int(labels.max()) + 1)
         where = labels.expand(self.channels, -1)  # (C, B)
-        self.class_images.scatter_add_(0, labels, torch.ones_like(labels))
-        self.class_active.scatter_add_(1, where, on.T.to(torch.int64))
-        self.class_sum.scatter_add_(1, where, peak.T)
+        members = torch.nn.functional.one_hot(labels, self.class_images.shape[0]).to(torch.float64)  # (B, K)
+        self.class_images += members.sum(0).to(torch.int64)
+        self.class_active += (on.T.to(torch.float64) @ members).round().to(torch.int64)  # exact: small integers
+        self.class_sum += peak.T @ members
         self.class_max.scatter_reduce_(1, where, peak.T, "amax")
 
     def _grow(self, classes: int) -> None:

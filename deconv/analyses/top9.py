@@ -240,8 +240,7 @@ def _add(state: ScanState, found: dict[str, Extremes], batch: Batch, k: int, cen
                 state.vector_layers.add(layer)
         mine = slice(start, start + channels)
         start = mine.stop
-        flat = None if extremes.argmax is None else extremes.argmax.cpu().T.gather(1, best[mine])
-        y, x = extremes.positions(flat, best[mine])
+        y, x = extremes.positions(extremes.first(best[mine], largest=True), best[mine])
         state.tops[layer].update(values[mine], chosen[mine], y, x)
         if census:
             if layer not in state.tallies:
