@@ -6,6 +6,7 @@
 
 from . import errors
 from .builders import Call, Rule, register_mirror, registered_types, resolve_rule, rules, unregister_mirror
+from .census import Census, Unit, census
 from .errors import *  # noqa: F403  (the typed errors, listed in errors.__all__)
 from .mirror import DEFAULT_MEMORY_BUDGET, Box, LayerInfo, Mirror, ReceptiveField, Selection, build_mirror
 from .zoo.models import default_dataset, default_model
@@ -14,6 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "build_mirror",
+    "census",
+    "Census",
+    "Unit",
     "Mirror",
     "Selection",
     "Box",

@@ -18,69 +18,10 @@ from ..engine.graph import model_runs_on
 from ..errors import NonFiniteError, SelectionError
 from ..mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
 from ..progress import progress_bar
+from .tally import Extremes, Tally
+from .topk import TopK, _key
 
 __all__ = ["TopK", "Record", "ScanState", "ScanOptions", "Projected", "ProjectOptions", "scan", "project_top"]
-
-
-class TopK:
-    """Running top ``k`` per channel of one layer: ``values``, dataset ``index``, position ``y``, ``x``,
-    each ``(C, k)``, best first; ties go to the lower dataset index. Empty slots have index -1.
-
-    Candidates wait in a buffer and are ranked a few hundred at a time (one sort, not one per batch).
-    """
-
-    BUFFER = 512  # candidate columns ranked together
-
-    def __init__(self, channels: int, k: int = 9, dtype: torch.dtype = torch.float32) -> None:
-        self._best = (
-            torch.full((channels, k), -torch.inf, dtype=dtype),
-            torch.full((channels, k), -1, dtype=torch.long),
-            torch.zeros(channels, k, dtype=torch.long),
-            torch.zeros(channels, k, dtype=torch.long),
-        )
-        self._waiting: list[tuple[torch.Tensor, ...]] = []
-        self._columns = 0
-
-    @property
-    def k(self) -> int:
-        return self._best[0].shape[1]
-
-    values = property(lambda self: self._ranked()[0], doc="``(C, k)`` activations, best first")
-    index = property(lambda self: self._ranked()[1], doc="``(C, k)`` dataset indices (-1: empty)")
-    y = property(lambda self: self._ranked()[2], doc="``(C, k)`` rows of the activations")
-    x = property(lambda self: self._ranked()[3], doc="``(C, k)`` columns of the activations")
-
-    def update(self, values: torch.Tensor, index: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> None:
-        """Adds candidates ``(C, M)`` (``values``, ``y``, ``x``) with dataset ``index`` ``(M,)`` or ``(C, M)``."""
-        if index.dim() == 1:
-            index = index.expand(values.shape[0], -1)
-        self._waiting.append((values.to(self._best[0].dtype), index, y, x))
-        self._columns += values.shape[1]
-        if self._columns >= self.BUFFER:
-            self._ranked()
-
-    def _ranked(self) -> tuple[torch.Tensor, ...]:
-        """Ranks the waiting candidates into the best ``k`` and returns ``(values, index, y, x)``."""
-        if not self._waiting:
-            return self._best
-        merged = [torch.cat(parts, 1) for parts in zip(self._best, *self._waiting)]
-        self._waiting, self._columns = [], 0
-        best = _key(merged[0], merged[1]).topk(self.k, dim=1).indices
-        self._best = tuple(m.gather(1, best) for m in merged)
-        return self._best
-
-    def merge(self, other: TopK) -> None:
-        """Adds another shard's entries: the result is that of one scan over both shards."""
-        self.update(*other._ranked())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(zip(("values", "index", "y", "x"), self._ranked()))
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> TopK:
-        top = cls(*state["values"].shape, dtype=state["values"].dtype)
-        top._best = (state["values"], state["index"], state["y"], state["x"])
-        return top
 
 
 @dataclass(frozen=True)
@@ -106,14 +47,16 @@ class Record:
 
 @dataclass
 class ScanState:
-    """Where a scan is: the running top ``k`` per layer, how many items of its order it has consumed,
-    how many images it has scanned and which items it could not read."""
+    """Where a scan is: the running top ``k`` per layer (and its :class:`~deconv.analyses.tally.Tally`, for a
+    census), how many items of its order it has consumed, how many images it has scanned and which items
+    it could not read."""
 
     tops: dict[str, TopK]
     position: int = 0
     images: int = 0
     skipped: list[tuple[int, str, str]] = field(default_factory=list)
     vector_layers: set[str] = field(default_factory=set)
+    tallies: dict[str, Tally] = field(default_factory=dict)
 
     def records(self, dataset: Dataset) -> list[Record]:
         """The filled slots as records, by layer, channel and rank."""
@@ -137,6 +80,11 @@ class ScanState:
                 self.tops[layer].merge(top)
             else:
                 self.tops[layer] = TopK.from_state_dict(top.state_dict())  # not shared: updates replace its tensors
+        for layer, tally in other.tallies.items():
+            if layer in self.tallies:
+                self.tallies[layer].merge(tally)
+            else:
+                self.tallies[layer] = Tally.from_state_dict(tally.state_dict())
         self.position += other.position
         self.images += other.images
         self.skipped = sorted(self.skipped + other.skipped)
@@ -149,6 +97,7 @@ class ScanState:
             "images": self.images,
             "skipped": self.skipped,
             "vector_layers": sorted(self.vector_layers),
+            "tallies": {layer: tally.state_dict() for layer, tally in self.tallies.items()},
         }
 
     @classmethod
@@ -159,6 +108,7 @@ class ScanState:
             state["images"],
             [tuple(s) for s in state["skipped"]],
             set(state["vector_layers"]),
+            {layer: Tally.from_state_dict(tally) for layer, tally in state.get("tallies", {}).items()},
         )
 
 
@@ -166,7 +116,9 @@ class ScanState:
 class ScanOptions:
     """How :func:`scan` runs: the top ``k`` kept per channel; images loaded ``batch_size`` at a time by
     ``num_workers`` processes, in the order ``indices`` (default: the whole dataset); ``strict`` raises at an
-    unreadable image instead of skipping it; ``desc`` labels the progress bar, shown with ``progress``."""
+    unreadable image instead of skipping it; ``desc`` labels the progress bar, shown with ``progress``;
+    ``census`` also keeps each layer's :class:`~deconv.analyses.tally.Tally` (bottom ``k``, distribution,
+    classes, positions)."""
 
     k: int = 9
     batch_size: int = 256
@@ -175,6 +127,7 @@ class ScanOptions:
     strict: bool = False
     progress: bool = True
     desc: str = "scan"
+    census: bool = False
 
 
 def scan(
@@ -214,7 +167,8 @@ def scan(
             if how.strict and batch.skipped:
                 raise UnreadableImage(*batch.skipped[0][1:])
             if len(batch):
-                _add(state, *_forward(mirror, dataset, batch, layers), batch.indices, how.k)
+                found = _forward(mirror, dataset, batch, layers, how.census)
+                _add(state, found, batch, how.k, how.census)
             state.images += len(batch)
             state.skipped.extend(batch.skipped)
             state.position += len(batch) + len(batch.skipped)
@@ -229,26 +183,25 @@ def _described(batch: Batch) -> str:
 
 
 def _forward(
-    mirror: Mirror, dataset: Dataset, batch: Batch, layers: Sequence[str]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The outputs of ``layers`` for one batch, and each image's strongest activation in every channel of
-    them ``(B, channels of all layers)`` (a vector layer's output is its own). Errors name the dataset images.
+    mirror: Mirror, dataset: Dataset, batch: Batch, layers: Sequence[str], census: bool
+) -> dict[str, Extremes]:
+    """Each layer's per-image extremes for one batch (minima too for a ``census``). Errors name the dataset images.
 
     The walk runs channels-last where the layers allow it (:meth:`~deconv.mirror.Mirror.activations`):
-    maxima over small maps are about ten times faster that way. Only the maxima are checked for NaN
-    or inf, which they show wherever a map holds NaN or +inf (a -inf where it is a map's maximum;
-    ReLU outputs hold none).
+    maxima over small maps are about ten times faster that way. Only the extremes are checked for NaN
+    or inf, which they show wherever a map holds NaN or inf.
     """
     try:
         with model_runs_on(_described(batch)):
             outputs = mirror.activations(batch.images, layers, check=False, any_layout=True)
     except NonFiniteError:  # in the images
         raise _non_finite_error(mirror, dataset, batch, layers) from None
-    found = {layer: out.detach() for layer, out in outputs.items()}
-    maxima = torch.cat([out.amax((2, 3)) if out.dim() == 4 else out for out in found.values()], 1)
-    if first_non_finite(maxima) is not None:
-        raise _non_finite_error(mirror, dataset, batch, layers)
-    return found, maxima
+    found = {layer: Extremes(out.detach(), census) for layer, out in outputs.items()}
+    for extremes in found.values():
+        for values in (extremes.maxima, extremes.minima):
+            if values is not None and first_non_finite(values) is not None:
+                raise _non_finite_error(mirror, dataset, batch, layers)
+    return found
 
 
 def _non_finite_error(mirror: Mirror, dataset: Dataset, batch: Batch, layers: Sequence[str]) -> NonFiniteError:
@@ -268,44 +221,31 @@ def _non_finite_error(mirror: Mirror, dataset: Dataset, batch: Batch, layers: Se
     return NonFiniteError(f"NaN or inf activations in the batch of dataset images {first}..{last}")
 
 
-def _key(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``(C, M)`` int64 keys that order by value, then by lower index: one ``topk`` ranks exactly, ties included.
+def _add(state: ScanState, found: dict[str, Extremes], batch: Batch, k: int, census: bool) -> None:
+    """Enters one batch into the rankings (and the tallies, for a ``census``): per layer its extremes.
 
-    A float's bits, read as an integer with the magnitude bits of negatives flipped, order like the
-    float (float32 holds every value of the narrower types exactly); the low 32 bits hold the index,
-    inverted. Float64 activations are ranked in float32: distinct values closer than float32 can tell apart tie.
+    Only the batch's own best ``k`` per channel can enter a ranking, so only those are handed on; they
+    are picked for the channels of all layers at once.
     """
-    bits = (values.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone in the float's value
-    return (ordered.to(torch.int64) << 32) | (2**32 - 2 - index)  # index -1 (an empty slot) .. 2**32 - 2
-
-
-def _add(state: ScanState, found: dict[str, torch.Tensor], maxima: torch.Tensor, index: torch.Tensor, k: int) -> None:
-    """Enters one batch into the rankings: per layer its output ``(B, C, H, W)`` or ``(B, F)``; each
-    image's strongest activation in every channel of them ``maxima`` ``(B, channels of all layers)``;
-    the images' dataset ``index`` ``(B,)``.
-
-    Only the batch's own best ``k`` per channel can enter a ranking, so only those ``C x k`` maps are
-    searched for the position of their maximum (the first on ties). The batch's best are picked for
-    the channels of all layers at once.
-    """
-    values = maxima.T.cpu()  # (channels, B)
+    index = batch.indices
+    values = torch.cat([f.maxima for f in found.values()], 1).T.cpu()  # (channels, B)
     best = _key(values, index).topk(min(k, len(index)), dim=1).indices  # (channels, k): images of the batch
     values, chosen = values.gather(1, best), index[best]
     start = 0
-    for layer, out in found.items():
+    for layer, extremes in found.items():
+        channels = extremes.maxima.shape[1]
         if layer not in state.tops:
-            state.tops[layer] = TopK(out.shape[1], k, out.dtype)
-            if out.dim() == 2:
+            state.tops[layer] = TopK(channels, k, extremes.maxima.dtype)
+            if extremes.size is None:
                 state.vector_layers.add(layer)
-        mine = slice(start, start + out.shape[1])
+        mine = slice(start, start + channels)
         start = mine.stop
-        y = x = torch.zeros_like(best[mine])
-        if out.dim() == 4:
-            channel = torch.arange(out.shape[1], device=out.device)[:, None]
-            flat = out[best[mine].to(out.device), channel].flatten(2).argmax(2).cpu()  # (C, k)
-            y, x = flat // out.shape[3], flat % out.shape[3]
+        y, x = extremes.positions(extremes.first(best[mine], largest=True), best[mine])
         state.tops[layer].update(values[mine], chosen[mine], y, x)
+        if census:
+            if layer not in state.tallies:
+                state.tallies[layer] = Tally(channels, k, extremes.size, extremes.maxima.dtype)
+            state.tallies[layer].update(extremes, index, batch.labels)
 
 
 @dataclass

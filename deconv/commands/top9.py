@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from ..analyses.checkpoint import Checkpoint, fingerprint
 from ..analyses.top9 import ProjectOptions, Record, ScanOptions, ScanState, project_top, scan
+from ..census import CENSUS_FILE, CENSUS_META, Census, check_labels, class_names
 from ..data import Preprocess
 from ..engine.graph import model_runs_on
 from ..errors import ConfigError, DatasetError
@@ -158,7 +159,7 @@ def run(settings: Top9Settings) -> int:
             "top9",
             "top9.json",
             STATE,
-            outputs=("config.toml", "skipped.json"),
+            outputs=("config.toml", "skipped.json", CENSUS_FILE, CENSUS_META),
             replace_all=True,
             resume=settings.resume,
             data=settings.data,
@@ -206,16 +207,21 @@ def _setup(settings: Top9Settings, group: Group) -> Job:
             f"(layers: {', '.join(layers)})"
         )
     total = len(dataset) if not settings.limit else min(settings.limit, len(dataset))  # type: ignore[arg-type]
+    check_labels(dataset, class_names(dataset, model))
     return Job(settings, group, model, preprocess, dataset, mirror, layers, wanted, total, rules)
 
 
 def _write_records(job: Job, out: Path, state: ScanState, records: list[Record]) -> None:
-    """The run's resolved settings, the images it skipped and its records (rank 0 only)."""
+    """The run's resolved settings, the images it skipped, its records and its census (rank 0 only)."""
     header = "deconv top9: the resolved settings of this run"
     write_text(out / "config.toml", dump_toml(job.settings.values(), header))
     write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
     rule = job.rules[0] if len(job.rules) == 1 else job.rules  # the records are those of every rule: one scan
     write_json(out / "top9.json", [{**r.to_json(), "rule": rule} for r in records])
+    classes = class_names(job.dataset, job.model)
+    check_labels(job.dataset, classes, state)
+    census = Census(state, min(job.settings.top, job.total), mirror=job.mirror, dataset=job.dataset, classes=classes)
+    census.write(out)
 
 
 def _summary(job: Job, folder: RunFolder, state: ScanState, records: list[Record], sheets: int, clock: Clock) -> None:
@@ -309,6 +315,7 @@ def _scan(job: Job, out: Path) -> ScanState:
         indices=group.shard(range(job.total), data.batch_size),
         strict=settings.strict,
         progress=settings.output.progress and group.main,
+        census=True,
     )
     with checkpoint:
         state = scan(job.mirror, job.dataset, job.layers, options, state=state, checkpoint=checkpoint)

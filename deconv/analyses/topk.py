@@ -1,0 +1,80 @@
+"""A running top ``k`` per channel, ranked exactly: by value, then by the lower dataset index."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["TopK"]
+
+
+class TopK:
+    """Running top ``k`` per channel of one layer: ``values``, dataset ``index``, position ``y``, ``x``,
+    each ``(C, k)``, best first; ties go to the lower dataset index. Empty slots have index -1.
+
+    Candidates wait in a buffer and are ranked a few hundred at a time (one sort, not one per batch).
+    """
+
+    BUFFER = 512  # candidate columns ranked together
+
+    def __init__(self, channels: int, k: int = 9, dtype: torch.dtype = torch.float32) -> None:
+        self._best = (
+            torch.full((channels, k), -torch.inf, dtype=dtype),
+            torch.full((channels, k), -1, dtype=torch.long),
+            torch.zeros(channels, k, dtype=torch.long),
+            torch.zeros(channels, k, dtype=torch.long),
+        )
+        self._waiting: list[tuple[torch.Tensor, ...]] = []
+        self._columns = 0
+
+    @property
+    def k(self) -> int:
+        return self._best[0].shape[1]
+
+    values = property(lambda self: self._ranked()[0], doc="``(C, k)`` activations, best first")
+    index = property(lambda self: self._ranked()[1], doc="``(C, k)`` dataset indices (-1: empty)")
+    y = property(lambda self: self._ranked()[2], doc="``(C, k)`` rows of the activations")
+    x = property(lambda self: self._ranked()[3], doc="``(C, k)`` columns of the activations")
+
+    def update(self, values: torch.Tensor, index: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> None:
+        """Adds candidates ``(C, M)`` (``values``, ``y``, ``x``) with dataset ``index`` ``(M,)`` or ``(C, M)``."""
+        if index.dim() == 1:
+            index = index.expand(values.shape[0], -1)
+        self._waiting.append((values.to(self._best[0].dtype), index, y, x))
+        self._columns += values.shape[1]
+        if self._columns >= self.BUFFER:
+            self._ranked()
+
+    def _ranked(self) -> tuple[torch.Tensor, ...]:
+        """Ranks the waiting candidates into the best ``k`` and returns ``(values, index, y, x)``."""
+        if not self._waiting:
+            return self._best
+        merged = [torch.cat(parts, 1) for parts in zip(self._best, *self._waiting)]
+        self._waiting, self._columns = [], 0
+        best = _key(merged[0], merged[1]).topk(self.k, dim=1).indices
+        self._best = tuple(m.gather(1, best) for m in merged)
+        return self._best
+
+    def merge(self, other: TopK) -> None:
+        """Adds another shard's entries: the result is that of one scan over both shards."""
+        self.update(*other._ranked())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(("values", "index", "y", "x"), self._ranked()))
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> TopK:
+        top = cls(*state["values"].shape, dtype=state["values"].dtype)
+        top._best = (state["values"], state["index"], state["y"], state["x"])
+        return top
+
+
+def _key(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(C, M)`` int64 keys that order by value, then by lower index: one ``topk`` ranks exactly, ties included.
+
+    A float's bits, read as an integer with the magnitude bits of negatives flipped, order like the
+    float (float32 holds every value of the narrower types exactly); the low 32 bits hold the index,
+    inverted. Float64 activations are ranked in float32: distinct values closer than float32 can tell apart tie.
+    """
+    bits = (values.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone in the float's value
+    return (ordered.to(torch.int64) << 32) | (2**32 - 2 - index)  # index -1 (an empty slot) .. 2**32 - 2
