@@ -148,15 +148,24 @@ class Sketch:
         counts = torch.zeros(bins, dtype=torch.int64).scatter_add_(0, where, self.counts[channel][kept].long())
         return edges, counts
 
-    NAMES = ("counts", "least", "at_least", "start", "scale", "low", "high")
-
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The filled bins only (``channel``, ``bin``, ``counts``, ``least``, ``at_least``, each ``(N,)``) and each
+        channel's ``start``, ``scale``, ``low`` and ``high``: a few values' sketch saves small."""
         self._flush()
-        return {name: getattr(self, name) for name in self.NAMES}
+        channel, bin = torch.nonzero(self.counts, as_tuple=True)
+        return {
+            "channel": channel,
+            "bin": bin,
+            **{name: getattr(self, name)[channel, bin] for name in ("counts", "least", "at_least")},
+            **{name: getattr(self, name) for name in ("start", "scale", "low", "high")},
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> Sketch:
-        sketch = cls(state["counts"].shape[0])
-        for name in cls.NAMES:
+        sketch = cls(len(state["start"]))
+        channel, bin = torch.as_tensor(state["channel"]).long(), torch.as_tensor(state["bin"]).long()
+        for name in ("counts", "least", "at_least"):
+            getattr(sketch, name)[channel, bin] = torch.as_tensor(state[name]).to(getattr(sketch, name).dtype)
+        for name in ("start", "scale", "low", "high"):
             setattr(sketch, name, torch.as_tensor(state[name]).clone())
         return sketch

@@ -608,7 +608,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_run(
 def test_a_full_tmpfs_is_one_line_and_keeps_the_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
         out = disk / "run"
