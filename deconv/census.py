@@ -14,13 +14,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .analyses.sketch import Sketch
 from .analyses.tally import Tally
 from .analyses.top9 import Record, ScanOptions, ScanState, scan
 from .analyses.topk import TopK
@@ -32,9 +33,19 @@ from .mirror import Mirror, build_mirror
 __all__ = ["census", "Census", "Unit", "ClassStats", "QUANTILES", "CENSUS_FILE", "CENSUS_META"]
 
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
+BARS = 40  # bins of a unit's histogram as drawn
 CENSUS_FILE = "census.npz"
 CENSUS_META = "census.json"
 FORMAT = "deconv census 1"
+
+
+class Distribution(NamedTuple):
+    """A layer's per-image maxima, per channel: ``quantiles`` ``(C, Q)``, histogram ``edges`` ``(C, BARS + 1)``
+    and ``counts`` ``(C, BARS)``."""
+
+    quantiles: torch.Tensor
+    edges: torch.Tensor
+    counts: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -114,11 +125,26 @@ class Census:
         classes: Sequence[str] | None = None,
         paths: dict[int, str | None] | None = None,
         labels: dict[int, int] | None = None,
+        distributions: dict[str, Distribution] | None = None,
     ) -> None:
         self.state, self.k, self.mirror, self.dataset = state, k, mirror, dataset
         self.classes = list(classes) if classes else None
         self._paths = paths if paths is not None else _paths(dataset, state)
         self._labels = labels if labels is not None else _labels(dataset, state)
+        self._distributions = dict(distributions or {})
+
+    def distribution(self, layer: str) -> Distribution:
+        """The quantiles ``QUANTILES`` ``(C, Q)`` of each channel's per-image maximum and its histogram for
+        drawing, ``edges`` ``(C, BARS + 1)`` and ``counts`` ``(C, BARS)``: read from the scan's sketches once."""
+        if layer not in self._distributions:
+            sketch = self._tally(layer).sketch
+            bars = [sketch.histogram(c, BARS) for c in range(sketch.low.shape[0])]
+            self._distributions[layer] = Distribution(
+                sketch.quantiles(torch.tensor(QUANTILES)),
+                torch.stack([edges for edges, _ in bars]),
+                torch.stack([counts for _, counts in bars]),
+            )
+        return self._distributions[layer]
 
     @property
     def layers(self) -> list[str]:
@@ -202,7 +228,8 @@ class Census:
         """Everything the census knows of one channel (shows inline in Jupyter)."""
         channel = self._channel(layer, channel)
         tally, row = self._tally(layer), {k: float(v[channel]) for k, v in self.table(layer).items()}
-        values = tally.sketch.quantiles(torch.tensor(QUANTILES))[channel]
+        distribution = self.distribution(layer)
+        values = distribution.quantiles[channel]
         top = self.top(layer, channel)
         named = Counter(self._class_name(self._labels[r.index]) for r in top if self._labels.get(r.index, -1) >= 0)
         return Unit(
@@ -218,7 +245,7 @@ class Census:
             classes=self._class_stats(tally, channel),
             top_classes=named.most_common(),
             hits=tally.hits[channel].view(*tally.size) if tally.size else None,
-            histogram=tally.sketch.histogram(channel),
+            histogram=(distribution.edges[channel], distribution.counts[channel]),
             census=self,
         )
 
@@ -269,12 +296,12 @@ class Census:
             parts = {
                 **{f"top_{k}": v for k, v in top.state_dict().items()},
                 **{f"bottom_{k}": v for k, v in tally.bottom.state_dict().items()},
-                **{f"sketch_{k}": v for k, v in tally.sketch.state_dict().items()},
+                **self.distribution(layer)._asdict(),
                 **{name: getattr(tally, name) for name in Tally.ARRAYS},
                 "top_label": torch.tensor([[self._labels.get(int(i), -1) for i in row] for row in top.index.tolist()]),
             }
             arrays.update({f"{layer}:{name}": value.detach().cpu().numpy() for name, value in parts.items()})
-        atomic_write(out / CENSUS_FILE, lambda file: np.savez_compressed(file, **arrays))
+        atomic_write(out / CENSUS_FILE, lambda file: np.savez(file, **arrays))  # compressing took longer than the scan
         meta = {
             "format": FORMAT,
             "images": self.images,
@@ -314,14 +341,21 @@ class Census:
                 )
             with np.load(arrays_path, allow_pickle=False) as npz:
                 arrays = {name: torch.from_numpy(npz[name]) for name in npz.files}
-            state, labels = _state(meta, arrays)
+            state, labels, distributions = _state(meta, arrays)
         except StateError:
             raise
         except Exception as error:  # noqa: BLE001 - damaged JSON, zip or arrays raise many types
             raise StateError(f"{folder}: damaged census ({type(error).__name__}: {one_line(error, 120)})") from None
         paths = {int(i): p for i, p in meta.get("paths", {}).items()}
         return cls(
-            state, int(meta["k"]), mirror=mirror, dataset=dataset, classes=meta["classes"], paths=paths, labels=labels
+            state,
+            int(meta["k"]),
+            mirror=mirror,
+            dataset=dataset,
+            classes=meta["classes"],
+            paths=paths,
+            labels=labels,
+            distributions=distributions,
         )
 
     def __repr__(self) -> str:
@@ -329,8 +363,9 @@ class Census:
         return f"Census of {self.images} images, top and bottom {self.k} per channel of {layers}"
 
 
-def _state(meta: dict, arrays: dict[str, torch.Tensor]) -> tuple[ScanState, dict[int, int]]:
-    """The scan state and the top images' labels held in a census's arrays."""
+def _state(meta: dict, arrays: dict[str, torch.Tensor]) -> tuple[ScanState, dict[int, int], dict[str, Distribution]]:
+    """The scan state, the top images' labels and the distributions held in a census's arrays."""
+    distributions: dict[str, Distribution] = {}
     state = ScanState({}, images=int(meta["images"]), skipped=[tuple(s) for s in meta.get("skipped", [])])
     labels: dict[int, int] = {}
     for entry in meta["layers"]:
@@ -342,7 +377,9 @@ def _state(meta: dict, arrays: dict[str, torch.Tensor]) -> tuple[ScanState, dict
             }
 
         missing = [
-            n for n in ("top_values", "bottom_values", "sketch_counts", *Tally.ARRAYS) if f"{layer}:{n}" not in arrays
+            n
+            for n in ("top_values", "bottom_values", *Distribution._fields, *Tally.ARRAYS)
+            if f"{layer}:{n}" not in arrays
         ]
         if missing:
             raise StateError(f"census.npz has no array {layer}:{missing[0]} for layer {layer!r} of census.json")
@@ -351,9 +388,10 @@ def _state(meta: dict, arrays: dict[str, torch.Tensor]) -> tuple[ScanState, dict
         tally_state: dict[str, Any] = {
             "size": entry["size"],
             "bottom": part("bottom_"),
-            "sketch": part("sketch_"),
+            "sketch": Sketch(entry["channels"]).state_dict(),  # its results are kept, not the sketch itself
             **{name: arrays[f"{layer}:{name}"] for name in Tally.ARRAYS},
         }
+        distributions[layer] = Distribution(*(arrays[f"{layer}:{name}"] for name in Distribution._fields))
         state.tallies[layer] = Tally.from_state_dict(tally_state)
         if entry["size"] is None:
             state.vector_layers.add(layer)
@@ -362,7 +400,7 @@ def _state(meta: dict, arrays: dict[str, torch.Tensor]) -> tuple[ScanState, dict
         ):
             if i >= 0:
                 labels[i] = label
-    return state, labels
+    return state, labels, distributions
 
 
 def _paths(dataset: Dataset | None, state: ScanState) -> dict[int, str | None]:

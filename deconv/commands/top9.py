@@ -167,11 +167,11 @@ def run(settings: Top9Settings) -> int:
         with open_run(folder, group.main, lambda: group.all_gather(None)):
             clock.add("setup", clock.now() - clock.start)  # the model, data, mirror, rehearsal and output folder
             out = folder.partial
-            with clock("scan"):
+            with clock("scan"):  # and writing its records and census
                 state = _scan(job, out)
-            records = _chosen(state, job.dataset, job.wanted)
-            if group.main:
-                _write_records(job, out, state, records)
+                records = _chosen(state, job.dataset, job.wanted)
+                if group.main:
+                    _write_records(job, out, state, records)
             sheets = _sheets(job, out, records, clock) if state.images else 0  # none readable: _summary says so
             committing = clock.now()
         clock.add("report", clock.now() - committing)  # moving the files in, the report, the manifest
