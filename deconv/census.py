@@ -9,6 +9,8 @@ strongly it fires, which classes drive it and where on the map it fires.
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import os
 from collections import Counter
@@ -101,18 +103,27 @@ class Unit:
         return unit_figure(self, rules)
 
     def _repr_png_(self) -> bytes:
-        import io
+        from .figures.draw import encode_png
 
-        buffer = io.BytesIO()
-        self.figure().save(buffer, format="PNG")
-        return buffer.getvalue()
+        return encode_png(np.asarray(self.figure()))
+
+    def _repr_html_(self) -> str:
+        picture = base64.b64encode(self._repr_png_()).decode()
+        return f'<img alt="{html.escape(repr(self))}" src="data:image/png;base64,{picture}">'
+
+    def __repr__(self) -> str:
+        return (
+            f"Unit {self.layer} channel {self.channel}: active in {self.active:.1%} of {self.images} images, "
+            f"per-image maximum mean {self.mean:.4g} (std {self.std:.4g})"
+        )
 
 
 class Census:
     """The census of ``layers`` over ``images`` images: read it per unit (:meth:`unit`), per layer
     (:meth:`table`), draw it (:meth:`sheet`) and keep it (:meth:`save`, :meth:`load`).
 
-    ``mirror`` and ``dataset`` (when known) let it project entries; ``classes`` names the labels.
+    ``mirror`` and ``dataset`` (when known) let it project entries, shown through ``preprocess`` (default: the
+    dataset's own, else none: the images as they are); ``classes`` names the labels.
     """
 
     def __init__(
@@ -126,8 +137,14 @@ class Census:
         paths: dict[int, str | None] | None = None,
         labels: dict[int, int] | None = None,
         distributions: dict[str, Distribution] | None = None,
+        preprocess: Preprocess | None = None,
     ) -> None:
         self.state, self.k, self.mirror, self.dataset = state, k, mirror, dataset
+        self.preprocess = (
+            preprocess
+            or getattr(dataset, "preprocess", None)
+            or Preprocess(channels=_image_channels(mirror) if mirror is not None else 3)
+        )
         self.classes = list(classes) if classes else None
         self._paths = paths if paths is not None else _paths(dataset, state)
         self._labels = labels if labels is not None else _labels(dataset, state)
@@ -323,10 +340,16 @@ class Census:
 
     @classmethod
     def load(
-        cls, run_dir: str | os.PathLike[str], *, mirror: Mirror | None = None, dataset: Dataset | None = None
+        cls,
+        run_dir: str | os.PathLike[str],
+        *,
+        mirror: Mirror | None = None,
+        dataset: Dataset | None = None,
+        preprocess: Preprocess | None = None,
     ) -> Census:
         """The census saved in ``run_dir`` (by :meth:`save` or ``deconv top9``), read as data (no pickles);
-        give the ``mirror`` and ``dataset`` it was made with to draw projections. One-line
+        give the ``mirror`` and ``dataset`` it was made with (and the ``preprocess`` that undoes its
+        normalisation, when the dataset does not carry it) to draw projections. One-line
         :class:`~deconv.errors.StateError` for a missing, damaged or foreign file."""
         folder = Path(run_dir)
         meta_path, arrays_path = folder / CENSUS_META, folder / CENSUS_FILE
@@ -356,11 +379,25 @@ class Census:
             paths=paths,
             labels=labels,
             distributions=distributions,
+            preprocess=preprocess,
         )
 
     def __repr__(self) -> str:
         layers = ", ".join(f"{layer} ({self.channels(layer)})" for layer in self.layers)
         return f"Census of {self.images} images, top and bottom {self.k} per channel of {layers}"
+
+    def _repr_html_(self) -> str:
+        """A table of the layers: channels, how many never fire, and the mean fraction of images they fire on."""
+        rows = []
+        for layer in self.layers:
+            table = self.table(layer)
+            dead = int((table["active"] == 0).sum())
+            rows.append(
+                f"<tr><td>{html.escape(layer)}</td><td>{self.channels(layer)}</td><td>{dead}</td>"
+                f"<td>{float(table['active'].mean()):.1%}</td></tr>"
+            )
+        head = "<tr><th>layer</th><th>channels</th><th>never active</th><th>mean fraction active</th></tr>"
+        return f"<p>{html.escape(repr(self))}</p><table>{head}{''.join(rows)}</table>"
 
 
 def _state(meta: dict, arrays: dict[str, torch.Tensor]) -> tuple[ScanState, dict[int, int], dict[str, Distribution]]:
@@ -471,7 +508,7 @@ def census(
     check_labels(dataset, names)
     state = scan(mirror, dataset, list(layers), replace(options or ScanOptions(), k=k, census=True, **overrides))
     check_labels(dataset, names, state)
-    return Census(state, k, mirror=mirror, dataset=dataset, classes=names)
+    return Census(state, k, mirror=mirror, dataset=dataset, classes=names, preprocess=preprocess)
 
 
 def class_names(dataset: Dataset, model: nn.Module, given: Sequence[str] | None = None) -> list[str] | None:
