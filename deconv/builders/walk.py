@@ -106,19 +106,22 @@ class _Tracer(fx.Tracer):
     """Keeps registered modules, leaves and torch's own layers whole; traces through containers and
     records which node each container returns.
 
-    Given ``images`` (a meta tensor ``(N, C, H, W)``), it also computes each node's value on meta tensors, so that
-    a forward pass may branch on (or round, or take the length of) a value computed from tensors' shapes: the
-    branch taken for these images is kept, and ``branches`` lists each such place (``module 'x' (type) at
-    FILE:LINE``) with the value it took. A branch on a tensor's values is refused."""
+    Given ``images`` (two meta tensors ``(1, C, H, W)`` and ``(2, C, H, W)``), it also computes each node's values
+    for both on meta tensors, so that a forward pass may branch on (or round, or take the length of) a value computed
+    from tensors' shapes, and so that such a value that is the same for both batches (it does not depend on the
+    batch size) is a constant of the operation on tensors it is handed to (timm's "same" padding, ``F.pad(x,
+    [pad_w // 2, ...])``). ``branches`` lists each such place (``module 'x' (type) at FILE:LINE``) with its value:
+    the graph is the one for images of this shape. A branch on a tensor's values, or on the batch size, is
+    refused."""
 
-    def __init__(self, images: torch.Tensor | None = None) -> None:
+    def __init__(self, images: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.returned: dict[fx.Node, list[str]] = defaultdict(list)
         self._calls: Counter[str] = Counter()
         self._made: dict[fx.Node, int] = {}  # when each node was made
         self.failed_in: tuple[str, type] | None = None
         self.images = images
-        self.values: dict[fx.Node, Any] = {}
+        self.values: dict[fx.Node, Any] = {}  # a pair: the node's values for each of the images
         self.branches: list[tuple[str, Any]] = []
         self._computing = False
 
@@ -143,27 +146,54 @@ class _Tracer(fx.Tracer):
         return _Proxy(node, self)
 
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **named: Any) -> fx.Proxy:
+        if self.images is not None and kind in ("call_function", "call_method", "call_module"):
+            args, kwargs = self._folded(args), self._folded(kwargs)
         proxy = super().create_proxy(kind, target, args, kwargs, *rest, **named)
         if self.images is not None:
             self.values[proxy.node] = self._value(kind, target, args, kwargs)
         return proxy
 
+    def _folded(self, args: Any) -> Any:
+        """``args`` of an operation on tensors with each value computed from shapes alone that is the same for both
+        batches in its place (recorded as a branch); ``args`` as they are for an operation on shapes alone."""
+        proxies: list[fx.Proxy] = []
+        fx.node.map_aggregate(args, lambda a: proxies.append(a) if isinstance(a, fx.Proxy) else None)
+        if all(_from_shapes(a.node) for a in proxies):
+            return args
+
+        def fold(a: Any) -> Any:
+            if not isinstance(a, fx.Proxy) or not _from_shapes(a.node):
+                return a
+            one, two = self.values.get(a.node, (_UNKNOWN, _UNKNOWN))
+            if one is _UNKNOWN or isinstance(one, torch.Tensor) or one != two:
+                return a
+            self.branches.append((self._where(), one))
+            return one
+
+        return fx.node.map_aggregate(args, fold)
+
     def _value(self, kind: str, target: Any, args: Any, kwargs: Any) -> Any:
-        """What a node computes for the meta images: tensors on the meta device, shapes and numbers as they are."""
+        """What a node computes for each of the meta images (a pair): tensors on the meta device, shapes and numbers
+        as they are; ``_UNKNOWN`` where an operation cannot run on meta tensors."""
         if kind == "placeholder":
-            return self.images if not self.values else (args[0] if args else _UNKNOWN)  # a default
-        unknown = False
+            return self.images if not self.values else (args[0],) * 2 if args else _UNKNOWN  # a default
+        try:
+            return tuple(self._compute(kind, target, args, kwargs, i) for i in range(2))
+        except Exception:  # an operation meta tensors do not support: a branch on this value cannot be followed
+            return _UNKNOWN
+
+    def _compute(self, kind: str, target: Any, args: Any, kwargs: Any, i: int) -> Any:
+        """The value of a node for the ``i``-th meta images; raises where it cannot be computed."""
 
         def value_of(a: Any) -> Any:
-            nonlocal unknown
             if isinstance(a, fx.Proxy):
                 a = self.values.get(a.node, _UNKNOWN)
-                unknown = unknown or a is _UNKNOWN
+                if a is _UNKNOWN:
+                    raise LookupError("an unknown value")
+                a = a[i]
             return a.to("meta") if isinstance(a, torch.Tensor) else a
 
         args, kwargs = fx.node.map_aggregate(args, value_of), fx.node.map_aggregate(kwargs, value_of)
-        if unknown:
-            return _UNKNOWN
         self._computing = True  # modules called run as they are, parameters read are the modules' own
         try:
             with torch.no_grad():
@@ -176,8 +206,6 @@ class _Tracer(fx.Tracer):
                 if kind == "call_method":
                     return getattr(args[0], target)(*args[1:], **kwargs)
                 return target(*args, **kwargs)
-        except Exception:  # an operation meta tensors do not support: a branch on this value cannot be followed
-            return _UNKNOWN
         finally:
             self._computing = False
 
@@ -187,15 +215,15 @@ class _Tracer(fx.Tracer):
     def fixed(self, proxy: fx.Proxy, how: str, take: Callable[[Any], Any]) -> Any:
         """``take`` of the value of ``proxy`` for the traced images (``bool``, ``len``, ``int``), recorded as a branch
         of the trace; a one-line ``UnsupportedGraphError`` where it is not computed from shapes (a length of a
-        tensor is) or there are no images to trace for."""
+        tensor is), it depends on the batch size, or there are no images to trace for."""
         where = self._where()
-        value = self.values.get(proxy.node, _UNKNOWN)
-        if isinstance(value, torch.Tensor) and take is not len:
+        values = self.values.get(proxy.node, _UNKNOWN)
+        if values is not _UNKNOWN and isinstance(values[0], torch.Tensor) and take is not len:
             raise UnsupportedGraphError(
                 f"cannot trace {where}: it {how} a tensor's values; mirrors need a forward pass without "
                 "data-dependent control flow"
             )
-        if value is _UNKNOWN:
+        if values is _UNKNOWN:
             if self.images is None and (take is len or _from_shapes(proxy.node)):
                 raise UnsupportedGraphError(
                     f"cannot trace {where} without the images' shape: its control flow depends on a tensor's shape "
@@ -203,7 +231,12 @@ class _Tracer(fx.Tracer):
                     "build_mirror(model, shape=(C, H, W)) with the shape of the images the mirror will see"
                 )
             raise TraceError(f"the forward pass {how} a value torch.fx cannot compute")
-        taken = take(value)
+        taken, other = take(values[0]), take(values[1])
+        if taken != other:
+            raise UnsupportedGraphError(
+                f"cannot trace {where}: it {how} the batch size; mirrors need a forward pass that computes each "
+                "image on its own"
+            )
         self.branches.append((where, taken))
         return taken
 
@@ -305,26 +338,18 @@ class Traced:
 
 def _trace(model: nn.Module, shape: tuple[int, ...] | None = None) -> Traced:
     """``model``'s eval-mode forward pass traced with ``torch.fx``; for images of ``shape`` ``(C, H, W)`` if given,
-    which lets it branch on tensors' shapes. Traced for one image and for two, the branches must agree: a forward
-    pass that branches on the batch size is refused, naming the branch."""
+    which lets it branch on tensors' shapes (each value computed for one image and for two: a branch on the batch
+    size is refused, naming it)."""
     with _kept_as_it_was(model):
         model.eval()  # the mirror runs the model in eval mode: trace that forward pass (no auxiliary heads)
         if shape is None:
             tracer = _Tracer()
             return Traced(_traced(tracer, model), tracer.returned, (), None)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
-        one, two = (_Tracer(torch.empty(n, *shape, dtype=dtype, device="meta")) for n in (1, 2))
-        graph = _traced(one, model)
-        if one.branches:
-            _traced(two, model)
-            differ = [a for a, b in zip(one.branches, two.branches) if a != b]
-            if differ or len(one.branches) != len(two.branches):
-                where = (differ or one.branches)[0][0]
-                raise UnsupportedGraphError(
-                    f"cannot trace {where}: it branches on the batch size; mirrors need a forward pass that "
-                    "computes each image on its own"
-                )
-        return Traced(graph, one.returned, tuple(dict.fromkeys(w for w, _ in one.branches)), tuple(shape))
+        one, two = (torch.empty(n, *shape, dtype=dtype, device="meta") for n in (1, 2))
+        tracer = _Tracer((one, two))
+        graph = _traced(tracer, model)
+        return Traced(graph, tracer.returned, tuple(dict.fromkeys(w for w, _ in tracer.branches)), tuple(shape))
 
 
 def _traced(tracer: _Tracer, model: nn.Module) -> fx.Graph:
@@ -360,7 +385,10 @@ def walk(
     if not placeholders:
         raise UnsupportedGraphError(f"the forward pass of {type(model).__name__} takes no input")
     output_node = next(n for n in graph.nodes if n.op == "output")
-    output_node.args = (_field(output_node.args[0], output, type(model).__name__),)
+    returned = output_node.args[0]
+    output_node.args = (_field(returned, output, type(model).__name__),)
+    if isinstance(returned, fx.Node) and not returned.users:  # a dataclass built only to be returned
+        graph.erase_node(returned)
     state = _Walk(model, rule, traced.returned, {placeholders[0]}, {placeholders[0]: IMAGES})
     for fx_node in graph.nodes:
         state.visit(fx_node)
