@@ -231,6 +231,11 @@ class _Tracer(fx.Tracer):
                     "build_mirror(model, shape=(C, H, W)) with the shape of the images the mirror will see"
                 )
             raise TraceError(f"the forward pass {how} a value torch.fx cannot compute")
+        if take is not len and not _from_shapes(proxy.node):
+            raise UnsupportedGraphError(
+                f"cannot trace {where}: it {how} a value computed from more than tensors' shapes (a device, say); "
+                "mirrors need a forward pass without data-dependent control flow"
+            )
         taken, other = take(values[0]), take(values[1])
         if taken != other:
             raise UnsupportedGraphError(
@@ -317,8 +322,11 @@ def _kept_as_it_was(model: nn.Module) -> Iterator[None]:
 
 
 def _from_shapes(node: fx.Node) -> bool:
-    """Whether ``node`` is computed from tensors' shapes alone (``x.shape[1] != 3``), not from their values."""
-    if _is_shape_query(node):
+    """Whether ``node`` is computed from tensors' shapes and dtypes alone (``x.shape[1] != 3``), not from their
+    values or their device (the meta device, while tracing)."""
+    if node.op == "call_function" and node.target is getattr and node.args[1] == "device":
+        return False
+    if _is_shape_query(node) or (node.op == "call_method" and node.target == "numel"):
         return True
     inputs = node.all_input_nodes
     return node.op in ("call_function", "call_method") and bool(inputs) and all(_from_shapes(n) for n in inputs)

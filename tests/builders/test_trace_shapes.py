@@ -232,3 +232,21 @@ def test_an_output_field_of_a_model_that_returns_a_tensor_is_refused() -> None:
 def test_a_shape_that_is_not_c_h_w_is_refused(shape) -> None:
     with pytest.raises(deconv.InputError, match=r"\(C, H, W\)"):
         deconv.build_mirror(branchy(), shape=shape)
+
+
+class DeviceBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if x.device.type == "meta":  # true only while tracing on meta tensors
+            return x * 0
+        return x
+
+
+def test_a_branch_on_the_device_is_refused_not_taken_for_the_meta_device() -> None:
+    with pytest.raises(deconv.UnsupportedGraphError, match="more than tensors' shapes") as error:
+        deconv.build_mirror(DeviceBranch().double(), shape=(3, 8, 8))
+    assert line_of(DeviceBranch.forward, 'if x.device.type == "meta"') in str(error.value)
