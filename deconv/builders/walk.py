@@ -345,14 +345,17 @@ class Traced:
 
 
 def _trace(model: nn.Module, shape: tuple[int, ...] | None = None) -> Traced:
-    """``model``'s eval-mode forward pass traced with ``torch.fx``; for images of ``shape`` ``(C, H, W)`` if given,
-    which lets it branch on tensors' shapes (each value computed for one image and for two: a branch on the batch
-    size is refused, naming it)."""
+    """``model``'s eval-mode forward pass traced with ``torch.fx``; where that fails and ``shape`` ``(C, H, W)`` is
+    given, traced again with values for images of that shape, which lets it branch on tensors' shapes (each value
+    computed for one image and for two: a branch on the batch size is refused, naming it)."""
     with _kept_as_it_was(model):
         model.eval()  # the mirror runs the model in eval mode: trace that forward pass (no auxiliary heads)
-        if shape is None:
-            tracer = _Tracer()
+        tracer = _Tracer()
+        try:
             return Traced(_traced(tracer, model), tracer.returned, (), None)
+        except UnsupportedGraphError:
+            if shape is None:
+                raise
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
         one, two = (torch.empty(n, *shape, dtype=dtype, device="meta") for n in (1, 2))
         tracer = _Tracer((one, two))
