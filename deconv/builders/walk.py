@@ -334,9 +334,9 @@ def _from_shapes(node: fx.Node) -> bool:
 
 @dataclass(frozen=True)
 class Traced:
-    """A model's fx graph, the node each container returns, and the branches of its forward pass on values
-    computed from the images' shapes (each ``module 'x' (type) at FILE:LINE``, in order): the graph holds the
-    branch taken for the images it was traced for (``shape``), and only them where there are any."""
+    """A model's fx graph, the node each container returns, and where its forward pass took a value computed from
+    the images' shapes (a branch, a rounding, a padding; each ``module 'x' (type) at FILE:LINE``, in order). With
+    any such place, the graph is the one for images of ``shape`` ``(C, H, W)`` alone."""
 
     graph: fx.Graph
     returned: dict[fx.Node, list[str]]
@@ -435,12 +435,14 @@ def _field(returns: Any, output: str | int | None, model: str) -> Any:
             "leave output unset"
         )
     chosen = ("logits" if "logits" in fields else None) if output is None else output
-    if chosen not in fields or fields[chosen] is None:
-        what = f"output={output!r} is not a field" if output is not None else "it returns several"
-        valid = ", ".join(repr(k) for k, v in fields.items() if v is not None)
-        raise UnsupportedGraphError(
-            f"{what} of the forward pass of {model}; pass build_mirror(model, output=...) with one of: {valid}"
+    if isinstance(chosen, bool) or chosen not in fields or fields[chosen] is None:
+        what = (
+            f"output={output!r} is not a field of what the forward pass of {model} returns"
+            if output is not None
+            else f"the forward pass of {model} returns several values, none of them 'logits'"
         )
+        valid = ", ".join(repr(k) for k, v in fields.items() if v is not None)
+        raise UnsupportedGraphError(f"{what}; pass build_mirror(model, output=...) with one of: {valid}")
     return fields[chosen]
 
 

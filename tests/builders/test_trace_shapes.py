@@ -213,6 +213,7 @@ def test_output_picks_a_field_or_an_index(kind: str, output, layer: str, gen: to
         ("features", None, ["returns several", "'features', 'pooled'", "output="]),
         ("tuple", None, ["returns several", "0, 1"]),
         ("tuple", "logits", ["output='logits' is not a field", "0, 1"]),
+        ("tuple", True, ["output=True is not a field", "0, 1"]),  # not index 1
         ("model_output", "loss", ["'logits'"]),  # loss is None: not a field to mirror
     ],
 )
