@@ -10,7 +10,7 @@ Analyses, figures, commands and ``deconv serve`` use the engine only through the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from .builders import rules as registered_rules
 from .builders import walk
 from .builders.registry import DEFAULT_RULE, Rule, resolve_rule
-from .builders.walk import Traced
+from .builders.walk import Traced, image_shape
 from .engine import field
 from .engine.field import Box, ReceptiveField
 from .engine.graph import IMAGES, Graph, Node, Trace, channels_last, evaluating, first_non_finite
@@ -60,7 +60,7 @@ def build_mirror(
     rule: str | Rule = DEFAULT_RULE,
     *,
     output: str | int | None = None,
-    shape: tuple[int, int, int] | None = None,
+    shape: tuple[int, int, int] | Callable[[], tuple[int, int, int]] | None = None,
 ) -> Mirror:
     """The deconvnet of ``model``: one mirror module per operation, sharing the model's own weights.
 
@@ -69,19 +69,16 @@ def build_mirror(
     :class:`~deconv.Rule`). Each node's mirror under another rule is built when a projection first uses it.
     ``output``: the field mirrored of a forward pass that returns a dict or a Hugging Face ``ModelOutput`` (default
     ``"logits"`` where it has one) or a tuple (an index). ``shape`` ``(C, H, W)``: the shape of the images, for a
-    forward pass that branches on tensors' shapes (timm's ``Conv2dSame``, Hugging Face's embedders); such a mirror
-    traces the model again for images of another shape. ``model`` is left exactly as it was. Raises
+    forward pass that branches on tensors' shapes (timm's ``Conv2dSame``, Hugging Face's embedders), or a function
+    that returns it, called only if the forward pass needs it; such a mirror traces the model again for images of
+    another shape. ``model`` is left exactly as it was. Raises
     ``UnsupportedModuleError`` (a ``TypeError``) naming a node with no registered mirror, ``UnsupportedGraphError``
     where the forward pass cannot be traced (naming the module and the line).
     """
-    if shape is not None and (
-        not isinstance(shape, (tuple, list))
-        or len(shape) != 3
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
-    ):
-        raise InputError(f"shape must be the images' (C, H, W), three positive integers, got {shape!r}")
+    if not callable(shape):
+        shape = image_shape(shape)
     name = _rule(rule)
-    return Mirror(*walk(model, name, output, None if shape is None else tuple(shape)), name, output)
+    return Mirror(*walk(model, name, output, shape), name, output)
 
 
 def _rule(rule: str | Rule) -> str:

@@ -29,7 +29,7 @@ from torch import fx, nn
 from torch.fx.proxy import TraceError
 
 from ..engine.graph import IMAGES, Graph, Node, attribute
-from ..errors import DeconvError, UnsupportedGraphError, UnsupportedModuleError, one_line
+from ..errors import DeconvError, InputError, UnsupportedGraphError, UnsupportedModuleError, one_line
 from .builtins import _FunctionalMaxPool
 from .registry import SIGNAL, Call, changed_base, find_mirror_factory
 
@@ -344,10 +344,22 @@ class Traced:
     shape: tuple[int, ...] | None
 
 
-def _trace(model: nn.Module, shape: tuple[int, ...] | None = None) -> Traced:
+def image_shape(shape: Any) -> tuple[int, int, int] | None:
+    """``shape`` as the images' ``(C, H, W)``; ``InputError`` in one line where it is not three positive integers."""
+    if shape is not None and (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) != 3
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise InputError(f"shape must be the images' (C, H, W), three positive integers, got {shape!r}")
+    return None if shape is None else (shape[0], shape[1], shape[2])
+
+
+def _trace(model: nn.Module, shape: tuple[int, ...] | Callable[[], Any] | None = None) -> Traced:
     """``model``'s eval-mode forward pass traced with ``torch.fx``; where that fails and ``shape`` ``(C, H, W)`` is
-    given, traced again with values for images of that shape, which lets it branch on tensors' shapes (each value
-    computed for one image and for two: a branch on the batch size is refused, naming it)."""
+    given (or a function returning it, called then), traced again with values for images of that shape, which lets
+    it branch on tensors' shapes (each value computed for one image and for two: a branch on the batch size is
+    refused, naming it)."""
     with _kept_as_it_was(model):
         model.eval()  # the mirror runs the model in eval mode: trace that forward pass (no auxiliary heads)
         tracer = _Tracer()
@@ -356,11 +368,12 @@ def _trace(model: nn.Module, shape: tuple[int, ...] | None = None) -> Traced:
         except UnsupportedGraphError:
             if shape is None:
                 raise
+        shape = image_shape(shape() if callable(shape) else shape)
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
         one, two = (torch.empty(n, *shape, dtype=dtype, device="meta") for n in (1, 2))
         tracer = _Tracer((one, two))
         graph = _traced(tracer, model)
-        return Traced(graph, tracer.returned, tuple(dict.fromkeys(w for w, _ in tracer.branches)), tuple(shape))
+        return Traced(graph, tracer.returned, tuple(dict.fromkeys(w for w, _ in tracer.branches)), shape)
 
 
 def _traced(tracer: _Tracer, model: nn.Module) -> fx.Graph:
@@ -380,14 +393,17 @@ def _traced(tracer: _Tracer, model: nn.Module) -> fx.Graph:
 
 
 def walk(
-    model: nn.Module, rule: str, output: str | int | None = None, shape: tuple[int, ...] | None = None
+    model: nn.Module,
+    rule: str,
+    output: str | int | None = None,
+    shape: tuple[int, ...] | Callable[[], Any] | None = None,
 ) -> tuple[Graph, Traced]:
     """The model's forward pass as a :class:`Graph` of nodes in forward order, each with its mirror under
     ``rule`` (the node's default), and under any other rule when a pass first asks for it; and its trace.
 
     ``output`` picks the field of a forward pass that returns a dict, a ``ModelOutput`` (default ``"logits"``
-    where there is one) or a tuple (an index). ``shape`` ``(C, H, W)``: the images' shape, for a forward pass
-    that branches on it. Raises ``UnsupportedModuleError`` naming a node with no mirror,
+    where there is one) or a tuple (an index). ``shape`` ``(C, H, W)``: the images' shape (or a function returning
+    it), for a forward pass that branches on it. Raises ``UnsupportedModuleError`` naming a node with no mirror,
     ``UnsupportedGraphError`` where the forward pass cannot be traced or does not return one tensor.
     """
     traced = _trace(model, shape)

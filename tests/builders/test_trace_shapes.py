@@ -251,3 +251,22 @@ def test_a_branch_on_the_device_is_refused_not_taken_for_the_meta_device() -> No
     with pytest.raises(deconv.UnsupportedGraphError, match="more than tensors' shapes") as error:
         deconv.build_mirror(DeviceBranch().double(), shape=(3, 8, 8))
     assert line_of(DeviceBranch.forward, 'if x.device.type == "meta"') in str(error.value)
+
+
+def test_a_shape_function_is_called_only_when_the_forward_pass_needs_the_shape(gen: torch.Generator) -> None:
+    """The commands pass the first image's shape this way: a model torch.fx traces reads no image."""
+    asked = []
+
+    def shape() -> tuple[int, int, int]:
+        asked.append(True)
+        return (3, 13, 13)
+
+    deconv.build_mirror(nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU()), shape=shape)
+    assert not asked
+    model = branchy()
+    mirror = deconv.build_mirror(model, shape=shape)
+    assert asked == [True]
+    images = torch.randn(2, 3, 13, 13, generator=gen, dtype=torch.float64)
+    assert_exact(mirror, model, images, ["conv1", "conv2"], {}, gen)
+    with pytest.raises(deconv.InputError, match=r"\(C, H, W\)"):
+        deconv.build_mirror(model, shape=lambda: (3, 13))
