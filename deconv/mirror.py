@@ -10,7 +10,7 @@ Analyses, figures, commands and ``deconv serve`` use the engine only through the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from torch import nn
 from .builders import rules as registered_rules
 from .builders import walk
 from .builders.registry import DEFAULT_RULE, Rule, resolve_rule
+from .builders.walk import Traced, image_shape
 from .engine import field
 from .engine.field import Box, ReceptiveField
 from .engine.graph import IMAGES, Graph, Node, Trace, channels_last, evaluating, first_non_finite
@@ -54,17 +55,30 @@ class LayerInfo:
     receptive_field: ReceptiveField | None
 
 
-def build_mirror(model: nn.Module, rule: str | Rule = DEFAULT_RULE) -> Mirror:
+def build_mirror(
+    model: nn.Module,
+    rule: str | Rule = DEFAULT_RULE,
+    *,
+    output: str | int | None = None,
+    shape: tuple[int, int, int] | Callable[[], tuple[int, int, int]] | None = None,
+) -> Mirror:
     """The deconvnet of ``model``: one mirror module per operation, sharing the model's own weights.
 
     ``rule`` is what the mirror does at each ReLU by default (``"deconvnet"``, the paper's;
     ``"guided"``; ``"gradient"``; or one registered with ``register_mirror(..., rule=...)``; a name or a
     :class:`~deconv.Rule`). Each node's mirror under another rule is built when a projection first uses it.
-    ``model`` is left exactly as it was. Raises ``UnsupportedModuleError`` (a ``TypeError``) naming
-    a node with no registered mirror, ``UnsupportedGraphError`` where the forward pass cannot be traced.
+    ``output``: the field mirrored of a forward pass that returns a dict or a Hugging Face ``ModelOutput`` (default
+    ``"logits"`` where it has one) or a tuple (an index). ``shape`` ``(C, H, W)``: the shape of the images, for a
+    forward pass that branches on tensors' shapes (timm's ``Conv2dSame``, Hugging Face's embedders), or a function
+    that returns it, called only if the forward pass needs it; such a mirror traces the model again for images of
+    another shape. ``model`` is left exactly as it was. Raises
+    ``UnsupportedModuleError`` (a ``TypeError``) naming a node with no registered mirror, ``UnsupportedGraphError``
+    where the forward pass cannot be traced (naming the module and the line).
     """
+    if not callable(shape):
+        shape = image_shape(shape)
     name = _rule(rule)
-    return Mirror(walk(model, name), name)
+    return Mirror(*walk(model, name, output, shape), name, output)
 
 
 def _rule(rule: str | Rule) -> str:
@@ -84,16 +98,21 @@ class Mirror(nn.Module):
     :meth:`index` are the engine's own handles, for its tests.
     """
 
-    def __init__(self, graph: Graph, rule: str | Rule = DEFAULT_RULE) -> None:
+    def __init__(
+        self, graph: Graph, traced: Traced, rule: str | Rule = DEFAULT_RULE, output: str | int | None = None
+    ) -> None:
         super().__init__()
         self.rule = str(rule)
+        self._output = output
         object.__setattr__(self, "model", graph.model)  # not a submodule: the mirror owns no state of its own
-        self._attach(graph)
+        self._attach(graph, traced)
         self._image_shape: tuple[int, ...] | None = None
 
-    def _attach(self, graph: Graph) -> None:
-        """Takes ``graph``'s nodes as the mirror's, and notes which tensors the model's parameters and buffers are."""
+    def _attach(self, graph: Graph, traced: Traced) -> None:
+        """Takes ``graph``'s nodes as the mirror's, and notes which tensors the model's parameters and buffers are
+        and which images' shape the graph holds the branches for (``traced``)."""
         self.graph = graph
+        self._traced = traced
         self.steps: tuple[Node, ...] = tuple(graph.nodes)
         self.stack = nn.ModuleList(node.mirror for node in reversed(self.steps))
         self._index: dict[str, int] = {}
@@ -110,7 +129,14 @@ class Mirror(nn.Module):
         """Walks the model again where a parameter or buffer was replaced since (``load_state_dict(assign=True)``,
         ``model.conv.weight = nn.Parameter(...)``): projections always use the model's tensors of the moment."""
         if self._model_tensors() != self._tensors:
-            self._attach(walk(self.model, self.rule))
+            self._attach(*walk(self.model, self.rule, self._output, self._traced.shape))
+
+    def _for_shape(self, image_shape: Sequence[int]) -> None:
+        """Traces the model again for images of ``image_shape`` ``(C, H, W)`` if its forward pass branched on the
+        shape of the images it was traced for and those had another shape."""
+        shape = tuple(image_shape)
+        if self._traced.branches and shape != self._traced.shape:
+            self._attach(*walk(self.model, self.rule, self._output, shape))
 
     # ---------------------------------------------------------------- probe points
     @property
@@ -248,6 +274,7 @@ class Mirror(nn.Module):
             if parameter.device.type == "meta":
                 raise InputError("the model's parameters are on the meta device; load real weights first")
             images = images.to(parameter.device, parameter.dtype)
+        self._for_shape(images.shape[1:])
         self._image_shape = tuple(images.shape[1:])
         return images
 
@@ -283,6 +310,7 @@ class Mirror(nn.Module):
 
     def _shapes(self, image_shape: Sequence[int]) -> list[tuple[int, ...]]:
         """Output shape of every node for images of ``image_shape`` ``(C, H, W)`` (one dry run, cached)."""
+        self._for_shape(image_shape)
         return self._projector.footprint(image_shape).shapes
 
     def _image_shape_or(self, image_shape: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -305,6 +333,8 @@ class Mirror(nn.Module):
         """Pixel boxes of many activations of ``layer`` at ``positions`` ``(K, 2)`` (y, x): their
         top-left corners ``(K, 2)`` and their shared size ``(h, w)``; the whole image past a global layer."""
         shape = image_shape or self._image_shape
+        if shape is not None and len(shape) == 3:
+            self._for_shape(shape)
         return field.boxes(self.graph, self.index(layer), positions, None if shape is None else tuple(shape[-2:]))
 
     def patches(
@@ -313,6 +343,7 @@ class Mirror(nn.Module):
         """The receptive-field boxes of activations of ``layer`` at ``positions`` ``(K, 2)`` cut from ``images``
         ``(K, C, H, W)``, one image each: ``(K, C, h, w)``, zero outside the image, and the mask of pixels inside
         ``(K, 1, h, w)``. Whole images for a vector layer (``positions=None``) or past a global one."""
+        self._for_shape(images.shape[1:])
         return field.patches(self.graph, self.index(layer), images, positions)
 
     # ---------------------------------------------------------------- projection

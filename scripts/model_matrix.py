@@ -66,6 +66,7 @@ MODELS = [
     Entry("xception", "xception41"),
     Entry("vovnet", "ese_vovnet19b_dw"),
     Entry("gernet", "gernet_s"),
+    Entry("vgg", "vgg11", 32),
     Entry("repvgg", "repvgg_a0"),
     Entry("mobileone", "mobileone_s0"),
     Entry("mnasnet", "mnasnet_050"),
@@ -197,7 +198,7 @@ def check(entry: Entry, progress: Callable[[str], None] = lambda _: None) -> Res
     gen = torch.Generator().manual_seed(2)
     images = torch.randn(IMAGES, 3, entry.size, entry.size, generator=gen, dtype=torch.float64)
     try:
-        mirror = deconv.build_mirror(model)
+        mirror = deconv.build_mirror(model, shape=tuple(images.shape[1:]))
     except REFUSALS as error:
         message = str(error)
         if "\n" in message:

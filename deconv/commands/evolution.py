@@ -91,9 +91,12 @@ def run(settings: EvolutionSettings) -> int:
     preprocess = preprocess_from(settings.data, model, settings.model.embedded)
     dataset = dataset_from(settings.data, preprocess, settings.limit)
     rule = rules_from(settings.rule)[0]
-    layer = settings.layer or conv_layers(build_mirror(model))[-1]
+    layer = settings.layer or conv_layers(build_mirror(model, shape=lambda: tuple(dataset[0][0].shape)))[-1]
     figure = f"evolution/{layer}.png"
-    mirrors = (build_mirror(model_from(replace(settings.model, checkpoint=path))) for _, path in checkpoints)
+    mirrors = (
+        build_mirror(model_from(replace(settings.model, checkpoint=path)), shape=lambda: tuple(dataset[0][0].shape))
+        for _, path in checkpoints
+    )
     total = len(dataset) if not settings.limit else min(settings.limit, len(dataset))
     with open_run(run_folder(settings.output, "evolution", figure, data=settings.data)) as folder:
         result = evolve(

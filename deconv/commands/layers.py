@@ -23,7 +23,7 @@ def run(settings: LayersSettings) -> int:
     model = model_from(settings.model)
     dataset = dataset_from(settings.data, preprocess_from(settings.data, model, settings.model.embedded))
     image, _ = dataset[0]
-    mirror = build_mirror(model)
+    mirror = build_mirror(model, shape=tuple(torch.as_tensor(image).shape))
     rows = [("layer", "type", "mirror", "output", "receptive field (size / stride / offset)")]
     for info in mirror.describe(tuple(torch.as_tensor(image).shape)):
         field = info.receptive_field

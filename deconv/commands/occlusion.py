@@ -82,7 +82,7 @@ def run(settings: OcclusionSettings) -> int:
         raise ConfigError(
             f"key 'stride' must be at most the image's side, {min(image.shape[-2:])} pixels, got {settings.stride}"
         )
-    mirror = build_mirror(model, rule=rules_from(settings.rule)[0])  # the rule of the projected panel (c)
+    mirror = build_mirror(model, rule=rules_from(settings.rule)[0], shape=tuple(image.shape))  # panel (c)'s rule
     layer = settings.layer or conv_layers(mirror)[-1]
     maps = ("activation", "probability", "predicted", "projection")
     outputs = tuple(f"occlusion/{stem}/{m}.npy" for m in maps)

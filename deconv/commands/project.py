@@ -127,7 +127,7 @@ def run(settings: ProjectSettings) -> int:
         raise ConfigError("--rules goes with --layer or --target-class; --top-classes draws one rule (--rule)")
     preprocess = preprocess_from(settings.data, model, settings.model.embedded)
     image = load_image(settings.image, preprocess)[None]
-    mirror = build_mirror(model, rule=rules[0])
+    mirror = build_mirror(model, rule=rules[0], shape=tuple(image.shape[1:]))
     names = getattr(model, "classes", None)
     file = Path(settings.image)
     runs_on = f"{file.name} of shape {tuple(image.shape[1:])}"

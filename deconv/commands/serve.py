@@ -69,7 +69,7 @@ def run(settings: ServeSettings) -> int:
     model = model_from(settings.model)
     preprocess = preprocess_from(settings.data, model, settings.model.embedded)
     dataset = dataset_from(settings.data, preprocess)
-    mirror = build_mirror(model)
+    mirror = build_mirror(model, shape=lambda: tuple(dataset[0][0].shape))
     session = Session(mirror, dataset, preprocess, getattr(model, "classes", None))
     records = Run(settings.run, mirror.layer_names, len(dataset)) if settings.run else None
     token = secrets.token_urlsafe(32)

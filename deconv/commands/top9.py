@@ -198,7 +198,7 @@ def _setup(settings: Top9Settings, group: Group) -> Job:
     preprocess = preprocess_from(settings.data, model, settings.model.embedded)
     dataset = dataset_from(settings.data, preprocess, settings.limit)
     rules = rules_from(settings.rule, settings.rules)
-    mirror = build_mirror(model)
+    mirror = build_mirror(model, shape=lambda: tuple(dataset[0][0].shape))
     layers = list(settings.layers) or conv_layers(mirror)
     wanted = {layer: channel_list(spec, layer) for layer, spec in settings.channels.items()}
     if set(wanted) - set(layers):
