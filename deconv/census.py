@@ -143,7 +143,7 @@ class Census:
         self.preprocess = (
             preprocess
             or getattr(dataset, "preprocess", None)
-            or Preprocess(channels=_image_channels(mirror) if mirror is not None else 3)
+            or Preprocess(channels=_image_channels(mirror.model) if mirror is not None else 3)
         )
         self.classes = list(classes) if classes else None
         self._paths = paths if paths is not None else _paths(dataset, state)
@@ -498,9 +498,14 @@ def census(
     the distribution of the per-image maximum, class statistics (labels >= 0, named by ``classes`` or the
     dataset's ``classes``) and where each unit fires. ``options`` (:class:`~deconv.analyses.top9.ScanOptions`)
     and keywords such as ``batch_size=64`` say how the scan runs."""
-    mirror = mirror_or_model if isinstance(mirror_or_model, Mirror) else build_mirror(mirror_or_model)
+    model = mirror_or_model.model if isinstance(mirror_or_model, Mirror) else mirror_or_model
     if not isinstance(dataset, Dataset):
-        dataset = open_dataset(dataset, preprocess or Preprocess(channels=_image_channels(mirror)))
+        dataset = open_dataset(dataset, preprocess or Preprocess(channels=_image_channels(model)))
+    mirror = (
+        mirror_or_model
+        if isinstance(mirror_or_model, Mirror)
+        else build_mirror(model, shape=lambda: tuple(dataset[0][0].shape))  # only if its forward pass needs it
+    )
     size = len(dataset)  # type: ignore[arg-type]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= size:
         raise SelectionError(f"k must be an integer from 1 to the dataset's {size} images, got {k!r}")
@@ -517,7 +522,7 @@ def class_names(dataset: Dataset, model: nn.Module, given: Sequence[str] | None 
     return list(names) if names else None
 
 
-def _image_channels(mirror: Mirror) -> int:
+def _image_channels(model: nn.Module) -> int:
     """The colour channels the model's first layer takes (3 when it cannot tell)."""
-    first = next((m for m in mirror.model.modules() if isinstance(getattr(m, "in_channels", None), int)), None)
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_channels", None), int)), None)
     return 1 if first is not None and first.in_channels == 1 else 3

@@ -275,3 +275,23 @@ def test_without_labels_there_are_no_class_statistics() -> None:
     images, _ = _data()
     census = deconv.census(_model(), Labelled(images, torch.full((143,), -1)), ["1"], progress=False)
     assert not census.labelled and census.unit("1", 0).classes == [] and census.unit("1", 0).top_classes == []
+
+
+def test_a_census_of_a_model_whose_forward_branches_on_the_images_shape() -> None:
+    """``deconv.census`` of a model torch.fx alone cannot trace: its mirror is traced for the dataset's images."""
+
+    class SameChannels(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[1] != self.conv.in_channels:  # as Hugging Face's embedders check
+                raise ValueError("wrong channel count")
+            return torch.relu(self.conv(x))
+
+    model = SameChannels().double().eval()
+    images, labels = _data()
+    found = deconv.census(model, Labelled(images, labels), layers=["conv"], k=2, progress=False)
+    maxima = model.conv(images).amax((2, 3))
+    assert [r.index for r in found.top("conv", 1)] == maxima[:, 1].argsort(descending=True)[:2].tolist()
