@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..engine.graph import Computed
 from ..errors import UnsupportedModuleError
 from ..layers import (
     ActivationGradient,
@@ -30,6 +31,7 @@ from ..layers import (
     Split,
     TransposedAverage,
     TransposedFilter,
+    TransposedFilter1d,
     TransposedLinear,
     TransposedMean,
     Unflatten,
@@ -46,11 +48,13 @@ GUIDED = Rule("guided", "guided backpropagation: rectify the signal and keep onl
 GRADIENT = Rule("gradient", "the gradient: pass the signal only where the forward input was positive")
 
 
-@register_mirror(nn.Conv2d)
-def _conv(conv: nn.Conv2d) -> TransposedFilter:
+@register_mirror(nn.Conv2d, nn.Conv1d)
+def _conv(conv: nn.Conv2d | nn.Conv1d) -> TransposedFilter | TransposedFilter1d:
     if conv.padding_mode != "zeros":
-        raise UnsupportedModuleError(f"Conv2d with padding_mode={conv.padding_mode!r} (only 'zeros' can be mirrored)")
-    return TransposedFilter(conv)
+        raise UnsupportedModuleError(
+            f"{type(conv).__name__} with padding_mode={conv.padding_mode!r} (only 'zeros' can be mirrored)"
+        )
+    return TransposedFilter1d(conv) if isinstance(conv, nn.Conv1d) else TransposedFilter(conv)
 
 
 @register_mirror(nn.ReLU)
@@ -186,8 +190,8 @@ def _dim(call: Call, position: int, default: int) -> int:
     return call.kwargs.get("dim", call.args[position] if len(call.args) > position else default)
 
 
-def _conv2d_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: ANN001, ANN202
-    """``F.conv2d``'s signature (a builtin without one of its own)."""
+def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: ANN001, ANN202
+    """``F.conv1d``'s and ``F.conv2d``'s signature (builtins without one of their own)."""
 
 
 def _bound(call: Call, function: Callable[..., Any]) -> dict[str, Any]:
@@ -230,30 +234,47 @@ def _functional_batch_norm(call: Call) -> ChannelScale:
     )
 
 
-@register_mirror(F.conv2d)
-def _functional_conv(call: Call) -> TransposedFilter:
-    """``F.conv2d`` with a parameter as its filters (a ``Conv2d`` subclass's own forward): its transposed filters."""
-    args = _bound(call, _conv2d_signature)
-    weight = _constant_tensor(args["weight"], "filters", call)
-    if (
-        args["input"] is not SIGNAL
-        or weight is None
-        or any(isinstance(args[k], fx.Node) for k in ("stride", "padding", "dilation", "groups"))
-    ):
+class _Convolution:
+    """What ``F.conv1d`` / ``F.conv2d`` is called with, read as a convolution module's attributes: ``weight`` is its
+    filters, a parameter, or a tensor :class:`Computed` from parameters alone (weight standardisation), evaluated
+    from the parameters' current values at every read."""
+
+    def __init__(self, filters: torch.Tensor | Computed, args: dict[str, Any]) -> None:
+        self.filters = filters
+        self.stride, self.padding, self.dilation, self.groups = (args[k] for k in _SETTINGS)
+        shape = self.weight.shape
+        self.kernel_size = tuple(shape[2:])
+        self.in_channels = shape[1] * self.groups
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.filters() if isinstance(self.filters, Computed) else self.filters
+
+
+_SETTINGS = ("stride", "padding", "dilation", "groups")
+
+
+@register_mirror(F.conv1d, F.conv2d)
+def _functional_conv(call: Call) -> TransposedFilter | TransposedFilter1d:
+    """``F.conv2d`` / ``F.conv1d`` with constant filters (a ``Conv2d`` subclass's own forward; timm's
+    ``StdConv2d`` and ``ScaledStdConv2d``, whose filters are standardised from the parameters): their transpose with
+    those filters."""
+    args = _bound(call, _conv_signature)
+    weight = args["weight"]
+    what = _qualified(call.target)
+    if weight is SIGNAL:
         raise UnsupportedModuleError(
-            "torch.nn.functional.conv2d is mirrored only for a signal convolved with constant filters and settings"
+            f"{what} with filters computed from the images; only filters computed from parameters and buffers "
+            "alone can be mirrored"
         )
-    groups = args["groups"]
-    conv = SimpleNamespace(
-        weight=weight,
-        kernel_size=tuple(weight.shape[2:]),
-        stride=args["stride"],
-        padding=args["padding"],
-        dilation=args["dilation"],
-        groups=groups,
-        in_channels=weight.shape[1] * groups,
-    )
-    return TransposedFilter(conv)
+    if not isinstance(weight, Computed):
+        weight = _constant_tensor(weight, "filters", call)
+    if args["input"] is not SIGNAL or weight is None or any(isinstance(args[k], fx.Node) for k in _SETTINGS):
+        raise UnsupportedModuleError(
+            f"{what} is mirrored only for a signal convolved with constant filters and settings"
+        )
+    conv = _Convolution(weight, args)
+    return TransposedFilter1d(conv) if call.target is F.conv1d else TransposedFilter(conv)  # type: ignore[arg-type]
 
 
 @register_mirror(operator.add, operator.iadd, torch.add, torch.Tensor.add, torch.Tensor.add_)
@@ -363,7 +384,8 @@ def _linear(target: nn.Module | Call) -> LinearTranspose:
         raise UnsupportedModuleError("torch.stack along the batch dimension mixes the images")
     elif function in (torch.sum, torch.Tensor.sum) and not _keeps_batch(_dims(target, 1, "dim")):
         raise UnsupportedModuleError("a sum over the batch (or over everything) mixes the images")
-    return LinearTranspose(_Substituted(function, target.args, target.kwargs), name)
+    silent = (1,) if function is torch.Tensor.expand_as and target.signals == 2 else ()  # its shape only
+    return LinearTranspose(_Substituted(function, target.args, target.kwargs), name, silent)
 
 
 PRODUCTS = (operator.mul, operator.imul, torch.mul, torch.Tensor.mul, torch.Tensor.mul_)

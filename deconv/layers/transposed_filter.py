@@ -10,7 +10,7 @@ from torch import nn
 
 from .base import Geometry, MirrorModule, fit, layout, pair
 
-__all__ = ["TransposedFilter"]
+__all__ = ["TransposedFilter", "TransposedFilter1d"]
 
 SUB_PIXEL_CHANNELS = 4
 """A strided transposed convolution that writes at most this many channels (the one into the image)
@@ -119,3 +119,52 @@ class TransposedFilter(MirrorModule):
             f"{self.weight.shape[0]}->{self.weight.shape[1] * self.groups}, kernel={g.kernel}, "
             f"stride={g.stride}, padding={g.padding}, dilation={g.dilation}, groups={self.groups}"
         )
+
+
+def _one(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+class _Rows:
+    """A 1-D convolution seen as a 2-D one over maps of one row: filters ``(C_out, C_in / groups, 1, k)``, a view of
+    the convolution's own, taken at every read."""
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        object.__setattr__(self, "conv", conv)
+        self.kernel_size = (1, *_one(conv.kernel_size))
+        self.stride = (1, *_one(conv.stride))
+        self.padding = conv.padding if isinstance(conv.padding, str) else (0, *_one(conv.padding))
+        self.dilation = (1, *_one(conv.dilation))
+        self.groups = conv.groups
+        self.in_channels = conv.in_channels
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.conv.weight.unsqueeze(2)
+
+
+class TransposedFilter1d(MirrorModule):
+    """A 1-D convolution in reverse (timm's ECA gate): :class:`TransposedFilter` of the convolution seen as a 2-D one
+    over maps of one row, so the filters are the convolution's own (shared, read at every call). Takes per-channel
+    ``factors``. The engine's windows are 2-D: whole signals. ``(N, C_out, L_out) -> (N, C_in, L_in)``.
+    """
+
+    geometry = None
+    takes_factors = True
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        object.__setattr__(self, "conv", conv)  # read, not owned
+        self.filter = TransposedFilter(_Rows(conv))  # type: ignore[arg-type]
+        self.in_channels = conv.in_channels
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The convolution's filters ``(C_out, C_in / groups, k)``, read at every call."""
+        return self.conv.weight
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        return self.filter.remember(x.unsqueeze(2), y.unsqueeze(2))
+
+    def forward(self, signal: torch.Tensor, *memory: Any, factors: torch.Tensor | None = None) -> torch.Tensor:
+        return self.filter(signal.unsqueeze(2), *memory, factors=factors).squeeze(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import oracle
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import batch_norm
 from torch import nn
 
@@ -50,6 +51,11 @@ EXAMPLES = {
         lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), nn.Linear(27, 5)),
         (2, 5, 5),
         layers.Unflatten,
+    ),
+    nn.Conv1d: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), Eca(nn.Conv1d(1, 1, 3, padding=1))),
+        (2, 6, 6),
+        layers.TransposedFilter1d,
     ),
     nn.BatchNorm2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), batch_norm(3, g)), (2, 6, 6), layers.ChannelScale),
     nn.Dropout: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout(0.9)), (2, 6, 6), layers.PassThrough),
@@ -106,6 +112,49 @@ class Gate(nn.Module):
         return x * self.gate(self.squeeze(x.mean((2, 3), keepdim=True)))
 
 
+class Eca(nn.Module):
+    """timm's ECA gate in small: the input times a sigmoid of a 1-D convolution across its pooled channels."""
+
+    def __init__(self, conv: nn.Module, detached: bool = False) -> None:
+        super().__init__()
+        self.conv, self.detached = conv, detached
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        gate = torch.sigmoid(y)
+        return x * (gate.detach() if self.detached else gate).view(x.shape[0], -1, 1, 1).expand_as(x)
+
+
+class FunctionalConv1d(nn.Module):
+    """``F.conv1d`` with the module's own filters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, 1, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, padding=2)
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+@pytest.mark.parametrize("conv", [nn.Conv1d(1, 1, 3, padding=1), FunctionalConv1d()], ids=["Conv1d", "F.conv1d"])
+def test_an_eca_gate_matches_the_oracle_under_every_rule(conv: nn.Module, rule: str, gen: torch.Generator) -> None:
+    """The 1-D convolution sits in the gate's branch: under the gradient rule the signal goes through it (its exact
+    transpose); under the deconvnet and guided rules the branch carries none."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), Eca(conv), nn.Conv2d(6, 3, 3), nn.ReLU()).double().eval()
+    images = torch.randn(3, 2, 9, 9, generator=gen, dtype=torch.float64)
+    mirror = deconv.build_mirror(model, rule=rule)
+    assert sum(isinstance(s.mirror, layers.TransposedFilter1d) for s in mirror.steps) == 1
+    selections = oracle.selections_at(model, images, ["1", "2", "4"], 4, gen)
+    expected = oracle.project(model, images, selections, rule=rule)
+    oracle.assert_matches(mirror.project_many(images, selections), expected, min_nonzero=0.8)
+    if rule == "gradient":  # the gate's branch carries a share of the gradient
+        model[2].detached = True
+        without = oracle.project(model, images, selections, rule=rule)
+        assert (expected - without).abs().amax() > 1e-3 * expected.abs().amax()
+
+
 def test_every_builtin_has_an_example() -> None:
     assert set(BUILTIN) == set(EXAMPLES)
 
@@ -119,7 +168,11 @@ def test_builtin_mirror_matches_the_oracle(kind: type, gen: torch.Generator) -> 
     assert any(type(s.layer) is kind and type(s.mirror) is mirror_type for s in mirror.steps)
     images = torch.randn(3, *shape, generator=gen, dtype=torch.float64)
     modules = dict(model.named_modules())  # the oracle taps modules; a gate's branch carries no signal to project
-    probes = [n for n in mirror.layer_names if n in modules and (mirror_type is not layers.Ungated or "." not in n)]
+    probes = [
+        n
+        for n in mirror.layer_names
+        if n in modules and (mirror_type not in (layers.Ungated, layers.TransposedFilter1d) or "." not in n)
+    ]
     selections = oracle.selections_at(model, images, probes, 5, gen)
     oracle.assert_matches(
         mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.8
