@@ -558,7 +558,7 @@ def _identity(call: Call) -> PassThrough:
 def _permute(call: Call) -> Unpermute:
     dims = call.args[1:] if len(call.args) > 2 or not isinstance(call.args[1], (tuple, list)) else tuple(call.args[1])
     dims = tuple(call.kwargs.get("dims", dims))
-    return Unpermute(lambda ndim: dims, f"permute{dims}")
+    return Unpermute(lambda ndim: dims, f"permute{dims}", len(dims))
 
 
 @register_mirror(torch.transpose, torch.Tensor.transpose, torch.swapaxes, torch.Tensor.swapaxes)

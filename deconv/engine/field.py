@@ -10,12 +10,12 @@ receptive field. Every receptive-field computation of deconv lives here: the mir
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from ..errors import InputError
-from ..layers.base import Geometry
+from ..layers.base import POINTWISE, Geometry
 from .graph import IMAGES, Graph
 from .windows import crop
 
@@ -73,17 +73,55 @@ def cones(
     receptive field): the union over all paths the signal takes under ``rule`` (default: each node's default
     rule) of what each layer reads. Inputs a mirror leaves ``silent`` (a gate's branch) are not taken."""
     found: dict[int, Cone] = {top: None if origin is None else (origin, size)}
+    mirrors = [node.mirror if rule is None else node.mirror_for(rule) for node in graph.nodes[: top + 1]]
+    spatial = _layouts(graph, mirrors)
     for i in range(top, -1, -1):
         if i not in found:
             continue
         box = found[i]
         node = graph.nodes[i]
-        mirror = node.mirror if rule is None else node.mirror_for(rule)
-        below = None if box is None or mirror.geometry is None else descend(mirror.geometry, *box)
+        mirror = mirrors[i]
+        geometry = _reach(mirror, spatial[i], [spatial[j] for j in node.inputs])
+        below = None if box is None or geometry is None else descend(geometry, *box)
         for k, j in enumerate(node.inputs):
             if k not in mirror.silent:
                 found[j] = union(found[j], below) if j in found else below
     return found
+
+
+Layout = tuple[int, int, int] | None
+"""Where a node's output holds its channels, rows and columns: axes ``(c, h, w)`` of a 4-D tensor (``(1, 2, 3)``
+for ``(N, C, H, W)``, ``(3, 1, 2)`` channels-last), or ``None`` where that is not known (not a map, or mixed)."""
+MAPS = (1, 2, 3)
+
+
+def _layouts(graph: Graph, mirrors: list[Any]) -> dict[int, Layout]:
+    """The layout of each node's output (and the images'), from the images' ``(N, C, H, W)`` forward: a permutation
+    moves the axes; a layer with a ``geometry`` keeps ``(N, C, H, W)`` maps; a ``per_position`` one keeps any
+    layout of maps; every other layer's output, or one of inputs laid out otherwise, is not known."""
+    found: dict[int, Layout] = {IMAGES: MAPS}
+    for i, mirror in enumerate(mirrors):
+        inputs = {found[j] for j in graph.nodes[i].inputs} - {None}
+        layout = inputs.pop() if len(inputs) == 1 else None
+        order = mirror.permutation(4)
+        if layout is not None and order is not None:
+            layout = tuple(order.index(a) for a in layout)
+        elif layout is not None and not (mirror.per_position or (layout == MAPS and mirror.geometry is not None)):
+            layout = None
+        found[i] = layout  # type: ignore[assignment]
+    return found
+
+
+def _reach(mirror: Any, output: Layout, inputs: list[Layout]) -> Geometry | None:
+    """How node's output positions read its inputs' positions: its ``geometry`` on ``(N, C, H, W)`` maps (or maps of
+    no known layout, as always), a permutation that keeps rows before columns and a ``per_position`` layer on maps
+    of another layout keep positions (``POINTWISE``); ``None``: all positions."""
+    if mirror.permutation(4) is not None:
+        keeps = output is not None and output[1] < output[2] and all(j is not None for j in inputs)
+        return POINTWISE if keeps else mirror.geometry
+    if output is None or output == MAPS:
+        return mirror.geometry
+    return POINTWISE if mirror.per_position else None
 
 
 def boxes(
