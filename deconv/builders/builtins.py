@@ -298,8 +298,13 @@ def _functional_linear(call: Call) -> TransposedLinear:
     return TransposedLinear(SimpleNamespace(weight=weight))
 
 
-def _norm(target: nn.Module | Call, rule_is_gradient: bool) -> Normalize:
-    """LayerNorm or GroupNorm, as a module or ``F.layer_norm`` / ``F.group_norm``."""
+def _norm(target: nn.Module | Call, rule_is_gradient: bool) -> Normalize | ChannelScale:
+    """LayerNorm, GroupNorm or InstanceNorm, as a module or ``F.layer_norm`` / ``F.group_norm``. An instance norm
+    with running statistics uses them in evaluation mode: a per-channel scale, as batch norm."""
+    if isinstance(target, nn.InstanceNorm2d):
+        if target.track_running_stats:
+            return ChannelScale(target)
+        return Normalize(target.weight, target.eps, rule_is_gradient, groups=target.num_features)
     if isinstance(target, nn.LayerNorm):
         return Normalize(target.weight, target.eps, rule_is_gradient, dims=len(target.normalized_shape))
     if isinstance(target, nn.GroupNorm):
@@ -314,13 +319,16 @@ def _norm(target: nn.Module | Call, rule_is_gradient: bool) -> Normalize:
     return Normalize(weight, args["eps"], rule_is_gradient, groups=args["num_groups"])
 
 
-@register_mirror(nn.LayerNorm, nn.GroupNorm, F.layer_norm, F.group_norm)
-def _normalize(target: nn.Module | Call) -> Normalize:
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d, F.layer_norm, F.group_norm)
+
+
+@register_mirror(*NORMS)
+def _normalize(target: nn.Module | Call) -> Normalize | ChannelScale:
     return _norm(target, False)
 
 
-@register_mirror(nn.LayerNorm, nn.GroupNorm, F.layer_norm, F.group_norm, rule=GRADIENT)
-def _normalize_gradient(target: nn.Module | Call) -> Normalize:
+@register_mirror(*NORMS, rule=GRADIENT)
+def _normalize_gradient(target: nn.Module | Call) -> Normalize | ChannelScale:
     return _norm(target, True)
 
 

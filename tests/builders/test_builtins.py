@@ -74,6 +74,11 @@ EXAMPLES = {
             nn.ReplicationPad2d: lambda: nn.ReplicationPad2d((2, 0, 1, 1)),
         }.items()
     },
+    nn.InstanceNorm2d: (  # running statistics: linear (the instance statistics: test_an_instance_norm_...)
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), instance_norm(3, g)),
+        (2, 6, 6),
+        layers.ChannelScale,
+    ),
     nn.GroupNorm: (lambda g: nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4)), (2, 6, 6), layers.Normalize),
     **{
         kind: (lambda g, make=make: nn.Sequential(nn.Conv2d(2, 3, 3), make()), (2, 6, 6), layers.Rectify)
@@ -110,6 +115,38 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(self.squeeze(x.mean((2, 3), keepdim=True)))
+
+
+def instance_norm(c: int, gen: torch.Generator) -> nn.InstanceNorm2d:
+    norm = nn.InstanceNorm2d(c, affine=True, track_running_stats=True)
+    with torch.no_grad():
+        norm.running_var.uniform_(0.5, 2.0, generator=gen)
+        norm.running_mean.normal_(0.0, 0.5, generator=gen)
+        norm.weight.uniform_(-1.5, 1.5, generator=gen)
+    return norm
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_an_instance_norm_is_a_group_norm_of_one_channel_per_group(rule: str, gen: torch.Generator) -> None:
+    """InstanceNorm2d with the instance's statistics against the oracle of the same model with GroupNorm(C, C), which
+    computes the same (the oracle takes the group norm's statistics as constants under the deconvnet and guided
+    rules)."""
+    torch.manual_seed(0)
+    norm = nn.InstanceNorm2d(4, affine=True)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), norm, nn.SiLU(), nn.Conv2d(4, 3, 3), nn.ReLU()).double().eval()
+    with torch.no_grad():
+        norm.weight.uniform_(-1.5, 1.5, generator=gen)
+        norm.bias.normal_(0.0, 0.5, generator=gen)
+    grouped = nn.GroupNorm(4, 4, eps=norm.eps).double()
+    grouped.weight, grouped.bias = norm.weight, norm.bias
+    reference = nn.Sequential(model[0], grouped, *model[2:]).eval()
+    images = torch.randn(3, 2, 9, 9, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(model(images), reference(images), rtol=1e-12, atol=1e-12)
+    mirror = deconv.build_mirror(model, rule=rule)
+    assert isinstance(mirror.steps[1].mirror, layers.Normalize)
+    selections = oracle.selections_at(reference, images, ["1", "2", "4"], 4, gen)
+    expected = oracle.project(reference, images, selections, rule=rule)
+    oracle.assert_matches(mirror.project_many(images, selections), expected, min_nonzero=0.8)
 
 
 class Eca(nn.Module):
