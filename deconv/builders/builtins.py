@@ -465,8 +465,15 @@ def _gate_function_gradient(target: nn.Module | Call) -> ActivationGradient | Ve
 
 @register_mirror(operator.truediv, operator.itruediv, torch.div, torch.Tensor.div, torch.Tensor.div_)
 def _div(call: Call) -> Scale:
-    if call.args[0] is not SIGNAL or call.signals != 1 or call.kwargs.get("rounding_mode") is not None:
-        raise UnsupportedModuleError("a division is mirrored only as an input-dependent tensor divided by a constant")
+    if (
+        call.args[0] is not SIGNAL
+        or call.signals != 1
+        or call.kwargs.get("rounding_mode") is not None
+        or not isinstance(call.args[1], (int, float, torch.Tensor))
+    ):
+        raise UnsupportedModuleError(
+            "a division is mirrored only as an input-dependent tensor divided by a number, parameter or buffer"
+        )
     return Scale(1 / call.args[1])
 
 

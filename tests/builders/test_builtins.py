@@ -240,6 +240,24 @@ def test_configurations_that_cannot_be_mirrored_are_named(layer: nn.Module, word
     assert "\n" not in message and all(w in message for w in words), message
 
 
+class DividedByComputed(nn.Module):
+    """A division by a tensor computed from a parameter in the forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.gain.sum()
+
+
+def test_a_division_by_a_computed_tensor_is_refused_by_name() -> None:
+    with pytest.raises(deconv.UnsupportedModuleError) as error:
+        deconv.build_mirror(nn.Sequential(nn.Conv2d(3, 3, 1), DividedByComputed()))
+    message = str(error.value)
+    assert "\n" not in message and "'truediv'" in message and "number, parameter or buffer" in message, message
+
+
 def test_a_model_with_nothing_to_mirror_is_refused() -> None:
     with pytest.raises(deconv.UnsupportedModuleError, match="Sequential"):
         deconv.build_mirror(nn.Sequential())
