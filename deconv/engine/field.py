@@ -72,9 +72,10 @@ def cones(
     """The cone of windows at node ``top`` at every node's output below it (and at ``IMAGES``, the
     receptive field): the union over all paths the signal takes under ``rule`` (default: each node's default
     rule) of what each layer reads. Inputs a mirror leaves ``silent`` (a gate's branch) are not taken."""
-    found: dict[int, Cone] = {top: None if origin is None else (origin, size)}
     mirrors = [node.mirror if rule is None else node.mirror_for(rule) for node in graph.nodes[: top + 1]]
     spatial = _layouts(graph, mirrors)
+    laid_out = spatial[top] in (None, MAPS)  # a position of another layout is not an image row and column
+    found: dict[int, Cone] = {top: None if origin is None or not laid_out else (origin, size)}
     for i in range(top, -1, -1):
         if i not in found:
             continue
@@ -89,39 +90,49 @@ def cones(
     return found
 
 
-Layout = tuple[int, int, int] | None
+Layout = tuple[int, int, int] | str | None
 """Where a node's output holds its channels, rows and columns: axes ``(c, h, w)`` of a 4-D tensor (``(1, 2, 3)``
-for ``(N, C, H, W)``, ``(3, 1, 2)`` channels-last), or ``None`` where that is not known (not a map, or mixed)."""
+for ``(N, C, H, W)``, ``(3, 1, 2)`` channels-last); :data:`OTHER` for a tensor computed from a permuted map whose
+layout is not known; ``None`` for one that is not a map of known layout but none of whose inputs were permuted
+(the layers' ``geometry`` holds for it, as it always did)."""
 MAPS = (1, 2, 3)
+OTHER = "other"
 
 
 def _layouts(graph: Graph, mirrors: list[Any]) -> dict[int, Layout]:
     """The layout of each node's output (and the images'), from the images' ``(N, C, H, W)`` forward: a permutation
-    moves the axes; a layer with a ``geometry`` keeps ``(N, C, H, W)`` maps; a ``per_position`` one keeps any
-    layout of maps; every other layer's output, or one of inputs laid out otherwise, is not known."""
+    moves the axes, a ``per_position`` layer keeps any layout, a layer with a ``geometry`` keeps ``(N, C, H, W)``
+    maps; anything else computed from a permuted map, or from maps laid out differently, is :data:`OTHER`."""
     found: dict[int, Layout] = {IMAGES: MAPS}
     for i, mirror in enumerate(mirrors):
-        inputs = {found[j] for j in graph.nodes[i].inputs} - {None}
-        layout = inputs.pop() if len(inputs) == 1 else None
+        known = {found[j] for j in graph.nodes[i].inputs} - {None}
         order = mirror.permutation(4)
-        if layout is not None and order is not None:
-            layout = tuple(order.index(a) for a in layout)
-        elif layout is not None and not (mirror.per_position or (layout == MAPS and mirror.geometry is not None)):
-            layout = None
-        found[i] = layout  # type: ignore[assignment]
+        layout: Layout
+        if not known:
+            layout = None if order is None else OTHER
+        elif len(known) > 1 or OTHER in known:
+            layout = OTHER
+        else:
+            (layout,) = known
+            if order is not None:
+                layout = tuple(order.index(a) for a in layout)  # type: ignore[union-attr]
+            elif not mirror.per_position:
+                layout = (None if mirror.geometry is None else MAPS) if layout == MAPS else OTHER
+        found[i] = layout
     return found
 
 
 def _reach(mirror: Any, output: Layout, inputs: list[Layout]) -> Geometry | None:
-    """How node's output positions read its inputs' positions: its ``geometry`` on ``(N, C, H, W)`` maps (or maps of
-    no known layout, as always), a permutation that keeps rows before columns and a ``per_position`` layer on maps
-    of another layout keep positions (``POINTWISE``); ``None``: all positions."""
+    """How a node's output positions read its inputs' positions, in image rows and columns: its ``geometry`` on
+    ``(N, C, H, W)`` maps (and on tensors of no permuted input, as always); a permutation between maps of known
+    layouts and a ``per_position`` layer on maps of any known layout keep positions (``POINTWISE``); anything else
+    on permuted maps: all positions (``None``)."""
     if mirror.permutation(4) is not None:
-        keeps = output is not None and output[1] < output[2] and all(j is not None for j in inputs)
-        return POINTWISE if keeps else mirror.geometry
+        known = all(isinstance(j, tuple) for j in (output, *inputs))
+        return POINTWISE if known else None
     if output is None or output == MAPS:
         return mirror.geometry
-    return POINTWISE if mirror.per_position else None
+    return POINTWISE if isinstance(output, tuple) and mirror.per_position else None
 
 
 def boxes(

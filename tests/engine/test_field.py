@@ -63,26 +63,30 @@ class ChannelsLastMlp(nn.Module):
 
 def test_a_channels_last_linear_and_layer_norm_act_per_position_by_hand() -> None:
     """Each 3x3 depthwise conv widens the field by 2; the permutes, the norm over the channels and the Linears keep
-    it; a permutation that swaps rows and columns, or a norm over the whole map, makes it the whole image."""
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), ChannelsLastMlp(4), ChannelsLastMlp(4)).eval()
-    mirror = deconv.build_mirror(model)
-    assert mirror.receptive_field("2", 5, 6, (2, 16, 16)) == (5 - 3, 6 - 3, 5 + 4, 6 + 4)
-    swapped = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), Permuted((0, 3, 2, 1)), nn.Conv2d(4, 4, 1)).eval()
-    whole = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), Permuted((0, 2, 3, 1), nn.LayerNorm([16, 4]))).eval()
-    for other in (swapped, whole):
-        assert receptive_field(deconv.build_mirror(other).graph, len(deconv.build_mirror(other).steps) - 1) is None
+    it. Positions are the image's rows and columns whatever the layout: rows and columns swapped and swapped back
+    keep the field; a conv on the swapped map, or a norm over a whole row, makes it the whole image."""
+    conv = nn.Conv2d(2, 4, 3, padding=1)
+    model = nn.Sequential(conv, ChannelsLastMlp(4), ChannelsLastMlp(4)).eval()
+    assert deconv.build_mirror(model).receptive_field("2", 5, 6, (2, 16, 16)) == (5 - 3, 6 - 3, 5 + 4, 6 + 4)
+    back = nn.Sequential(conv, Permuted((0, 1, 3, 2), nn.GELU(), back=(0, 1, 3, 2)), nn.Conv2d(4, 4, 1)).eval()
+    assert receptive_field(deconv.build_mirror(back).graph, 3) == ReceptiveField((3, 3), (1, 1), (-1, -1))
+    swapped = nn.Sequential(conv, Permuted((0, 1, 3, 2)), nn.Conv2d(4, 4, (3, 1))).eval()
+    row = nn.Sequential(conv, Permuted((0, 2, 3, 1), nn.LayerNorm([16, 4]), back=(0, 3, 1, 2))).eval()
+    for other in (swapped, row):
+        graph = deconv.build_mirror(other).graph
+        assert receptive_field(graph, len(graph.nodes) - 1) is None
 
 
 class Permuted(nn.Module):
-    """permute -> layer -> permute back."""
+    """permute -> layer -> permute ``back``, if given."""
 
-    def __init__(self, dims: tuple[int, ...], layer: nn.Module | None = None) -> None:
+    def __init__(self, dims: tuple[int, ...], layer: nn.Module | None = None, back: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.dims, self.layer = dims, layer or nn.Identity()
+        self.dims, self.layer, self.back = dims, layer or nn.Identity(), back
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        back = tuple(sorted(range(4), key=self.dims.__getitem__))
-        return self.layer(x.permute(*self.dims)).permute(*back)
+        x = self.layer(x.permute(*self.dims))
+        return x.permute(*self.back) if self.back else x
 
 
 @pytest.mark.parametrize("conv_mlp", [True, False], ids=["LayerNorm2d and ConvMlp", "permuted LayerNorm and Linear"])
