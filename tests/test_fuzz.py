@@ -278,6 +278,8 @@ OPERATIONS = [
     "eca",
     "selective kernel",
     "LayerNorm",
+    "channels-last MLP",
+    "row LayerNorm",
     "LayerNorm2d",
     "GroupNorm",
     "interpolate",
@@ -311,6 +313,10 @@ def _block(draw: st.DrawFn, kind: str, c: int, size: int) -> tuple[nn.Module, in
         return SelectiveKernel(c), c, size
     if kind == "LayerNorm":
         return ChannelsLast(nn.LayerNorm(c)), c, size
+    if kind == "channels-last MLP":  # ConvNeXt's: Linears over the channels of a channels-last map
+        return ChannelsLast(nn.Sequential(nn.Linear(c, 2 * c), nn.GELU(), nn.Linear(2 * c, c))), c, size
+    if kind == "row LayerNorm":  # over the columns and channels of each row: not position by position
+        return ChannelsLast(nn.LayerNorm([size, c])), c, size
     if kind == "LayerNorm2d":
         return timm.layers.LayerNorm2d(c), c, size
     if kind == "GroupNorm":
@@ -368,8 +374,9 @@ def modern_architectures(draw: st.DrawFn, including: str) -> tuple[nn.Module, to
 @given(data=st.data())
 def test_random_modern_nets_match_the_oracle_under_every_rule(operation: str, data: st.DataObject) -> None:
     """Random nets, each with ``operation`` among its blocks, are exact (float64, within 1e-9 of each projection's
-    largest value) at every block under every rule; a product of two input-dependent tensors where neither is a gate
-    is refused by name under the deconvnet and guided rules, and only that."""
+    largest value) at every block under every rule, and the oracle's projections are zero outside the mirror's
+    receptive field; a product of two input-dependent tensors where neither is a gate is refused by name under the
+    deconvnet and guided rules, and only that."""
     model, images = data.draw(modern_architectures(operation))
     gen = torch.Generator().manual_seed(0)
     blocks = [str(i) for i in range(len(model))]
@@ -386,6 +393,11 @@ def test_random_modern_nets_match_the_oracle_under_every_rule(operation: str, da
         expected = oracle.project(model, images, selections, rule=rule)
         oracle.assert_matches(mirror.project_many(images, selections), expected, min_nonzero=0.0)
         reached += bool(expected.abs().amax() > 0)
+        for projection, (_, layer, _, y, x) in zip(expected, selections):  # nothing reaches outside the field
+            box = mirror.receptive_field(layer, y, x)
+            outside = torch.ones(images.shape[-2:], dtype=torch.bool)
+            outside[max(box.top, 0) : max(box.bottom, 0), max(box.left, 0) : max(box.right, 0)] = False
+            assert not projection[:, outside].any(), (layer, y, x, box)
     assert reached, "every projection is zero under every rule: the comparison means nothing"
 
 
