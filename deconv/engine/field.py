@@ -10,7 +10,7 @@ receptive field. Every receptive-field computation of deconv lives here: the mir
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -69,23 +69,41 @@ def union(a: Cone, b: Cone) -> Cone:
 def cones(
     graph: Graph, top: int, origin: torch.Tensor | None, size: tuple[int, int], rule: str | None = None
 ) -> dict[int, Cone]:
-    """The cone of windows at node ``top`` at every node's output below it (and at ``IMAGES``, the
-    receptive field): the union over all paths the signal takes under ``rule`` (default: each node's default
-    rule) of what each layer reads. Inputs a mirror leaves ``silent`` (a gate's branch) are not taken."""
+    """The cone of windows at node ``top`` at every node's output below it, and at ``IMAGES`` the receptive field:
+    the union over all paths the signal takes under ``rule`` (default: each node's default rule) of what each layer
+    reads. Inputs a mirror leaves ``silent`` (a gate's branch) are not taken.
+
+    At the nodes, the windows the reverse pass works in: whole maps (``None``) below a layer with no ``geometry``
+    (a permute, a Linear). At the images, the positions the signal can reach, followed also through channels-last
+    maps (ConvNeXt's ``permute -> LayerNorm -> Linear -> permute``), where the reverse pass goes on in whole maps
+    that are zero outside it."""
     mirrors = [node.mirror if rule is None else node.mirror_for(rule) for node in graph.nodes[: top + 1]]
+    found = _descend(graph, mirrors, top, origin, size, lambda i: mirrors[i].geometry)
     spatial = _layouts(graph, mirrors)
-    laid_out = spatial[top] in (None, MAPS)  # a position of another layout is not an image row and column
-    found: dict[int, Cone] = {top: None if origin is None or not laid_out else (origin, size)}
+    if spatial[top] in (None, MAPS):  # a position of another layout is not an image row and column
+        field = _descend(graph, mirrors, top, origin, size, lambda i: _reach(i, graph, mirrors, spatial))
+        found[IMAGES] = field[IMAGES]
+    return found
+
+
+def _descend(
+    graph: Graph,
+    mirrors: list[Any],
+    top: int,
+    origin: torch.Tensor | None,
+    size: tuple[int, int],
+    reach: Callable[[int], Geometry | None],
+) -> dict[int, Cone]:
+    """The windows of the cone at node ``top`` below it, where node ``i`` reads its inputs as ``reach(i)`` says."""
+    found: dict[int, Cone] = {top: None if origin is None else (origin, size)}
     for i in range(top, -1, -1):
         if i not in found:
             continue
         box = found[i]
-        node = graph.nodes[i]
-        mirror = mirrors[i]
-        geometry = _reach(mirror, spatial[i], [spatial[j] for j in node.inputs])
+        geometry = reach(i)
         below = None if box is None or geometry is None else descend(geometry, *box)
-        for k, j in enumerate(node.inputs):
-            if k not in mirror.silent:
+        for k, j in enumerate(graph.nodes[i].inputs):
+            if k not in mirrors[i].silent:
                 found[j] = union(found[j], below) if j in found else below
     return found
 
@@ -122,13 +140,14 @@ def _layouts(graph: Graph, mirrors: list[Any]) -> dict[int, Layout]:
     return found
 
 
-def _reach(mirror: Any, output: Layout, inputs: list[Layout]) -> Geometry | None:
-    """How a node's output positions read its inputs' positions, in image rows and columns: its ``geometry`` on
+def _reach(i: int, graph: Graph, mirrors: list[Any], spatial: dict[int, Layout]) -> Geometry | None:
+    """How node ``i``'s output positions read its inputs' positions, in image rows and columns: its ``geometry`` on
     ``(N, C, H, W)`` maps (and on tensors of no permuted input, as always); a permutation between maps of known
     layouts and a ``per_position`` layer on maps of any known layout keep positions (``POINTWISE``); anything else
     on permuted maps: all positions (``None``)."""
+    mirror, output = mirrors[i], spatial[i]
     if mirror.permutation(4) is not None:
-        known = all(isinstance(j, tuple) for j in (output, *inputs))
+        known = all(isinstance(spatial[j], tuple) for j in (i, *graph.nodes[i].inputs))
         return POINTWISE if known else None
     if output is None or output == MAPS:
         return mirror.geometry

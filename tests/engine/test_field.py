@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import deconv
-from deconv.engine.field import ReceptiveField, boxes, descend, patches, receptive_field
+from deconv.engine.field import ReceptiveField, boxes, cones, descend, patches, receptive_field
 from deconv.layers.base import Geometry
 
 
@@ -67,7 +67,10 @@ def test_a_channels_last_linear_and_layer_norm_act_per_position_by_hand() -> Non
     keep the field; a conv on the swapped map, or a norm over a whole row, makes it the whole image."""
     conv = nn.Conv2d(2, 4, 3, padding=1)
     model = nn.Sequential(conv, ChannelsLastMlp(4), ChannelsLastMlp(4)).eval()
-    assert deconv.build_mirror(model).receptive_field("2", 5, 6, (2, 16, 16)) == (5 - 3, 6 - 3, 5 + 4, 6 + 4)
+    mirror = deconv.build_mirror(model)
+    assert mirror.receptive_field("2", 5, 6, (2, 16, 16)) == (5 - 3, 6 - 3, 5 + 4, 6 + 4)
+    found = cones(mirror.graph, mirror.index("2"), torch.tensor([[5, 6]]), (1, 1))
+    assert found[mirror.index("0")] is None  # the reverse pass goes on in whole maps below a permute (the plan's)
     back = nn.Sequential(conv, Permuted((0, 1, 3, 2), nn.GELU(), back=(0, 1, 3, 2)), nn.Conv2d(4, 4, 1)).eval()
     assert receptive_field(deconv.build_mirror(back).graph, 3) == ReceptiveField((3, 3), (1, 1), (-1, -1))
     swapped = nn.Sequential(conv, Permuted((0, 1, 3, 2)), nn.Conv2d(4, 4, (3, 1))).eval()
