@@ -166,12 +166,14 @@ class Computed:
 
     @classmethod
     def of(cls, model: nn.Module, node: fx.Node, signal: Container[fx.Node] = ()) -> Computed | None:
-        """``node`` as a :class:`Computed` if it is a tensor computed from no input of the forward pass (nor from
-        any of the nodes ``signal``), else ``None``."""
+        """``node`` as a :class:`Computed` if it is a tensor computed by functions and tensor methods from no input
+        of the forward pass (nor from any of the nodes ``signal``), else ``None``."""
+        if node.op == "call_module":
+            return None
         found, todo = {node}, [node]
         while todo:
             for n in todo.pop().all_input_nodes:
-                if n.op == "placeholder" or n in signal:
+                if n.op in ("placeholder", "call_module") or n in signal:  # a module may keep state or have a mode
                     return None
                 if n not in found:
                     found.add(n)
