@@ -237,10 +237,11 @@ def _functional_batch_norm(call: Call) -> ChannelScale:
 class _Convolution:
     """What ``F.conv1d`` / ``F.conv2d`` is called with, read as a convolution module's attributes: ``weight`` is its
     filters, a parameter, or a tensor :class:`Computed` from parameters alone (weight standardisation), evaluated
-    from the parameters' current values at every read."""
+    from the parameters' current values at every read; the mirror takes the forward pass's own from its memory."""
 
     def __init__(self, filters: torch.Tensor | Computed, args: dict[str, Any]) -> None:
         self.filters = filters
+        self.constants = (filters,) if isinstance(filters, Computed) else ()  # the forward pass's follow the memory
         self.stride, self.padding, self.dilation, self.groups = (args[k] for k in _SETTINGS)
         shape = self.weight.shape
         self.kernel_size = tuple(shape[2:])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import InputError, NonFiniteError, one_line
+from ..layers.base import Shared
 
 __all__ = [
     "IMAGES",
@@ -322,7 +323,8 @@ class _Run:
             memory = self.trace.memory[i]
             for rule, mirror in mirrors.items():
                 if id(mirror) not in done:
-                    done[id(mirror)] = remembered if mirror is computing else tuple(mirror.remember(*tensors, y))
+                    kept = remembered if mirror is computing else tuple(mirror.remember(*tensors, y))
+                    done[id(mirror)] = (*kept, *(Shared(self.env[c.node]) for c in mirror.constants))
                 memory[rule] = done[id(mirror)]
         except InputError as error:  # from a mirror's remember: a batch-mixing reshape, say
             raise InputError(f"layer {node.name!r}: {error}") from None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Geometry", "POINTWISE", "MirrorModule", "fit", "layout", "pair"]
+__all__ = ["Geometry", "POINTWISE", "MirrorModule", "Shared", "fit", "layout", "pair"]
 
 
 def pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -61,6 +61,14 @@ def fit(full: torch.Tensor, padding: tuple[int, int], size: tuple[int, int]) -> 
     return F.pad(out, (0, short[1], 0, short[0])) if short != (0, 0) else out
 
 
+@dataclass(frozen=True, eq=False)
+class Shared:
+    """A tensor in a mirror's memory that is the same for every image (filters the forward pass computed from the
+    parameters): kept as it is, never picked per image nor cut to a window."""
+
+    value: torch.Tensor
+
+
 class MirrorModule(nn.Module):
     """Maps a reconstruction of a layer's output ``(N, C_out, ...)`` back to its input ``(N, C_in, ...)``.
 
@@ -81,6 +89,9 @@ class MirrorModule(nn.Module):
       windows cut the last two axes, goes on in whole maps past a permutation);
     - ``permutation(ndim)``: the axes its layer permutes a tensor of ``ndim`` dimensions into (``permute``,
       ``transpose``), or ``None``;
+    - ``constants``: the tensors ``forward`` reads that the forward pass computes from parameters alone (a
+      weight-standardised convolution's filters, :class:`deconv.engine.graph.Computed`): their values in that
+      pass follow the memory, each as a :class:`Shared`;
     - ``in_channels``: the channels its layer takes, where known (checked against the images);
     - ``rectifies``: ``forward`` is ``relu(signal)``, nothing else;
     - ``disjoint``: it places values apart, never adding two, so ``relu`` commutes with it;
@@ -100,6 +111,7 @@ class MirrorModule(nn.Module):
 
     geometry: Geometry | None = POINTWISE
     per_position: bool = False
+    constants: tuple[Any, ...] = ()
     in_channels: int | None = None
     rectifies: bool = False
     disjoint: bool = False

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Geometry, MirrorModule, fit, layout, pair
+from .base import Geometry, MirrorModule, Shared, fit, layout, pair
 
 __all__ = ["TransposedFilter", "TransposedFilter1d"]
 
@@ -67,6 +67,7 @@ class TransposedFilter(MirrorModule):
         else:
             padding = pair(conv.padding)
         object.__setattr__(self, "conv", conv)  # read, not owned: no copy, no submodule
+        self.constants = tuple(getattr(conv, "constants", ()))  # filters computed in the forward pass
         self.groups = conv.groups
         self.in_channels = conv.in_channels
         self.geometry = Geometry(pair(conv.kernel_size), pair(conv.stride), padding, pair(conv.dilation))
@@ -80,19 +81,22 @@ class TransposedFilter(MirrorModule):
         return tuple(x.shape[-2:]), self.geometry.padding
 
     def restrict(self, memory: tuple[Any, ...], origin: torch.Tensor, size: tuple[int, int]) -> tuple[Any, ...]:
-        return size, (0, 0)
+        return size, (0, 0), *memory[2:]
 
     def forward(
         self,
         signal: torch.Tensor,
         input_size: tuple[int, int],
         padding: tuple[int, int],
+        *filters: Shared,
         factors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``padding``: rows and columns of the full transposed output that lie before the input's first;
-        ``factors`` ``(C_out,)``: what the signal's channels are multiplied by first."""
+        ``filters``: the forward pass's, where it computed them (else ``weight``); ``factors`` ``(C_out,)``: what the
+        signal's channels are multiplied by first."""
         g = self.geometry
-        weight = self.weight if factors is None else self.weight * factors.view(-1, 1, 1, 1)
+        weight = filters[0].value if filters else self.weight
+        weight = weight if factors is None else weight * factors.view(-1, 1, 1, 1)
         if g.stride != (1, 1) and g.kernel == (1, 1):  # taps apart: filter at stride 1, then spread out
             return fit(_spread(F.conv_transpose2d(signal, weight, groups=self.groups), g.stride), padding, input_size)
         if weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
@@ -156,6 +160,7 @@ class TransposedFilter1d(MirrorModule):
         super().__init__()
         object.__setattr__(self, "conv", conv)  # read, not owned
         self.filter = TransposedFilter(_Rows(conv))  # type: ignore[arg-type]
+        self.constants = tuple(getattr(conv, "constants", ()))
         self.in_channels = conv.in_channels
 
     @property
@@ -167,4 +172,5 @@ class TransposedFilter1d(MirrorModule):
         return self.filter.remember(x.unsqueeze(2), y.unsqueeze(2))
 
     def forward(self, signal: torch.Tensor, *memory: Any, factors: torch.Tensor | None = None) -> torch.Tensor:
-        return self.filter(signal.unsqueeze(2), *memory, factors=factors).squeeze(2)
+        rows = (*memory[:2], *(Shared(f.value.unsqueeze(2)) for f in memory[2:]))  # filters of one row
+        return self.filter(signal.unsqueeze(2), *rows, factors=factors).squeeze(2)

@@ -215,18 +215,28 @@ def test_a_weight_standardised_conv_is_its_transpose_with_the_standardised_filte
 
 
 def test_standardised_filters_follow_their_parameters_as_they_change(gen: torch.Generator) -> None:
-    """The mirror holds no copy of the filters: a weight changed in place after build_mirror is the one used."""
+    """The mirror holds no copy of the filters: a weight changed in place after build_mirror is the one a new forward
+    pass uses; a trace keeps the filters of its own forward pass, as it keeps its switches."""
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), StandardisedConv(4, 3, 3)).double().eval()
     images = torch.randn(2, 2, 9, 9, generator=gen, dtype=torch.float64)
     mirror = deconv.build_mirror(model)
     selections = [(0, "2", 1, 2, 3), (1, "2", 0, 4, 1), (1, "2", 2, 0, 0)]
+    trace = mirror.trace(images)
     before = mirror.project_many(images, selections)
     with torch.no_grad():
         model[2].weight.mul_(torch.rand_like(model[2].weight))
     after = mirror.project_many(images, selections)
     assert (after - before).abs().amax() > 1e-3 * before.abs().amax()
     oracle.assert_matches(after, oracle.project(model, images, selections), min_nonzero=1.0)
+    torch.testing.assert_close(mirror.project_many(images, selections, trace=trace), before, rtol=0, atol=0)
+    step = mirror.steps[mirror.index("conv2d")].mirror  # called on its own, it computes them from the parameters
+    x = torch.randn(1, 4, 7, 7, generator=gen, dtype=torch.float64)
+    y = torch.randn(1, 3, 5, 5, generator=gen, dtype=torch.float64)
+    w = model[2].weight
+    w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+    expected = torch.nn.functional.conv_transpose2d(y, w)
+    torch.testing.assert_close(step(y, *step.remember(x, y)), expected, rtol=1e-12, atol=1e-12)
 
 
 class SelectSeq(nn.Module):
