@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..engine.graph import Computed
 from ..errors import UnsupportedModuleError
 from ..layers import (
     ActivationGradient,
@@ -30,6 +31,7 @@ from ..layers import (
     Split,
     TransposedAverage,
     TransposedFilter,
+    TransposedFilter1d,
     TransposedLinear,
     TransposedMean,
     Unflatten,
@@ -46,11 +48,13 @@ GUIDED = Rule("guided", "guided backpropagation: rectify the signal and keep onl
 GRADIENT = Rule("gradient", "the gradient: pass the signal only where the forward input was positive")
 
 
-@register_mirror(nn.Conv2d)
-def _conv(conv: nn.Conv2d) -> TransposedFilter:
+@register_mirror(nn.Conv2d, nn.Conv1d)
+def _conv(conv: nn.Conv2d | nn.Conv1d) -> TransposedFilter | TransposedFilter1d:
     if conv.padding_mode != "zeros":
-        raise UnsupportedModuleError(f"Conv2d with padding_mode={conv.padding_mode!r} (only 'zeros' can be mirrored)")
-    return TransposedFilter(conv)
+        raise UnsupportedModuleError(
+            f"{type(conv).__name__} with padding_mode={conv.padding_mode!r} (only 'zeros' can be mirrored)"
+        )
+    return TransposedFilter1d(conv) if isinstance(conv, nn.Conv1d) else TransposedFilter(conv)
 
 
 @register_mirror(nn.ReLU)
@@ -186,8 +190,8 @@ def _dim(call: Call, position: int, default: int) -> int:
     return call.kwargs.get("dim", call.args[position] if len(call.args) > position else default)
 
 
-def _conv2d_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: ANN001, ANN202
-    """``F.conv2d``'s signature (a builtin without one of its own)."""
+def _conv_signature(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: ANN001, ANN202
+    """``F.conv1d``'s and ``F.conv2d``'s signature (builtins without one of their own)."""
 
 
 def _bound(call: Call, function: Callable[..., Any]) -> dict[str, Any]:
@@ -230,30 +234,48 @@ def _functional_batch_norm(call: Call) -> ChannelScale:
     )
 
 
-@register_mirror(F.conv2d)
-def _functional_conv(call: Call) -> TransposedFilter:
-    """``F.conv2d`` with a parameter as its filters (a ``Conv2d`` subclass's own forward): its transposed filters."""
-    args = _bound(call, _conv2d_signature)
-    weight = _constant_tensor(args["weight"], "filters", call)
-    if (
-        args["input"] is not SIGNAL
-        or weight is None
-        or any(isinstance(args[k], fx.Node) for k in ("stride", "padding", "dilation", "groups"))
-    ):
+class _Convolution:
+    """What ``F.conv1d`` / ``F.conv2d`` is called with, read as a convolution module's attributes: ``weight`` is its
+    filters, a parameter, or a tensor :class:`Computed` from parameters alone (weight standardisation), evaluated
+    from the parameters' current values at every read; the mirror takes the forward pass's own from its memory."""
+
+    def __init__(self, filters: torch.Tensor | Computed, args: dict[str, Any]) -> None:
+        self.filters = filters
+        self.constants = (filters,) if isinstance(filters, Computed) else ()  # the forward pass's follow the memory
+        self.stride, self.padding, self.dilation, self.groups = (args[k] for k in _SETTINGS)
+        shape = self.weight.shape
+        self.kernel_size = tuple(shape[2:])
+        self.in_channels = shape[1] * self.groups
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.filters() if isinstance(self.filters, Computed) else self.filters
+
+
+_SETTINGS = ("stride", "padding", "dilation", "groups")
+
+
+@register_mirror(F.conv1d, F.conv2d)
+def _functional_conv(call: Call) -> TransposedFilter | TransposedFilter1d:
+    """``F.conv2d`` / ``F.conv1d`` with constant filters (a ``Conv2d`` subclass's own forward; timm's
+    ``StdConv2d`` and ``ScaledStdConv2d``, whose filters are standardised from the parameters): their transpose with
+    those filters."""
+    args = _bound(call, _conv_signature)
+    weight = args["weight"]
+    what = _qualified(call.target)
+    if weight is SIGNAL:
         raise UnsupportedModuleError(
-            "torch.nn.functional.conv2d is mirrored only for a signal convolved with constant filters and settings"
+            f"{what} with filters computed from the images; only filters computed from parameters and buffers "
+            "alone can be mirrored"
         )
-    groups = args["groups"]
-    conv = SimpleNamespace(
-        weight=weight,
-        kernel_size=tuple(weight.shape[2:]),
-        stride=args["stride"],
-        padding=args["padding"],
-        dilation=args["dilation"],
-        groups=groups,
-        in_channels=weight.shape[1] * groups,
-    )
-    return TransposedFilter(conv)
+    if not isinstance(weight, Computed):
+        weight = _constant_tensor(weight, "filters", call)
+    if args["input"] is not SIGNAL or weight is None or any(isinstance(args[k], fx.Node) for k in _SETTINGS):
+        raise UnsupportedModuleError(
+            f"{what} is mirrored only for a signal convolved with constant filters and settings"
+        )
+    conv = _Convolution(weight, args)
+    return TransposedFilter1d(conv) if call.target is F.conv1d else TransposedFilter(conv)  # type: ignore[arg-type]
 
 
 @register_mirror(operator.add, operator.iadd, torch.add, torch.Tensor.add, torch.Tensor.add_)
@@ -277,8 +299,13 @@ def _functional_linear(call: Call) -> TransposedLinear:
     return TransposedLinear(SimpleNamespace(weight=weight))
 
 
-def _norm(target: nn.Module | Call, rule_is_gradient: bool) -> Normalize:
-    """LayerNorm or GroupNorm, as a module or ``F.layer_norm`` / ``F.group_norm``."""
+def _norm(target: nn.Module | Call, rule_is_gradient: bool) -> Normalize | ChannelScale:
+    """LayerNorm, GroupNorm or InstanceNorm, as a module or ``F.layer_norm`` / ``F.group_norm``. An instance norm
+    with running statistics uses them in evaluation mode: a per-channel scale, as batch norm."""
+    if isinstance(target, nn.InstanceNorm2d):
+        if target.track_running_stats:
+            return ChannelScale(target)
+        return Normalize(target.weight, target.eps, rule_is_gradient, groups=target.num_features)
     if isinstance(target, nn.LayerNorm):
         return Normalize(target.weight, target.eps, rule_is_gradient, dims=len(target.normalized_shape))
     if isinstance(target, nn.GroupNorm):
@@ -293,13 +320,16 @@ def _norm(target: nn.Module | Call, rule_is_gradient: bool) -> Normalize:
     return Normalize(weight, args["eps"], rule_is_gradient, groups=args["num_groups"])
 
 
-@register_mirror(nn.LayerNorm, nn.GroupNorm, F.layer_norm, F.group_norm)
-def _normalize(target: nn.Module | Call) -> Normalize:
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d, F.layer_norm, F.group_norm)
+
+
+@register_mirror(*NORMS)
+def _normalize(target: nn.Module | Call) -> Normalize | ChannelScale:
     return _norm(target, False)
 
 
-@register_mirror(nn.LayerNorm, nn.GroupNorm, F.layer_norm, F.group_norm, rule=GRADIENT)
-def _normalize_gradient(target: nn.Module | Call) -> Normalize:
+@register_mirror(*NORMS, rule=GRADIENT)
+def _normalize_gradient(target: nn.Module | Call) -> Normalize | ChannelScale:
     return _norm(target, True)
 
 
@@ -363,7 +393,8 @@ def _linear(target: nn.Module | Call) -> LinearTranspose:
         raise UnsupportedModuleError("torch.stack along the batch dimension mixes the images")
     elif function in (torch.sum, torch.Tensor.sum) and not _keeps_batch(_dims(target, 1, "dim")):
         raise UnsupportedModuleError("a sum over the batch (or over everything) mixes the images")
-    return LinearTranspose(_Substituted(function, target.args, target.kwargs), name)
+    silent = (1,) if function is torch.Tensor.expand_as and target.signals == 2 else ()  # its shape only
+    return LinearTranspose(_Substituted(function, target.args, target.kwargs), name, silent)
 
 
 PRODUCTS = (operator.mul, operator.imul, torch.mul, torch.Tensor.mul, torch.Tensor.mul_)
@@ -435,8 +466,15 @@ def _gate_function_gradient(target: nn.Module | Call) -> ActivationGradient | Ve
 
 @register_mirror(operator.truediv, operator.itruediv, torch.div, torch.Tensor.div, torch.Tensor.div_)
 def _div(call: Call) -> Scale:
-    if call.args[0] is not SIGNAL or call.signals != 1 or call.kwargs.get("rounding_mode") is not None:
-        raise UnsupportedModuleError("a division is mirrored only as an input-dependent tensor divided by a constant")
+    if (
+        call.args[0] is not SIGNAL
+        or call.signals != 1
+        or call.kwargs.get("rounding_mode") is not None
+        or not isinstance(call.args[1], (int, float, torch.Tensor))
+    ):
+        raise UnsupportedModuleError(
+            "a division is mirrored only as an input-dependent tensor divided by a number, parameter or buffer"
+        )
     return Scale(1 / call.args[1])
 
 
@@ -536,7 +574,7 @@ def _identity(call: Call) -> PassThrough:
 def _permute(call: Call) -> Unpermute:
     dims = call.args[1:] if len(call.args) > 2 or not isinstance(call.args[1], (tuple, list)) else tuple(call.args[1])
     dims = tuple(call.kwargs.get("dims", dims))
-    return Unpermute(lambda ndim: dims, f"permute{dims}")
+    return Unpermute(lambda ndim: dims, f"permute{dims}", len(dims))
 
 
 @register_mirror(torch.transpose, torch.Tensor.transpose, torch.swapaxes, torch.Tensor.swapaxes)

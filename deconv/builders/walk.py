@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.proxy import TraceError
 
-from ..engine.graph import IMAGES, Graph, Node, attribute
+from ..engine.graph import IMAGES, Computed, Graph, Node, attribute
 from ..errors import DeconvError, InputError, UnsupportedGraphError, UnsupportedModuleError, one_line
 from .builtins import _FunctionalMaxPool
 from .registry import SIGNAL, Call, changed_base, find_mirror_factory
@@ -570,7 +570,8 @@ _VIEWS = {"reshape", "view", "unsqueeze", "squeeze", "flatten", "expand", "permu
 
 def _constant(model: nn.Module, node: fx.Node, signal: set[fx.Node]) -> Any:
     """A call's argument as its mirror factory sees it: ``SIGNAL``, a parameter's value (or a view of one, such as
-    ConvNeXt's ``gamma.reshape(1, -1, 1, 1)``, which follows the parameter as it changes in place), or the fx node."""
+    ConvNeXt's ``gamma.reshape(1, -1, 1, 1)``, which follows the parameter as it changes in place), a tensor
+    :class:`Computed` from parameters alone (a weight-standardised convolution's filters), or the fx node."""
     if node in signal:
         return SIGNAL
     if node.op == "get_attr":
@@ -579,7 +580,7 @@ def _constant(model: nn.Module, node: fx.Node, signal: set[fx.Node]) -> Any:
         base = _constant(model, node.args[0], signal) if isinstance(node.args[0], fx.Node) else None
         if isinstance(base, torch.Tensor) and not any(isinstance(a, fx.Node) for a in node.args[1:]):
             return getattr(base, str(node.target))(*node.args[1:])
-    return node
+    return Computed.of(model, node, signal) or node
 
 
 def _qualified(kind: type) -> str:

@@ -10,12 +10,12 @@ receptive field. Every receptive-field computation of deconv lives here: the mir
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 
 from ..errors import InputError
-from ..layers.base import Geometry
+from ..layers.base import POINTWISE, Geometry
 from .graph import IMAGES, Graph
 from .windows import crop
 
@@ -69,21 +69,89 @@ def union(a: Cone, b: Cone) -> Cone:
 def cones(
     graph: Graph, top: int, origin: torch.Tensor | None, size: tuple[int, int], rule: str | None = None
 ) -> dict[int, Cone]:
-    """The cone of windows at node ``top`` at every node's output below it (and at ``IMAGES``, the
-    receptive field): the union over all paths the signal takes under ``rule`` (default: each node's default
-    rule) of what each layer reads. Inputs a mirror leaves ``silent`` (a gate's branch) are not taken."""
+    """The cone of windows at node ``top`` at every node's output below it, and at ``IMAGES`` the receptive field:
+    the union over all paths the signal takes under ``rule`` (default: each node's default rule) of what each layer
+    reads. Inputs a mirror leaves ``silent`` (a gate's branch) are not taken.
+
+    At the nodes, the windows the reverse pass works in: whole maps (``None``) below a layer with no ``geometry``
+    (a permute, a Linear). At the images, the positions the signal can reach, followed also through channels-last
+    maps (ConvNeXt's ``permute -> LayerNorm -> Linear -> permute``), where the reverse pass goes on in whole maps
+    that are zero outside it."""
+    mirrors = [node.mirror if rule is None else node.mirror_for(rule) for node in graph.nodes[: top + 1]]
+    found = _descend(graph, mirrors, top, origin, size, lambda i: mirrors[i].geometry)
+    spatial = _layouts(graph, mirrors)
+    if spatial[top] in (None, MAPS):  # a position of another layout is not an image row and column
+        field = _descend(graph, mirrors, top, origin, size, lambda i: _reach(i, graph, mirrors, spatial))
+        found[IMAGES] = field[IMAGES]
+    return found
+
+
+def _descend(
+    graph: Graph,
+    mirrors: list[Any],
+    top: int,
+    origin: torch.Tensor | None,
+    size: tuple[int, int],
+    reach: Callable[[int], Geometry | None],
+) -> dict[int, Cone]:
+    """The windows of the cone at node ``top`` below it, where node ``i`` reads its inputs as ``reach(i)`` says."""
     found: dict[int, Cone] = {top: None if origin is None else (origin, size)}
     for i in range(top, -1, -1):
         if i not in found:
             continue
         box = found[i]
-        node = graph.nodes[i]
-        mirror = node.mirror if rule is None else node.mirror_for(rule)
-        below = None if box is None or mirror.geometry is None else descend(mirror.geometry, *box)
-        for k, j in enumerate(node.inputs):
-            if k not in mirror.silent:
+        geometry = reach(i)
+        below = None if box is None or geometry is None else descend(geometry, *box)
+        for k, j in enumerate(graph.nodes[i].inputs):
+            if k not in mirrors[i].silent:
                 found[j] = union(found[j], below) if j in found else below
     return found
+
+
+Layout = tuple[int, int, int] | str | None
+"""Where a node's output holds its channels, rows and columns: axes ``(c, h, w)`` of a 4-D tensor (``(1, 2, 3)``
+for ``(N, C, H, W)``, ``(3, 1, 2)`` channels-last); :data:`OTHER` for a tensor computed from a permuted map whose
+layout is not known; ``None`` for one that is not a map of known layout but none of whose inputs were permuted
+(the layers' ``geometry`` holds for it, as it always did)."""
+MAPS = (1, 2, 3)
+OTHER = "other"
+
+
+def _layouts(graph: Graph, mirrors: list[Any]) -> dict[int, Layout]:
+    """The layout of each node's output (and the images'), from the images' ``(N, C, H, W)`` forward: a permutation
+    moves the axes, a ``per_position`` layer keeps any layout, a layer with a ``geometry`` keeps ``(N, C, H, W)``
+    maps; anything else computed from a permuted map, or from maps laid out differently, is :data:`OTHER`."""
+    found: dict[int, Layout] = {IMAGES: MAPS}
+    for i, mirror in enumerate(mirrors):
+        known = {found[j] for j in graph.nodes[i].inputs} - {None}
+        order = mirror.permutation(4)
+        layout: Layout
+        if not known:
+            layout = None if order is None else OTHER
+        elif len(known) > 1 or OTHER in known:
+            layout = OTHER
+        else:
+            (layout,) = known
+            if order is not None:
+                layout = tuple(order.index(a) for a in layout)  # type: ignore[union-attr]
+            elif not mirror.per_position:
+                layout = (None if mirror.geometry is None else MAPS) if layout == MAPS else OTHER
+        found[i] = layout
+    return found
+
+
+def _reach(i: int, graph: Graph, mirrors: list[Any], spatial: dict[int, Layout]) -> Geometry | None:
+    """How node ``i``'s output positions read its inputs' positions, in image rows and columns: its ``geometry`` on
+    ``(N, C, H, W)`` maps (and on tensors of no permuted input, as always); a permutation between maps of known
+    layouts and a ``per_position`` layer on maps of any known layout keep positions (``POINTWISE``); anything else
+    on permuted maps: all positions (``None``)."""
+    mirror, output = mirrors[i], spatial[i]
+    if mirror.permutation(4) is not None:
+        known = all(isinstance(spatial[j], tuple) for j in (i, *graph.nodes[i].inputs))
+        return POINTWISE if known else None
+    if output is None or output == MAPS:
+        return mirror.geometry
+    return POINTWISE if isinstance(output, tuple) and mirror.per_position else None
 
 
 def boxes(

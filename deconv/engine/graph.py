@@ -12,20 +12,23 @@ from __future__ import annotations
 import contextlib
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Container, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import InputError, NonFiniteError, one_line
+from ..layers.base import Shared
 
 __all__ = [
     "IMAGES",
+    "Computed",
     "Node",
     "Graph",
     "Trace",
     "attribute",
+    "call",
     "channels_last",
     "evaluating",
     "first_non_finite",
@@ -137,6 +140,61 @@ def attribute(model: nn.Module, target: str) -> Any:
     return value
 
 
+def call(model: nn.Module, fx_node: fx.Node, args: Any, kwargs: Any) -> Any:
+    """What one fx node of ``model``'s graph computes on the values ``args``, ``kwargs`` of its arguments; in-place
+    functions run out of place."""
+    target = _OUT_OF_PLACE.get(fx_node.target, fx_node.target) if fx_node.op != "call_module" else fx_node.target
+    if fx_node.op == "call_module":
+        return model.get_submodule(target)(*args, **kwargs)
+    if fx_node.op == "get_attr":
+        return attribute(model, str(target))
+    if kwargs.get("inplace"):
+        kwargs = {**kwargs, "inplace": False}
+    if fx_node.op == "call_method":
+        return getattr(args[0], target)(*args[1:], **kwargs)
+    return target(*args, **kwargs)
+
+
+@dataclass(frozen=True, eq=False)
+class Computed:
+    """A tensor of the forward pass computed from ``model``'s parameters, buffers and constants alone (the filters of
+    a weight-standardised convolution): ``computed()`` evaluates its fx ``node`` from their current values at every
+    call, so it never holds a stale copy. ``steps``: the node and what it is computed from, in graph order."""
+
+    model: nn.Module
+    node: fx.Node
+    steps: tuple[fx.Node, ...]
+
+    @classmethod
+    def of(cls, model: nn.Module, node: fx.Node, signal: Container[fx.Node] = ()) -> Computed | None:
+        """``node`` as a :class:`Computed` if it is a tensor computed by functions and tensor methods from no input
+        of the forward pass (nor from any of the nodes ``signal``), else ``None``."""
+        if node.op == "call_module":
+            return None
+        found, todo = {node}, [node]
+        while todo:
+            for n in todo.pop().all_input_nodes:
+                if n.op in ("placeholder", "call_module") or n in signal:  # a module may keep state or have a mode
+                    return None
+                if n not in found:
+                    found.add(n)
+                    todo.append(n)
+        order = {n: i for i, n in enumerate(node.graph.nodes)}
+        computed = cls(model, node, tuple(sorted(found, key=order.__getitem__)))
+        with torch.no_grad():
+            return computed if isinstance(computed(), torch.Tensor) else None
+
+    def __call__(self) -> Any:
+        values: dict[fx.Node, Any] = {}
+        for n in self.steps:
+            args, kwargs = fx.node.map_arg((n.args, n.kwargs), values.__getitem__)
+            values[n] = call(self.model, n, args, kwargs)
+        return values[self.node]
+
+    def __repr__(self) -> str:
+        return self.node.name
+
+
 def channels_last(images: torch.Tensor) -> torch.Tensor:
     """``images`` ``(N, C, H, W)`` laid out channels-last, also for ``C = 1`` (whose contiguous strides
     would pass for both layouts and keep torch's kernels in the default one)."""
@@ -192,26 +250,13 @@ class Graph:
                     continue
                 i = self._index.get(fx_node)
                 if i is None:
-                    run.env[fx_node] = self._call(fx_node, *run.arguments(fx_node))
+                    run.env[fx_node] = call(self.model, fx_node, *run.arguments(fx_node))
                 else:
                     run.node(i, position)
                     if i >= until:
                         break
                 run.free(fx_node, i, position)
         return run.trace
-
-    def _call(self, fx_node: fx.Node, args: Any, kwargs: Any) -> Any:
-        """What one fx node computes; in-place functions run out of place."""
-        target = _OUT_OF_PLACE.get(fx_node.target, fx_node.target) if fx_node.op != "call_module" else fx_node.target
-        if fx_node.op == "call_module":
-            return self.model.get_submodule(target)(*args, **kwargs)
-        if fx_node.op == "get_attr":
-            return attribute(self.model, str(target))
-        if kwargs.get("inplace"):
-            kwargs = {**kwargs, "inplace": False}
-        if fx_node.op == "call_method":
-            return getattr(args[0], target)(*args[1:], **kwargs)
-        return target(*args, **kwargs)
 
 
 def _trace(n: int, images: torch.Tensor) -> Trace:
@@ -278,7 +323,8 @@ class _Run:
             memory = self.trace.memory[i]
             for rule, mirror in mirrors.items():
                 if id(mirror) not in done:
-                    done[id(mirror)] = remembered if mirror is computing else tuple(mirror.remember(*tensors, y))
+                    kept = remembered if mirror is computing else tuple(mirror.remember(*tensors, y))
+                    done[id(mirror)] = (*kept, *(Shared(self.env[c.node]) for c in mirror.constants))
                 memory[rule] = done[id(mirror)]
         except InputError as error:  # from a mirror's remember: a batch-mixing reshape, say
             raise InputError(f"layer {node.name!r}: {error}") from None
@@ -298,4 +344,4 @@ class _Run:
             later = self.graph._last_use[source] > position or source in self.kept or source.op == "placeholder"
             if reads or later:
                 args = (args[0].clone(), *args[1:])
-        return self.graph._call(fx_node, args, kwargs)
+        return call(self.graph.model, fx_node, args, kwargs)

@@ -15,7 +15,7 @@ from .rectify import Rectify
 from .scale import Scale
 from .split import Split
 from .transposed_average import TransposedAverage
-from .transposed_filter import TransposedFilter
+from .transposed_filter import TransposedFilter, TransposedFilter1d
 from .transposed_linear import TransposedLinear
 from .transposed_mean import TransposedMean
 from .unflatten import Unflatten
@@ -29,6 +29,7 @@ __all__ = [
     "Unpool2d",
     "Rectify",
     "TransposedFilter",
+    "TransposedFilter1d",
     "TransposedLinear",
     "Unflatten",
     "ChannelScale",

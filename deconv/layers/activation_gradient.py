@@ -17,6 +17,7 @@ class ActivationGradient(MirrorModule):
     computed by autograd on ``f`` itself. Shape: any, unchanged.
     """
 
+    per_position = True
     reads_inputs = True
 
     def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], name: str, rectify: bool) -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Geometry", "POINTWISE", "MirrorModule", "fit", "layout", "pair"]
+__all__ = ["Geometry", "POINTWISE", "MirrorModule", "Shared", "fit", "layout", "pair"]
 
 
 def pair(value: int | tuple[int, ...]) -> tuple[int, int]:
@@ -61,6 +61,14 @@ def fit(full: torch.Tensor, padding: tuple[int, int], size: tuple[int, int]) -> 
     return F.pad(out, (0, short[1], 0, short[0])) if short != (0, 0) else out
 
 
+@dataclass(frozen=True, eq=False)
+class Shared:
+    """A tensor in a mirror's memory that is the same for every image (filters the forward pass computed from the
+    parameters): kept as it is, never picked per image nor cut to a window."""
+
+    value: torch.Tensor
+
+
 class MirrorModule(nn.Module):
     """Maps a reconstruction of a layer's output ``(N, C_out, ...)`` back to its input ``(N, C_in, ...)``.
 
@@ -73,7 +81,17 @@ class MirrorModule(nn.Module):
     The engine asks a mirror what it can do through these attributes, never through its type:
 
     - ``geometry``: how output positions read input positions (``POINTWISE`` keeps windows as they
-      are; ``None`` mixes all positions, so the engine hands it whole maps);
+      are; ``None`` mixes all positions, so the engine hands it whole maps), for maps laid out ``(N, C, H, W)``;
+    - ``per_position``: its layer acts at each position of a map on its own, whatever axis the channels lie on
+      (elementwise, or along the last axis alone: a ``Linear``, a ``LayerNorm`` over the last dimension), so on a
+      map laid out channels-last, ``(N, H, W, C)``, it reads only the positions it writes (the receptive field
+      stays local through ConvNeXt's ``permute -> LayerNorm -> Linear -> permute``; the reverse pass, whose
+      windows cut the last two axes, goes on in whole maps past a permutation);
+    - ``permutation(ndim)``: the axes its layer permutes a tensor of ``ndim`` dimensions into (``permute``,
+      ``transpose``), or ``None``;
+    - ``constants``: the tensors ``forward`` reads that the forward pass computes from parameters alone (a
+      weight-standardised convolution's filters, :class:`deconv.engine.graph.Computed`): their values in that
+      pass follow the memory, each as a :class:`Shared`;
     - ``in_channels``: the channels its layer takes, where known (checked against the images);
     - ``rectifies``: ``forward`` is ``relu(signal)``, nothing else;
     - ``disjoint``: it places values apart, never adding two, so ``relu`` commutes with it;
@@ -92,6 +110,8 @@ class MirrorModule(nn.Module):
     """
 
     geometry: Geometry | None = POINTWISE
+    per_position: bool = False
+    constants: tuple[Any, ...] = ()
     in_channels: int | None = None
     rectifies: bool = False
     disjoint: bool = False
@@ -100,6 +120,10 @@ class MirrorModule(nn.Module):
     reads_inputs: bool = False
     stops: bool = False
     silent: tuple[int, ...] = ()
+
+    def permutation(self, ndim: int) -> tuple[int, ...] | None:
+        """Output axis ``k`` is input axis ``permutation(ndim)[k]`` (a permute or transpose); ``None`` otherwise."""
+        return None
 
     def channel_factors(self) -> torch.Tensor | None:
         """``(C,)`` factors if ``forward`` is ``signal`` times them per channel (axis 1); else ``None``."""

@@ -16,6 +16,8 @@ class Distribute(MirrorModule):
     is, summed over the dimensions the addition broadcast it along. ``(N, ...) -> tuple of (N, ...)``.
     """
 
+    per_position = True
+
     def remember(self, *tensors: torch.Tensor) -> tuple[Any, ...]:
         *inputs, output = tensors
         return tuple(tuple(t.shape[1:]) for t in inputs), tuple(output.shape[1:])

@@ -18,6 +18,8 @@ class ReLUGradient(MirrorModule):
     Shape: any, unchanged.
     """
 
+    per_position = True
+
     def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
         return (y > 0,)
 

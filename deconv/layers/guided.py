@@ -18,6 +18,8 @@ class GuidedRectify(MirrorModule):
     Shape: any, unchanged.
     """
 
+    per_position = True
+
     def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
         return (y > 0,)
 

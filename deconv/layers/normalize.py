@@ -28,6 +28,7 @@ class Normalize(MirrorModule):
         super().__init__()
         object.__setattr__(self, "weight", weight)  # the model's own parameter: read, not owned
         self.eps, self.exact, self.dims, self.groups = eps, exact, dims, groups
+        self.per_position = dims == 1 and not groups  # over the last axis alone: a channels-last LayerNorm
 
     def _grouped(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` with the normalised elements of each sample (and group) on the last axis."""

@@ -12,5 +12,7 @@ __all__ = ["PassThrough"]
 class PassThrough(MirrorModule):
     """Identity, for ``Dropout`` (in evaluation mode) and ``Identity``. Shape: any, unchanged."""
 
+    per_position = True
+
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
         return signal

@@ -29,6 +29,8 @@ class Gated(MirrorModule):
     and guided rules: the gate keeps its forward value as a constant, ``R_x = R * g``, and no signal enters the
     gate's branch (input ``gate`` is ``silent``). ``(N, C, H, W) -> (R_x, None)`` in the inputs' order."""
 
+    per_position = True
+
     def __init__(self, gate: int) -> None:
         super().__init__()
         self.gate = gate
@@ -49,6 +51,8 @@ class Gated(MirrorModule):
 class Product(MirrorModule):
     """``a * b`` under the gradient rule, the product rule: ``R_a = R * b`` and ``R_b = R * a``, each summed over
     the dimensions the product broadcast it along. ``(N, ...) -> (R_a, R_b)``."""
+
+    per_position = True
 
     def remember(self, a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
         return _compact(a), _compact(b), tuple(a.shape[1:]), tuple(b.shape[1:]), tuple(y.shape[1:])
@@ -71,6 +75,7 @@ class Ungated(MirrorModule):
     reaches it, since its gate product sends none (``stops``); the walk refuses a model that uses it otherwise,
     and projecting from inside the gate's branch is refused here."""
 
+    per_position = True
     stops = True
 
     def __init__(self, name: str) -> None:

@@ -16,6 +16,7 @@ class Rectify(MirrorModule):
     Shape: any, unchanged. The deconvnet rule (Zeiler & Fergus), the default.
     """
 
+    per_position = True
     rectifies = True
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ class Scale(MirrorModule):
         self.factor = factor
         spatial = isinstance(factor, torch.Tensor) and factor.dim() >= 2 and tuple(factor.shape[-2:]) != (1, 1)
         self.geometry = None if spatial else POINTWISE
+        self.per_position = not isinstance(factor, torch.Tensor) or factor.dim() <= 1  # along the last axis
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:
         return signal * self.factor

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Geometry, MirrorModule, fit, layout, pair
+from .base import Geometry, MirrorModule, Shared, fit, layout, pair
 
-__all__ = ["TransposedFilter"]
+__all__ = ["TransposedFilter", "TransposedFilter1d"]
 
 SUB_PIXEL_CHANNELS = 4
 """A strided transposed convolution that writes at most this many channels (the one into the image)
@@ -67,6 +67,7 @@ class TransposedFilter(MirrorModule):
         else:
             padding = pair(conv.padding)
         object.__setattr__(self, "conv", conv)  # read, not owned: no copy, no submodule
+        self.constants = tuple(getattr(conv, "constants", ()))  # filters computed in the forward pass
         self.groups = conv.groups
         self.in_channels = conv.in_channels
         self.geometry = Geometry(pair(conv.kernel_size), pair(conv.stride), padding, pair(conv.dilation))
@@ -80,19 +81,22 @@ class TransposedFilter(MirrorModule):
         return tuple(x.shape[-2:]), self.geometry.padding
 
     def restrict(self, memory: tuple[Any, ...], origin: torch.Tensor, size: tuple[int, int]) -> tuple[Any, ...]:
-        return size, (0, 0)
+        return size, (0, 0), *memory[2:]
 
     def forward(
         self,
         signal: torch.Tensor,
         input_size: tuple[int, int],
         padding: tuple[int, int],
+        *filters: Shared,
         factors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``padding``: rows and columns of the full transposed output that lie before the input's first;
-        ``factors`` ``(C_out,)``: what the signal's channels are multiplied by first."""
+        ``filters``: the forward pass's, where it computed them (else ``weight``); ``factors`` ``(C_out,)``: what the
+        signal's channels are multiplied by first."""
         g = self.geometry
-        weight = self.weight if factors is None else self.weight * factors.view(-1, 1, 1, 1)
+        weight = filters[0].value if filters else self.weight
+        weight = weight if factors is None else weight * factors.view(-1, 1, 1, 1)
         if g.stride != (1, 1) and g.kernel == (1, 1):  # taps apart: filter at stride 1, then spread out
             return fit(_spread(F.conv_transpose2d(signal, weight, groups=self.groups), g.stride), padding, input_size)
         if weight.shape[1] <= SUB_PIXEL_CHANNELS and g.stride != (1, 1) and self.groups == 1 and g.dilation == (1, 1):
@@ -119,3 +123,54 @@ class TransposedFilter(MirrorModule):
             f"{self.weight.shape[0]}->{self.weight.shape[1] * self.groups}, kernel={g.kernel}, "
             f"stride={g.stride}, padding={g.padding}, dilation={g.dilation}, groups={self.groups}"
         )
+
+
+def _one(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+class _Rows:
+    """A 1-D convolution seen as a 2-D one over maps of one row: filters ``(C_out, C_in / groups, 1, k)``, a view of
+    the convolution's own, taken at every read."""
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        object.__setattr__(self, "conv", conv)
+        self.kernel_size = (1, *_one(conv.kernel_size))
+        self.stride = (1, *_one(conv.stride))
+        self.padding = conv.padding if isinstance(conv.padding, str) else (0, *_one(conv.padding))
+        self.dilation = (1, *_one(conv.dilation))
+        self.groups = conv.groups
+        self.in_channels = conv.in_channels
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.conv.weight.unsqueeze(2)
+
+
+class TransposedFilter1d(MirrorModule):
+    """A 1-D convolution in reverse (timm's ECA gate): :class:`TransposedFilter` of the convolution seen as a 2-D one
+    over maps of one row, so the filters are the convolution's own (shared, read at every call). Takes per-channel
+    ``factors``. The engine's windows are 2-D: whole signals. ``(N, C_out, L_out) -> (N, C_in, L_in)``.
+    """
+
+    geometry = None
+    takes_factors = True
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        object.__setattr__(self, "conv", conv)  # read, not owned
+        self.filter = TransposedFilter(_Rows(conv))  # type: ignore[arg-type]
+        self.constants = tuple(getattr(conv, "constants", ()))
+        self.in_channels = conv.in_channels
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The convolution's filters ``(C_out, C_in / groups, k)``, read at every call."""
+        return self.conv.weight
+
+    def remember(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        return self.filter.remember(x.unsqueeze(2), y.unsqueeze(2))
+
+    def forward(self, signal: torch.Tensor, *memory: Any, factors: torch.Tensor | None = None) -> torch.Tensor:
+        rows = (*memory[:2], *(Shared(f.value.unsqueeze(2)) for f in memory[2:]))  # filters of one row
+        return self.filter(signal.unsqueeze(2), *rows, factors=factors).squeeze(2)

@@ -14,6 +14,7 @@ class TransposedLinear(MirrorModule):
     """``signal @ W`` with ``W`` *the* ``linear.weight`` ``(out, in)``; no bias. Takes per-channel
     ``factors`` ``(out,)`` of its signal into ``W``. ``(N, out) -> (N, in)``."""
 
+    per_position = True
     geometry = None
     takes_factors = True
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import oracle
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import batch_norm
 from torch import nn
 
@@ -51,6 +52,11 @@ EXAMPLES = {
         (2, 5, 5),
         layers.Unflatten,
     ),
+    nn.Conv1d: (
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), Eca(nn.Conv1d(1, 1, 3, padding=1))),
+        (2, 6, 6),
+        layers.TransposedFilter1d,
+    ),
     nn.BatchNorm2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), batch_norm(3, g)), (2, 6, 6), layers.ChannelScale),
     nn.Dropout: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout(0.9)), (2, 6, 6), layers.PassThrough),
     nn.Dropout2d: (lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Dropout2d(0.9)), (2, 6, 6), layers.PassThrough),
@@ -68,6 +74,11 @@ EXAMPLES = {
             nn.ReplicationPad2d: lambda: nn.ReplicationPad2d((2, 0, 1, 1)),
         }.items()
     },
+    nn.InstanceNorm2d: (  # running statistics: linear (the instance statistics: test_an_instance_norm_...)
+        lambda g: nn.Sequential(nn.Conv2d(2, 3, 3), instance_norm(3, g)),
+        (2, 6, 6),
+        layers.ChannelScale,
+    ),
     nn.GroupNorm: (lambda g: nn.Sequential(nn.Conv2d(2, 4, 3), nn.GroupNorm(2, 4)), (2, 6, 6), layers.Normalize),
     **{
         kind: (lambda g, make=make: nn.Sequential(nn.Conv2d(2, 3, 3), make()), (2, 6, 6), layers.Rectify)
@@ -106,6 +117,81 @@ class Gate(nn.Module):
         return x * self.gate(self.squeeze(x.mean((2, 3), keepdim=True)))
 
 
+def instance_norm(c: int, gen: torch.Generator) -> nn.InstanceNorm2d:
+    norm = nn.InstanceNorm2d(c, affine=True, track_running_stats=True)
+    with torch.no_grad():
+        norm.running_var.uniform_(0.5, 2.0, generator=gen)
+        norm.running_mean.normal_(0.0, 0.5, generator=gen)
+        norm.weight.uniform_(-1.5, 1.5, generator=gen)
+    return norm
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_an_instance_norm_is_a_group_norm_of_one_channel_per_group(rule: str, gen: torch.Generator) -> None:
+    """InstanceNorm2d with the instance's statistics against the oracle of the same model with GroupNorm(C, C), which
+    computes the same (the oracle takes the group norm's statistics as constants under the deconvnet and guided
+    rules)."""
+    torch.manual_seed(0)
+    norm = nn.InstanceNorm2d(4, affine=True)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), norm, nn.SiLU(), nn.Conv2d(4, 3, 3), nn.ReLU()).double().eval()
+    with torch.no_grad():
+        norm.weight.uniform_(-1.5, 1.5, generator=gen)
+        norm.bias.normal_(0.0, 0.5, generator=gen)
+    grouped = nn.GroupNorm(4, 4, eps=norm.eps).double()
+    grouped.weight, grouped.bias = norm.weight, norm.bias
+    reference = nn.Sequential(model[0], grouped, *model[2:]).eval()
+    images = torch.randn(3, 2, 9, 9, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(model(images), reference(images), rtol=1e-12, atol=1e-12)
+    mirror = deconv.build_mirror(model, rule=rule)
+    assert isinstance(mirror.steps[1].mirror, layers.Normalize)
+    selections = oracle.selections_at(reference, images, ["1", "2", "4"], 4, gen)
+    expected = oracle.project(reference, images, selections, rule=rule)
+    oracle.assert_matches(mirror.project_many(images, selections), expected, min_nonzero=0.8)
+
+
+class Eca(nn.Module):
+    """timm's ECA gate in small: the input times a sigmoid of a 1-D convolution across its pooled channels."""
+
+    def __init__(self, conv: nn.Module, detached: bool = False) -> None:
+        super().__init__()
+        self.conv, self.detached = conv, detached
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        gate = torch.sigmoid(y)
+        return x * (gate.detach() if self.detached else gate).view(x.shape[0], -1, 1, 1).expand_as(x)
+
+
+class FunctionalConv1d(nn.Module):
+    """``F.conv1d`` with the module's own filters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, 1, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, padding=2)
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+@pytest.mark.parametrize("conv", [nn.Conv1d(1, 1, 3, padding=1), FunctionalConv1d()], ids=["Conv1d", "F.conv1d"])
+def test_an_eca_gate_matches_the_oracle_under_every_rule(conv: nn.Module, rule: str, gen: torch.Generator) -> None:
+    """The 1-D convolution sits in the gate's branch: under the gradient rule the signal goes through it (its exact
+    transpose); under the deconvnet and guided rules the branch carries none."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), Eca(conv), nn.Conv2d(6, 3, 3), nn.ReLU()).double().eval()
+    images = torch.randn(3, 2, 9, 9, generator=gen, dtype=torch.float64)
+    mirror = deconv.build_mirror(model, rule=rule)
+    assert sum(isinstance(s.mirror, layers.TransposedFilter1d) for s in mirror.steps) == 1
+    selections = oracle.selections_at(model, images, ["1", "2", "4"], 4, gen)
+    expected = oracle.project(model, images, selections, rule=rule)
+    oracle.assert_matches(mirror.project_many(images, selections), expected, min_nonzero=0.8)
+    if rule == "gradient":  # the gate's branch carries a share of the gradient
+        model[2].detached = True
+        without = oracle.project(model, images, selections, rule=rule)
+        assert (expected - without).abs().amax() > 1e-3 * expected.abs().amax()
+
+
 def test_every_builtin_has_an_example() -> None:
     assert set(BUILTIN) == set(EXAMPLES)
 
@@ -119,7 +205,11 @@ def test_builtin_mirror_matches_the_oracle(kind: type, gen: torch.Generator) -> 
     assert any(type(s.layer) is kind and type(s.mirror) is mirror_type for s in mirror.steps)
     images = torch.randn(3, *shape, generator=gen, dtype=torch.float64)
     modules = dict(model.named_modules())  # the oracle taps modules; a gate's branch carries no signal to project
-    probes = [n for n in mirror.layer_names if n in modules and (mirror_type is not layers.Ungated or "." not in n)]
+    probes = [
+        n
+        for n in mirror.layer_names
+        if n in modules and (mirror_type not in (layers.Ungated, layers.TransposedFilter1d) or "." not in n)
+    ]
     selections = oracle.selections_at(model, images, probes, 5, gen)
     oracle.assert_matches(
         mirror.project_many(images, selections), oracle.project(model, images, selections), min_nonzero=0.8
@@ -148,6 +238,24 @@ def test_configurations_that_cannot_be_mirrored_are_named(layer: nn.Module, word
         deconv.build_mirror(nn.Sequential(nn.Conv2d(3, 3, 1), layer))
     message = str(error.value)
     assert "\n" not in message and all(w in message for w in words), message
+
+
+class DividedByComputed(nn.Module):
+    """A division by a tensor computed from a parameter in the forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.gain.sum()
+
+
+def test_a_division_by_a_computed_tensor_is_refused_by_name() -> None:
+    with pytest.raises(deconv.UnsupportedModuleError) as error:
+        deconv.build_mirror(nn.Sequential(nn.Conv2d(3, 3, 1), DividedByComputed()))
+    message = str(error.value)
+    assert "\n" not in message and "'truediv'" in message and "number, parameter or buffer" in message, message
 
 
 def test_a_model_with_nothing_to_mirror_is_refused() -> None:

@@ -89,7 +89,7 @@ def test_an_unregistered_leaf_module_is_traced_and_its_operation_named_with_how_
     assert "register_mirror" in message, message
 
 
-@pytest.mark.parametrize("layer", [nn.Softmax2d(), nn.Tanh(), nn.Softplus(), nn.Conv1d(4, 4, 1)])
+@pytest.mark.parametrize("layer", [nn.Softmax2d(), nn.Tanh(), nn.Softplus(), nn.ConvTranspose2d(4, 4, 1)])
 def test_unsupported_torch_layers_are_named(layer: nn.Module) -> None:
     with pytest.raises(TypeError) as error:
         deconv.build_mirror(model_with(layer))
@@ -172,11 +172,21 @@ def test_a_batch_norm_subclass_with_an_activation_is_mirrored_exactly(gen: torch
     assert [type(s.mirror).__name__ for s in mirror.steps[:3]] == ["TransposedFilter", "ChannelScale", "Rectify"]
 
 
+class ImageFilteredConv(nn.Conv2d):
+    """A convolution whose filters are computed from the images (of a batch of 4): not linear in its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, self.weight * x[:, :4, :1, :1].reshape(4, 4, 1, 1), self.bias)
+
+
 @pytest.mark.parametrize(
     ("layer", "words"),
     [
         (BatchNormReLU(4), ["module '1'", "BatchNormReLU", "test_registry.py:", "control flow"]),
-        (StandardisedConv(4, 4, 1), ["in module '1'", "StandardisedConv", "conv2d", "computed in the forward pass"]),
+        (
+            ImageFilteredConv(4, 4, 1),
+            ["in module '1'", "ImageFilteredConv", "conv2d", "filters computed from the images"],
+        ),
     ],
 )
 def test_subclasses_that_compute_otherwise_are_never_mirrored_as_their_base(layer: nn.Module, words: list) -> None:
@@ -186,6 +196,47 @@ def test_subclasses_that_compute_otherwise_are_never_mirrored_as_their_base(laye
         deconv.build_mirror(model)
     message = str(error.value)
     assert "\n" not in message and all(w in message for w in words), message
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_a_weight_standardised_conv_is_its_transpose_with_the_standardised_filters(
+    rule: str, gen: torch.Generator
+) -> None:
+    """The filters are computed from the parameters alone, so the convolution is linear in its input."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3), StandardisedConv(4, 4, 3, padding=1), nn.ReLU(), StandardisedConv(4, 3, 2)
+    )
+    model = model.double().eval()
+    images = torch.randn(2, 2, 10, 10, generator=gen, dtype=torch.float64)
+    mirror = deconv.build_mirror(model, rule=rule)
+    selections = oracle.selections_at(model, images, ["0", "1", "2", "3"], 4, gen)
+    oracle.assert_matches(mirror.project_many(images, selections), oracle.project(model, images, selections, rule=rule))
+
+
+def test_standardised_filters_follow_their_parameters_as_they_change(gen: torch.Generator) -> None:
+    """The mirror holds no copy of the filters: a weight changed in place after build_mirror is the one a new forward
+    pass uses; a trace keeps the filters of its own forward pass, as it keeps its switches."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), StandardisedConv(4, 3, 3)).double().eval()
+    images = torch.randn(2, 2, 9, 9, generator=gen, dtype=torch.float64)
+    mirror = deconv.build_mirror(model)
+    selections = [(0, "2", 1, 2, 3), (1, "2", 0, 4, 1), (1, "2", 2, 0, 0)]
+    trace = mirror.trace(images)
+    before = mirror.project_many(images, selections)
+    with torch.no_grad():
+        model[2].weight.mul_(torch.rand_like(model[2].weight))
+    after = mirror.project_many(images, selections)
+    assert (after - before).abs().amax() > 1e-3 * before.abs().amax()
+    oracle.assert_matches(after, oracle.project(model, images, selections), min_nonzero=1.0)
+    torch.testing.assert_close(mirror.project_many(images, selections, trace=trace), before, rtol=0, atol=0)
+    step = mirror.steps[mirror.index("conv2d")].mirror  # called on its own, it computes them from the parameters
+    x = torch.randn(1, 4, 7, 7, generator=gen, dtype=torch.float64)
+    y = torch.randn(1, 3, 5, 5, generator=gen, dtype=torch.float64)
+    w = model[2].weight
+    w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+    expected = torch.nn.functional.conv_transpose2d(y, w)
+    torch.testing.assert_close(step(y, *step.remember(x, y)), expected, rtol=1e-12, atol=1e-12)
 
 
 class SelectSeq(nn.Module):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import deconv
-from deconv.layers import TransposedFilter
+from deconv.layers import TransposedFilter, TransposedFilter1d
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
@@ -109,3 +109,37 @@ def test_the_mirror_follows_parameters_replaced_on_the_model(how: str) -> None:
     expected = deconv.build_mirror(model).project(images, target_class=1)
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, expected, rtol=0, atol=1e-12)
+
+
+ADJOINT_CASES_1D = {
+    "plain": dict(cin=1, cout=1, kernel_size=3, padding=1, size=9),  # timm's ECA gate
+    "strided-padded": dict(cin=3, cout=4, kernel_size=3, stride=2, padding=1, size=10),
+    "dilated-grouped": dict(cin=4, cout=6, kernel_size=2, dilation=3, groups=2, padding=2, size=11),
+    "same-even": dict(cin=2, cout=3, kernel_size=4, padding="same", size=7),
+    "output-padding": dict(cin=2, cout=2, kernel_size=3, stride=3, size=14),
+}
+
+
+@pytest.mark.parametrize("case", ADJOINT_CASES_1D.values(), ids=ADJOINT_CASES_1D.keys())
+def test_the_1d_transposed_filter_is_the_adjoint_of_the_conv(case: dict, gen: torch.Generator) -> None:
+    """<conv1d(x), y> == <x, mirror(y)> without the bias, sizes exact; the filters are the conv's own."""
+    case = dict(case)
+    cin, cout, size = case.pop("cin"), case.pop("cout"), case.pop("size")
+    conv = nn.Conv1d(cin, cout, **case).double()
+    mirror = deconv.builders.find_mirror_factory(conv)(conv)
+    assert isinstance(mirror, TransposedFilter1d) and mirror.weight is conv.weight
+    for _ in range(3):
+        x = torch.randn(2, cin, size, generator=gen, dtype=torch.float64)
+        out = conv(x)
+        y = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        back = mirror(y, *mirror.remember(x, out))
+        assert back.shape == x.shape
+        left = ((out - conv.bias.view(-1, 1)) * y).sum()
+        torch.testing.assert_close(left, (x * back).sum(), rtol=1e-12, atol=0)
+        factors = torch.rand(cout, generator=gen, dtype=torch.float64)  # taken into the filters
+        torch.testing.assert_close(
+            mirror(y, *mirror.remember(x, out), factors=factors),
+            mirror(y * factors.view(-1, 1), *mirror.remember(x, out)),
+            rtol=1e-12,
+            atol=1e-15,
+        )
