@@ -103,7 +103,11 @@ MODELS = [
     Entry("Hugging Face ResNet", "hf:ResNetForImageClassification"),
     Entry("Hugging Face RegNet", "hf:RegNetForImageClassification"),
     Entry("Hugging Face ConvNeXt", "hf:ConvNextForImageClassification"),
+    Entry("vit (attention: refused)", "vit_tiny_patch16_224", 224),
+    Entry("swin (attention: refused)", "swin_tiny_patch4_window7_224", 224),
 ]
+ATTENTION = {"vit_tiny_patch16_224", "swin_tiny_patch4_window7_224"}
+"""Models of attention over tokens: refused by name, never mirrored."""
 
 
 def hf_model(name: str) -> nn.Module:

@@ -355,16 +355,17 @@ def image_shape(shape: Any) -> tuple[int, int, int] | None:
     return None if shape is None else (shape[0], shape[1], shape[2])
 
 
-def _trace(model: nn.Module, shape: tuple[int, ...] | Callable[[], Any] | None = None) -> Traced:
-    """``model``'s eval-mode forward pass traced with ``torch.fx``; where that fails and ``shape`` ``(C, H, W)`` is
-    given (or a function returning it, called then), traced again with values for images of that shape, which lets
-    it branch on tensors' shapes (each value computed for one image and for two: a branch on the batch size is
-    refused, naming it)."""
+def _trace(model: nn.Module, shape: tuple[int, ...] | Callable[[], Any] | None = None, values: bool = False) -> Traced:
+    """``model``'s eval-mode forward pass traced with ``torch.fx``; where that fails (or with ``values``) and
+    ``shape`` ``(C, H, W)`` is given (or a function returning it, called then), traced again with values for images
+    of that shape, which lets it branch on tensors' shapes (each value computed for one image and for two: a branch
+    on the batch size is refused, naming it)."""
     with _kept_as_it_was(model):
         model.eval()  # the mirror runs the model in eval mode: trace that forward pass (no auxiliary heads)
         tracer = _Tracer()
         try:
-            return Traced(_traced(tracer, model), tracer.returned, (), None)
+            if not values:
+                return Traced(_traced(tracer, model), tracer.returned, (), None)
         except UnsupportedGraphError:
             if shape is None:
                 raise
@@ -407,7 +408,27 @@ def walk(
     ``UnsupportedGraphError`` where the forward pass cannot be traced or does not return one tensor.
     """
     traced = _trace(model, shape)
+    try:
+        return _walked(model, rule, output, traced)
+    except _ShapeValued as needed:
+        if shape is None or traced.shape is not None:
+            raise UnsupportedGraphError(
+                f"{needed}; pass build_mirror(model, shape=(C, H, W)) to trace it for the images' shape"
+            ) from None
+        return _walked(model, rule, output, _trace(model, shape, values=True))
+
+
+class _ShapeValued(Exception):
+    """A call of the plain fx graph takes a value computed from a tensor's shape (``F.pad(x, [0, x.shape[-1] % 2])``):
+    its mirror needs the value, so the model is traced with values for the images' shape instead."""
+
+
+def _walked(model: nn.Module, rule: str, output: str | int | None, traced: Traced) -> tuple[Graph, Traced]:
     graph = traced.graph
+    _follow_in_place(graph)
+    for fx_node in graph.nodes:  # an operation of the model's own forward pass is named as in it (see _layer)
+        if not fx_node.meta.get("nn_module_stack"):
+            fx_node.meta["nn_module_stack"] = {"": ("", type(model))}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     if not placeholders:
         raise UnsupportedGraphError(f"the forward pass of {type(model).__name__} takes no input")
@@ -538,6 +559,11 @@ class _Walk:
             except (TypeError, ValueError, UnsupportedModuleError) as error:
                 raise UnsupportedModuleError(f"layer {name!r}: {error}") from None
             return name, layer, layer
+        sized = next((n for n in _arguments(call_node) if _from_shapes(n)), None)
+        if sized is not None and call_node.target not in _SHAPE_FREE:
+            raise _ShapeValued(
+                f"layer {name!r} ({_call_name(call_node)}) takes a value computed from a tensor's shape ({sized.name})"
+            )
         call = Call(
             call_node.target,
             fx.node.map_arg(call_node.args, lambda n: _constant(self.model, n, self.signal)),
@@ -555,6 +581,31 @@ class _Walk:
         if node.op == "call_module":
             return type(self.model.get_submodule(str(node.target)))
         return getattr(torch.Tensor, node.target) if node.op == "call_method" else node.target
+
+
+_SHAPE_FREE = _RESHAPES - {"expand", "expand_as"}
+"""Calls whose mirror reads no argument but the signal (it restores the shape the signal had): sizes computed from
+shapes (``x.view(x.size(0), -1)``) are theirs to take."""
+
+
+def _in_place(node: fx.Node) -> bool:
+    """``x.mul_(g)``, ``torch.relu_(x)``, ``F.relu(x, inplace=True)``: a call that changes its first argument."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    named = isinstance(name, str) and name.endswith("_") and not name.startswith("_")
+    return node.op in ("call_method", "call_function") and (named or node.kwargs.get("inplace") is True)
+
+
+def _follow_in_place(graph: fx.Graph) -> None:
+    """Makes each use of a tensor after an in-place call on it read the call's result, as the forward pass does:
+    fx records ``out.mul_(g)`` as a node whose result nothing uses, and ``out * alpha`` after it as a use of
+    ``out`` before the product (timm's NF-Nets scale their blocks' outputs so)."""
+    order = {node: n for n, node in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if _in_place(node) and node.args and isinstance(node.args[0], fx.Node):
+            changed = node.args[0]
+            for user in list(changed.users):
+                if order[user] > order[node]:
+                    user.replace_input_with(changed, node)
 
 
 def _arguments(node: fx.Node) -> list[fx.Node]:
@@ -604,7 +655,8 @@ def _layer(name: str, node: fx.Node) -> str:
     if not stack or node.op == "call_module":
         return f"layer {name!r}"
     path, kind = stack[-1]
-    return f"layer {name!r} (in module {path!r}, a {_qualified(kind) if isinstance(kind, type) else kind})"
+    named = _qualified(kind) if isinstance(kind, type) else kind
+    return f"layer {name!r} (in {named}.forward)" if not path else f"layer {name!r} (in module {path!r}, a {named})"
 
 
 class _Mirrors:

@@ -270,3 +270,27 @@ def test_a_shape_function_is_called_only_when_the_forward_pass_needs_the_shape(g
     assert_exact(mirror, model, images, ["conv1", "conv2"], {}, gen)
     with pytest.raises(deconv.InputError, match=r"\(C, H, W\)"):
         deconv.build_mirror(model, shape=lambda: (3, 13))
+
+
+class ShapePad(nn.Module):
+    """Padding computed from the input's shape in a forward pass plain ``torch.fx`` traces (no branch): the pad
+    sizes are fx nodes, which only a trace with values for the images' shape turns into numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, [0, x.shape[-1] % 2, 1, x.shape[-2] % 3])
+        return torch.relu(self.conv(x))
+
+
+def test_sizes_computed_from_the_shape_without_a_branch_are_traced_for_the_images_shape(gen: torch.Generator) -> None:
+    torch.manual_seed(1)
+    model = ShapePad().double().eval()
+    with pytest.raises(deconv.UnsupportedGraphError, match=r"layer 'pad' \(torch.nn.functional.pad\) takes a value "):
+        deconv.build_mirror(model)
+    mirror = deconv.build_mirror(model, shape=(2, 9, 9))
+    for size in (9, 10, 11):  # each pads otherwise: traced again for each
+        images = torch.randn(2, 2, size, size, generator=gen, dtype=torch.float64)
+        assert_exact(mirror, model, images, ["conv"], {}, gen)

@@ -333,3 +333,31 @@ def test_building_a_mirror_leaves_the_models_buffers_attributes_and_flags_as_the
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     mirror.project(torch.randn(1, 1, 6, 6), layer="conv", channel=0)  # projections call the layers, not forward
     assert float(model.calls) == 0 and model.seen == 0
+
+
+class InPlaceGain(nn.Module):
+    """timm's NF-Net block ending: ``out.mul_(gain)`` whose result is not used, then ``out * alpha + x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.gain = nn.Parameter(torch.tensor(0.3))
+        self.head = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        out.mul_(self.gain)
+        out = F.relu(out * 2.0 + x)
+        out.relu_()  # again in place, on a ReLU's output: the same values
+        return self.head(out)
+
+
+@pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
+def test_a_tensor_changed_in_place_is_read_changed_by_what_comes_after(gen: torch.Generator, rule: str) -> None:
+    torch.manual_seed(3)
+    model = InPlaceGain().double().eval()
+    x = images(gen, 2, 3, 8, 8)
+    mirror = deconv.build_mirror(model)
+    selections = oracle.selections_at(model, x, ["head", "conv"], 3, gen, {})
+    expected = oracle.project(model, x, selections, {}, rule=rule)
+    oracle.assert_matches(mirror.project_many(x, selections, rule=rule), expected, rtol=1e-9)
