@@ -35,7 +35,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 48px;color:#222;background
 h1{margin:16px 0 4px;font-size:22px}h2{margin:24px 0 8px;border-bottom:1px solid #ccc;font-size:17px}
 nav{margin:6px 0}nav a{margin-right:14px}.note{color:#555}.live[hidden]{display:none}
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:2px 8px;text-align:right}
-th{background:#f0f0f0}.stats td:first-child{text-align:left}
+th{background:#f0f0f0}thead th{position:sticky;top:0}.stats td:first-child{text-align:left}
 .row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.panel{overflow:hidden;max-width:100%}
 .panel img{image-rendering:pixelated;max-width:none}svg{background:#fff;border:1px solid #ddd}
 svg text{font:11px system-ui,sans-serif;fill:#333}
@@ -115,7 +115,7 @@ def _head(title: str) -> str:
 def histogram_svg(edges: torch.Tensor, counts: torch.Tensor, quantiles: dict[float, float]) -> str:
     """The histogram of a unit's per-image maximum, ``counts`` ``(B,)`` over ``edges`` ``(B + 1,)``, with the
     ``quantiles`` marked, as inline SVG."""
-    width, height, left, right, top, bottom = 520, 190, 46, 12, 30, 36
+    width, height, left, right, top, bottom = 520, 210, 46, 12, 50, 36
     low, high = float(edges[0]), float(edges[-1])
     span = high - low or 1.0
     peak = max(int(counts.max()), 1)
@@ -132,9 +132,9 @@ def histogram_svg(edges: torch.Tensor, counts: torch.Tensor, quantiles: dict[flo
     for n, (q, v) in enumerate(quantiles.items()):
         at = min(max(x(v), left), width - right)
         marks.append(
-            f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{top - 4 + 12 * (n % 2)}" y2="{height - bottom}" stroke="#c33" '
+            f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{top - 36 + 12 * (n % 3)}" y2="{height - bottom}" stroke="#c33" '
             f'stroke-dasharray="3 2"><title>quantile {q:g}: {_g(v)}</title></line>'
-            f'<text x="{at:.1f}" y="{top - 6 + 12 * (n % 2)}" text-anchor="middle" fill="#c33">{q:.0%}</text>'
+            f'<text x="{at + 2:.1f}" y="{top - 38 + 12 * (n % 3)}" fill="#c33">{q:.0%}</text>'
         )
     ticks = [(low, "start"), (high, "end")] + ([(0.0, "middle")] if low < 0 < high else [])
     axis = "".join(
@@ -183,7 +183,7 @@ def hits_svg(hits: torch.Tensor) -> str:
     """How often each position of the map ``(H, W)`` held the unit's maximum (over the images where it is
     active): a cell per position, darker for more, as inline SVG."""
     h, w = hits.shape
-    cell = max(4, min(24, 240 // max(h, w)))
+    cell = max(4, min(40, 200 // max(h, w)))
     peak = max(int(hits.max()), 1)
     titled = h * w <= 1024
     cells = []
@@ -235,9 +235,12 @@ def _panel(page: Path, panel: _Panel | None, what: str) -> str:
         return f'<p class="note">No sheet of this run holds the {what} panel of this channel.</p>'
     f = max(1, DETAIL // (panel.box[2] - panel.box[0]))
     sheet = Path(_up(page)) / panel.sheet
+    rules = list(panel.rules)
+    named = f"rule {rules[0]}" if len(rules) == 1 else f"rules {', '.join(rules)}, left to right"
     return (
         _crop(sheet, panel.size, panel.box, f, f"{what} entries, projections beside their patches")
-        + f'<p class="note"><a href="{_link(page, panel.sheet)}">the whole sheet</a></p>'
+        + f'<p class="note">Projections ({html.escape(named)}) beside the image patches that caused them, in '
+        f'the order of the table below; <a href="{_link(page, panel.sheet)}">the whole sheet</a>.</p>'
     )
 
 
@@ -325,8 +328,9 @@ def _unit(
     hits = (
         '<p class="note">A layer of vectors: no map.</p>'
         if unit.hits is None
-        else hits_svg(unit.hits) + '<p class="note">How often each position held the maximum, over the images '
-        "where the unit is active (darker: more).</p>"
+        else hits_svg(unit.hits) + f'<p class="note">How often each position of the {unit.hits.shape[0]} x '
+        f"{unit.hits.shape[1]} map held the maximum, over the images where the unit is active (darker: more; "
+        "top left: y, x = 0, 0).</p>"
     )
     return (
         _head(f"{layer} channel {channel}")
