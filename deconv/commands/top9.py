@@ -221,7 +221,9 @@ def _census(job: Job, state: ScanState) -> Census:
     ``DatasetError`` naming the first label that does not fit the class names."""
     classes = class_names(job.dataset, job.model)
     check_labels(job.dataset, classes, state)
-    return Census(state, min(job.settings.top, job.total), mirror=job.mirror, dataset=job.dataset, classes=classes)
+    labels = None if job.group.main else {}  # the other processes only project bottom records: no labels to read
+    k = min(job.settings.top, job.total)
+    return Census(state, k, mirror=job.mirror, dataset=job.dataset, classes=classes, labels=labels)
 
 
 def _bottom(census: Census, wanted: dict[str, list[int]]) -> list[Record]:

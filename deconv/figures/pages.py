@@ -128,13 +128,26 @@ def histogram_svg(edges: torch.Tensor, counts: torch.Tensor, quantiles: dict[flo
         for a, b, n in zip(edges[:-1].tolist(), edges[1:].tolist(), counts.tolist())
         if n
     )
-    marks = []
-    for n, (q, v) in enumerate(quantiles.items()):
+    groups: list[list[tuple[float, float, float]]] = []  # quantiles drawn within 24 px of each other share a label
+    for q, v in quantiles.items():
         at = min(max(x(v), left), width - right)
+        if groups and at - groups[-1][0][2] < 24:
+            groups[-1].append((q, v, at))
+        else:
+            groups.append([(q, v, at)])
+    marks = []
+    for n, group in enumerate(groups):
+        label = ", ".join(f"{q:.0%}" for q, _, _ in group)
+        at, row = group[0][2], top - 36 + 12 * (n % 3)
+        end = at > width - 60
+        lines = "".join(
+            f'<line x1="{a:.1f}" x2="{a:.1f}" y1="{row}" y2="{height - bottom}" stroke="#c33" stroke-dasharray="3 2">'
+            f"<title>quantile {q:g}: {_g(v)}</title></line>"
+            for q, v, a in group
+        )
         marks.append(
-            f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{top - 36 + 12 * (n % 3)}" y2="{height - bottom}" stroke="#c33" '
-            f'stroke-dasharray="3 2"><title>quantile {q:g}: {_g(v)}</title></line>'
-            f'<text x="{at + 2:.1f}" y="{top - 38 + 12 * (n % 3)}" fill="#c33">{q:.0%}</text>'
+            f'{lines}<text x="{at - 2 if end else at + 2:.1f}" y="{row - 2}" fill="#c33" '
+            f'text-anchor="{"end" if end else "start"}">{label}</text>'
         )
     ticks = [(low, "start"), (high, "end")] + ([(0.0, "middle")] if low < 0 < high else [])
     axis = "".join(
@@ -257,7 +270,7 @@ def _stats(unit: Unit, row: dict[str, float], info: dict | None) -> str:
     )
     items = [
         ("images scanned", str(unit.images)),
-        ("active (max &gt; 0)", f"{unit.active:.1%}"),
+        ("active (max &gt; 0)", f"{unit.active:.1%} ({round(unit.active * unit.images)} images)"),
         ("mean of the per-image maximum", _g(unit.mean)),
         ("its standard deviation", _g(unit.std)),
         ("strongest activation", _g(row["max"])),

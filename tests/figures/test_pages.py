@@ -135,7 +135,7 @@ def test_a_page_per_channel_holds_the_census_of_its_unit(labelled: Path) -> None
             unit, page = census.unit(layer, channel), _page(labelled, layer, channel)
             stats = dict(page.table(0))
             assert stats["images scanned"] == "120"
-            assert stats["active (max > 0)"] == f"{unit.active:.1%}"
+            assert stats["active (max > 0)"] == f"{unit.active:.1%} ({round(unit.active * 120)} images)"
             assert _close(stats["mean of the per-image maximum"], unit.mean)
             assert _close(stats["its standard deviation"], unit.std)
             assert _close(stats["strongest activation"], float(table["max"][channel]))
