@@ -16,11 +16,12 @@ import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
+from urllib.parse import quote
 
 import torch
 
 from ..census import Census, ClassStats, Unit
-from .report import DETAIL, _crop, _href, _Panel, layer_page, sheet_panels, unit_page
+from .report import DETAIL, _crop, _Panel, layer_page, sheet_panels, unit_page
 
 if TYPE_CHECKING:
     from ..analyses.top9 import Record
@@ -91,11 +92,12 @@ def layer_info(mirror: Mirror, layers: Sequence[str]) -> dict[str, dict]:
 
 def _up(page: Path) -> str:
     """The way from ``page`` back to the run folder, as a relative link prefix."""
-    return "../" * len(page.parent.parts)
+    return "../" * (len(page.parts) - 1)
 
 
 def _link(page: Path, target: Path | str) -> str:
-    return _href(f"{_up(page)}{Path(target).as_posix()}")
+    """The link from ``page`` to ``target`` (both relative to the run folder)."""
+    return html.escape(quote(os.fsencode(_up(page) + (target if isinstance(target, str) else target.as_posix()))))
 
 
 def _g(value: float) -> str:
