@@ -11,7 +11,9 @@ census), its receptive field, and links to the previous and next channel and to 
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
 import os
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 from urllib.parse import quote
 
 import torch
+from PIL import Image
 
 from ..census import Census, ClassStats, Unit
 from .report import DETAIL, _crop, _Panel, layer_page, sheet_panels, unit_page
@@ -27,9 +30,10 @@ if TYPE_CHECKING:
     from ..analyses.top9 import Record
     from ..mirror import Mirror
 
-__all__ = ["LAYER_INFO", "layer_info", "write_pages", "histogram_svg", "classes_svg", "hits_svg"]
+__all__ = ["LAYER_INFO", "layer_info", "write_pages", "histogram_svg", "classes_svg", "hits_image"]
 
 LAYER_INFO = "layers.json"  # beside census.json: per layer its receptive field and the probe point before it
+STYLESHEET = "pages.css"  # the pages' shared style, beside index.html
 LIVE = "/run/"  # where deconv serve serves a run folder: pages seen there link to the live page
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 48px;color:#222;background:#fafafa;max-width:1200px}
@@ -39,7 +43,7 @@ table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;paddi
 th{background:#f0f0f0}thead th{position:sticky;top:0}.stats td:first-child{text-align:left}
 .row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.panel{overflow:hidden;max-width:100%}
 .panel img{image-rendering:pixelated;max-width:none}svg{background:#fff;border:1px solid #ddd}
-svg text{font:11px system-ui,sans-serif;fill:#333}
+svg text{font:11px system-ui,sans-serif;fill:#333}img.hits{image-rendering:pixelated;border:1px solid #ddd}
 table.sort th{cursor:pointer;user-select:none}table.sort th:hover{background:#dde6f7}
 table.sort td:nth-child(2){text-align:left}td img{display:block}
 """
@@ -104,29 +108,27 @@ def _g(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _head(title: str) -> str:
+def _head(page: Path, title: str) -> str:
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{STYLE}</style></head><body>"
+        f'<link rel="stylesheet" href="{_link(page, STYLESHEET)}"></head><body>'
     )
 
 
-# ------------------------------------------------------------------------------------------ charts (SVG)
+# ------------------------------------------------------------------------------------------ charts
 
 
 def histogram_svg(edges: torch.Tensor, counts: torch.Tensor, quantiles: dict[float, float]) -> str:
     """The histogram of a unit's per-image maximum, ``counts`` ``(B,)`` over ``edges`` ``(B + 1,)``, with the
-    ``quantiles`` marked, as inline SVG."""
+    ``quantiles`` marked, as inline SVG: the bars one path, the counts in its ``data-counts``."""
     width, height, left, right, top, bottom = 520, 210, 46, 12, 50, 36
     low, high = float(edges[0]), float(edges[-1])
     span = high - low or 1.0
     peak = max(int(counts.max()), 1)
     x = lambda v: left + (float(v) - low) / span * (width - left - right)  # noqa: E731
-    y = lambda n: height - bottom - n / peak * (height - top - bottom)  # noqa: E731
+    base, scale = height - bottom, (height - top - bottom) / peak
     bars = "".join(
-        f'<rect x="{x(a):.1f}" y="{y(int(n)):.1f}" width="{max(x(b) - x(a) - 0.5, 0.5):.1f}" '
-        f'height="{height - bottom - y(int(n)):.1f}" fill="#6b8fd6"><title>{_g(float(a))} to {_g(float(b))}: '
-        f"{int(n)} images</title></rect>"
+        f"M{x(a):.1f} {base}v{-n * scale:.1f}h{max(x(b) - x(a) - 0.5, 0.5):.1f}V{base}z"
         for a, b, n in zip(edges[:-1].tolist(), edges[1:].tolist(), counts.tolist())
         if n
     )
@@ -143,24 +145,22 @@ def histogram_svg(edges: torch.Tensor, counts: torch.Tensor, quantiles: dict[flo
         at, row = group[0][2], top - 36 + 12 * (n % 3)
         end = at > width - 60
         lines = "".join(
-            f'<line x1="{a:.1f}" x2="{a:.1f}" y1="{row}" y2="{height - bottom}" stroke="#c33" stroke-dasharray="3 2">'
-            f"<title>quantile {q:g}: {_g(v)}</title></line>"
+            f'<line x1="{a:.1f}" x2="{a:.1f}" y1="{row}" y2="{base}"><title>quantile {q:g}: {_g(v)}</title></line>'
             for q, v, a in group
         )
         marks.append(
-            f'{lines}<text x="{at - 2 if end else at + 2:.1f}" y="{row - 2}" fill="#c33" '
+            f'{lines}<text x="{at - 2 if end else at + 2:.1f}" y="{row - 2}" fill="#c33" stroke="none" '
             f'text-anchor="{"end" if end else "start"}">{label}</text>'
         )
     ticks = [(low, "start"), (high, "end")] + ([(0.0, "middle")] if low < 0 < high else [])
-    axis = "".join(
-        f'<text x="{x(v):.1f}" y="{height - bottom + 14}" text-anchor="{anchor}">{_g(v)}</text>' for v, anchor in ticks
-    )
+    axis = "".join(f'<text x="{x(v):.1f}" y="{base + 14}" text-anchor="{anchor}">{_g(v)}</text>' for v, anchor in ticks)
     return (
-        f'<svg class="histogram" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="histogram of the per-image maximum">{bars}{"".join(marks)}'
-        f'<line x1="{left}" x2="{width - right}" y1="{height - bottom}" y2="{height - bottom}" stroke="#333"/>'
+        f'<svg class="histogram" width="{width}" height="{height}" role="img" aria-label="histogram of the per-image '
+        f'maximum" data-counts="{" ".join(str(int(n)) for n in counts.tolist())}">'
+        f'<path d="{bars}" fill="#6b8fd6"/><g stroke="#c33" stroke-dasharray="3 2">{"".join(marks)}</g>'
+        f'<path d="M{left} {base}H{width - right}" stroke="#333"/>'
         f'{axis}<text x="{left - 4}" y="{top + 4}" text-anchor="end">{peak}</text>'
-        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">0</text>'
+        f'<text x="{left - 4}" y="{base}" text-anchor="end">0</text>'
         f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">per-image maximum '
         f"(images per bin; red: quantiles)</text></svg>"
     )
@@ -168,50 +168,47 @@ def histogram_svg(edges: torch.Tensor, counts: torch.Tensor, quantiles: dict[flo
 
 def classes_svg(classes: Sequence[ClassStats], shown: int = 20) -> str:
     """A bar per class (at most ``shown``, the highest means first): the mean of the unit's per-image maximum
-    over the class's images, with the fraction of them that activate it, as inline SVG."""
+    over the class's images, with how many of them activate it, as inline SVG."""
     ranked = sorted(classes, key=lambda c: -c.mean)[:shown]
-    row, left, bar_width, right = 18, 130, 260, 170
+    row, left, bar_width, right = 18, 130, 260, 190
     width, height = left + bar_width + right, row * len(ranked) + 8
     scale = max((abs(c.mean) for c in ranked), default=0.0) or 1.0
     zero = left + (bar_width / 2 if any(c.mean < 0 for c in ranked) else 0)
     reach = bar_width - (zero - left)
-    rows = []
+    names, bars, notes = [], [], []
     for n, c in enumerate(ranked):
         y = 4 + n * row
         end = zero + c.mean / scale * reach
-        rows.append(
-            f'<text x="{left - 6}" y="{y + 12}" text-anchor="end">{html.escape(c.name[:20])}</text>'
-            f'<rect x="{min(zero, end):.1f}" y="{y + 2}" width="{max(abs(end - zero), 0.5):.1f}" height="{row - 5}" '
-            f'fill="#e0904a"><title>{html.escape(c.name)}: mean {_g(c.mean)}, max {_g(c.max)}, active on '
-            f"{c.active} of {c.images}</title></rect>"
-            f'<text x="{left + bar_width + 6}" y="{y + 12}">{_g(c.mean)} &middot; {c.active / c.images:.0%} active'
-            "</text>"
+        names.append(f'<text x="{left - 6}" y="{y + 12}">{html.escape(c.name[:20])}</text>')
+        bars.append(
+            f"M{min(zero, end):.1f} {y + 2}h{max(abs(end - zero), 0.5):.1f}v{row - 5}h{-max(abs(end - zero), 0.5):.1f}z"
+        )
+        notes.append(
+            f'<text x="{left + bar_width + 6}" y="{y + 12}">{_g(c.mean)} &middot; {c.active} of {c.images} '
+            "active</text>"
         )
     return (
-        f'<svg class="classes" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="mean of the per-image maximum per class">{"".join(rows)}'
-        f'<line x1="{zero:.1f}" x2="{zero:.1f}" y1="2" y2="{height - 2}" stroke="#333"/></svg>'
+        f'<svg class="classes" width="{width}" height="{height}" role="img" aria-label="mean of the per-image '
+        f'maximum per class"><g text-anchor="end">{"".join(names)}</g><path d="{"".join(bars)}" fill="#e0904a"/>'
+        f'{"".join(notes)}<path d="M{zero:.1f} 2V{height - 2}" stroke="#333"/></svg>'
     )
 
 
-def hits_svg(hits: torch.Tensor) -> str:
+def hits_image(hits: torch.Tensor) -> str:
     """How often each position of the map ``(H, W)`` held the unit's maximum (over the images where it is
-    active): a cell per position, darker for more, as inline SVG."""
+    active): a pixel per position, darker for more, as an inline PNG enlarged crisply by the browser; the counts
+    in its ``data-hits`` (row by row)."""
     h, w = hits.shape
-    cell = max(4, min(40, 200 // max(h, w)))
-    peak = max(int(hits.max()), 1)
-    titled = h * w <= 1024
-    cells = []
-    for (i, j), n in zip(((i, j) for i in range(h) for j in range(w)), hits.flatten().tolist()):
-        shade = round(255 * (1 - n / peak) ** 1.5)
-        title = f"<title>({i}, {j}): {n}</title>" if titled else ""
-        cells.append(
-            f'<rect x="{j * cell}" y="{i * cell}" width="{cell}" height="{cell}" '
-            f'fill="rgb({shade},{shade},{255 - (255 - shade) // 3})">{title}</rect>'
-        )
+    cell = max(2, min(40, 200 // max(h, w)))
+    counts = hits.to(torch.float64)
+    shade = 255 * (1 - counts / max(float(counts.max()), 1.0)) ** 1.5
+    pixels = torch.stack([shade, shade, 255 - (255 - shade) / 3], -1).round().to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, "PNG")
     return (
-        f'<svg class="hits" width="{w * cell}" height="{h * cell}" viewBox="0 0 {w * cell} {h * cell}" role="img" '
-        f'aria-label="how often each position held the maximum">{"".join(cells)}</svg>'
+        f'<img class="hits" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" '
+        f'width="{w * cell}" height="{h * cell}" alt="how often each position held the maximum" '
+        f'data-hits="{" ".join(str(int(n)) for n in hits.flatten().tolist())}">'
     )
 
 
@@ -343,12 +340,12 @@ def _unit(
     hits = (
         '<p class="note">A layer of vectors: no map.</p>'
         if unit.hits is None
-        else hits_svg(unit.hits) + f'<p class="note">How often each position of the {unit.hits.shape[0]} x '
+        else hits_image(unit.hits) + f'<p class="note">How often each position of the {unit.hits.shape[0]} x '
         f"{unit.hits.shape[1]} map held the maximum, over the images where the unit is active (darker: more; "
         "top left: y, x = 0, 0).</p>"
     )
     return (
-        _head(f"{layer} channel {channel}")
+        _head(page, f"{layer} channel {channel}")
         + f"<h1>{html.escape(layer)} channel {channel}</h1><nav>{' '.join(nav)}</nav>"
         + f'<div class="row"><div><h2>Numbers</h2>{_stats(unit, row, info)}</div>'
         + f"<div><h2>Per-image maximum</h2>{histogram_svg(*unit.histogram, unit.quantiles)}</div></div>"
@@ -387,7 +384,7 @@ def _layer(census: Census, layer: str, table: dict[str, torch.Tensor], panels: d
         rows.append(f'<tr><td data-v="{c}"><a href="{link}">{c}</a></td><td data-v="{c}">{thumb}</td>{cells}</tr>')
     dead = int((table["active"] == 0).sum())
     return (
-        _head(f"layer {layer}")
+        _head(page, f"layer {layer}")
         + f'<h1>layer {html.escape(layer)}</h1><nav><a href="{_link(page, "index.html")}">report</a></nav>'
         + f"<p>{census.channels(layer)} channels over {census.images} images; {dead} never active. "
         + "Click a heading to sort by it (again: the other way).</p>"
@@ -413,7 +410,7 @@ def write_pages(out_dir: Path, census: Census) -> list[Path]:
     out = Path(out_dir)
     info_file = out / LAYER_INFO
     infos = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    written = []
+    written = [_save(out / STYLESHEET, STYLE.lstrip())]
     for layer in census.layers:
         table = census.table(layer)
         rows = [{k: float(v[c]) for k, v in table.items()} for c in range(census.channels(layer))]

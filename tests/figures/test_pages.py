@@ -5,9 +5,10 @@ sort, unit page, next and previous)."""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
-import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ CONFIG = str(ROOT / "configs" / "default.toml")
 
 class Page(HTMLParser):
     """A page's links (``href``, ``src``), ids, the text of its table cells by table (rows of cells, each cell's
-    text and ``data-v``), and the ``<title>`` texts of its SVG charts by chart class."""
+    text and ``data-v``), and its charts by class: their texts (``<title>``, ``<text>``) and attributes."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -42,6 +43,7 @@ class Page(HTMLParser):
         self.rels: dict[str, str] = {}
         self.tables: list[dict] = []
         self.charts: dict[str, list[str]] = {}
+        self.chart_attrs: dict[str, dict] = {}
         self._cell: list[str] | None = None
         self._chart: str | None = None
         self._title: list[str] | None = None
@@ -61,17 +63,19 @@ class Page(HTMLParser):
         elif tag in ("td", "th"):
             self._cell = []
             self.tables[-1]["rows"][-1].append({"v": found.get("data-v"), "head": tag == "th"})
-        elif tag == "svg":
+        if found.get("class") in ("histogram", "classes", "hits"):
+            self.chart_attrs[found["class"]] = found
+        if tag == "svg":
             self._chart = found.get("class") or ""
             self.charts.setdefault(self._chart, [])
-        elif tag == "title" and self._chart is not None:
+        elif tag in ("title", "text") and self._chart is not None:
             self._title = []
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("td", "th") and self._cell is not None:
             self.tables[-1]["rows"][-1][-1]["text"] = "".join(self._cell).strip()
             self._cell = None
-        elif tag == "title" and self._title is not None:
+        elif tag in ("title", "text") and self._title is not None:
             self.charts[self._chart].append("".join(self._title))
             self._title = None
         elif tag == "svg":
@@ -151,20 +155,25 @@ def test_a_page_per_channel_holds_the_census_of_its_unit(labelled: Path) -> None
             assert [row[3] for row in tops] == [f"{r.y}, {r.x}" for r in unit.top]
             # the histogram's bars are the census's counts; the quantiles are marked
             edges, counts = unit.histogram
-            bars = [t for t in page.charts["histogram"] if t.endswith(" images")]
-            assert [int(t.split(": ")[1].split()[0]) for t in bars] == [int(n) for n in counts if n]
-            assert len([t for t in page.charts["histogram"] if t.startswith("quantile")]) == 5
-            # the hit map: a cell per position with its count
-            cells = {tuple(map(int, re.match(r"\((\d+), (\d+)\): (\d+)", t).groups())) for t in page.charts["hits"]}
+            assert page.chart_attrs["histogram"]["data-counts"] == " ".join(str(int(n)) for n in counts)
+            assert (
+                len(page.chart_attrs["histogram"])
+                and page.charts["histogram"].count("per-image maximum (images per bin; red: quantiles)") == 1
+            )
+            marked = [t for t in page.charts["histogram"] if t.startswith("quantile")]
+            assert marked == [f"quantile {q:g}: {v:.4g}" for q, v in unit.quantiles.items()]
+            # the hit map: a pixel per position, its counts row by row
+            hits = page.chart_attrs["hits"]
             h, w = unit.hits.shape
-            assert cells == {(i, j, int(unit.hits[i, j])) for i in range(h) for j in range(w)}
+            assert hits["data-hits"] == " ".join(str(int(n)) for n in unit.hits.flatten())
+            with Image.open(io.BytesIO(base64.b64decode(hits["src"].split(",", 1)[1]))) as shown:
+                assert shown.size == (w, h)
+                darkest = np.asarray(shown.convert("L")).argmin()
+            assert unit.hits.flatten()[darkest] == unit.hits.max()
             # a bar per class: its mean and how many of its images activate the unit
-            bars = page.charts["classes"]
-            assert len(bars) == len(unit.classes) == 10
+            texts = page.charts["classes"]
             for c in unit.classes:
-                assert any(
-                    t.startswith(f"{c.name}: mean ") and t.endswith(f"active on {c.active} of {c.images}") for t in bars
-                )
+                assert c.name in texts and f"{c.mean:.4g} · {c.active} of {c.images} active" in texts
             named = ", ".join(f"{name} ×{n}" for name, n in unit.top_classes)
             assert f"Classes in its top 9: {named}." in html.unescape(
                 (labelled / "units" / layer / f"{channel}.html").read_text()
@@ -179,6 +188,9 @@ def test_every_link_of_the_pages_resolves_and_channels_link_to_their_neighbours(
         page = Page(path.read_text())
         for link in page.links:
             parts = urlsplit(link)
+            if parts.scheme == "data":  # the hit map, inline
+                assert link.startswith("data:image/png;base64,")
+                continue
             assert not parts.scheme and not parts.netloc, f"{path}: not a relative link: {link}"
             if parts.path:
                 assert (path.parent / unquote(parts.path)).resolve().is_file(), f"{path}: broken link {link}"
