@@ -48,10 +48,10 @@ HEADERS = {  # the page loads nothing from elsewhere and never sends its URL (wi
 
 
 COOKIE = "deconv_token"  # set by the report's pages (HttpOnly, SameSite=Strict): the report's links carry no token
-REPORT_HEADERS = {  # the static report: its own images, inline styles and its small sorting and live-link scripts
+REPORT_HEADERS = {  # the static report: its own images and stylesheet, inline PNGs, its sorting and live-link scripts
     **HEADERS,
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self'; "
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
 }

@@ -17,7 +17,12 @@ from ..figures.sheet import MANIFEST
 
 __all__ = ["Run", "REPORT_TYPES"]
 
-REPORT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".jpg": "image/jpeg"}  # the report's files
+REPORT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+}  # the report's files
 RUN_MANIFEST = "deconv-run.json"  # the run folder's list of the files deconv wrote (deconv.commands.run_folder)
 
 TYPES = {  # what clients see (no file paths) and the JSON types each may have

@@ -311,6 +311,7 @@ def test_click_from_the_index_to_a_layer_sort_it_open_a_unit_and_step_through(la
     assert browser.find_element("tag name", "h1").text == f"features.0 channel {first}"
     images = browser.execute_script("return [...document.images].map(i => [i.complete, i.naturalWidth])")
     assert images and all(done and width > 0 for done, width in images)  # the sheets the panels are cut from
+    assert browser.execute_script("return getComputedStyle(document.body).backgroundColor") == "rgb(250, 250, 250)"
     assert browser.execute_script("return document.querySelectorAll('a.live:not([hidden])').length") == 0  # offline
     if first < 31:
         browser.find_element("css selector", "a[rel=next]").click()

@@ -180,6 +180,7 @@ def test_the_report_is_served_from_the_run_files_deconv_wrote_only(run: Path) ->
     page = client.get("/run/units/features.4/37.html")  # the cookie carries on, as the report's relative links do
     assert page.status_code == 200 and page.content == (run / "units/features.4/37.html").read_bytes()
     assert client.get("/run/sheets/features.4-1.png").headers["content-type"] == "image/png"
+    assert client.get("/run/pages.css").headers["content-type"].startswith("text/css")
     assert client.get("/run/thumbs/features.4/37.jpg").content == (run / "thumbs/features.4/37.jpg").read_bytes()
     assert client.get("/api/layers").status_code == 200  # the live page's requests too
     (run / "mine.html").write_text("not deconv's")
@@ -202,7 +203,9 @@ def test_a_unit_page_of_the_served_report_opens_its_entry_live(run: Path, browse
         browser.get(f"{base}/run/units/features.4/37.html")  # the cookie, not the token, opens the pages
         wait(browser, "document.querySelectorAll('a.live:not([hidden])').length === 10")  # 9 entries, the channel
         images = browser.execute_script("return [...document.images].map(i => [i.complete, i.naturalWidth])")
-        assert images and all(done and width > 0 for done, width in images)
+        assert images and all(done and width > 0 for done, width in images)  # the sheets and the inline hit map
+        styled = "return getComputedStyle(document.body).backgroundColor"
+        assert browser.execute_script(styled) == "rgb(250, 250, 250)"  # the pages' stylesheet
         records = json.loads((run / "top9.json").read_text())
         second = next(r for r in records if (r["layer"], r["channel"], r["rank"]) == ("features.4", 37, 1))
         links = browser.find_elements("css selector", "table a.live")
