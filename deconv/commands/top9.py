@@ -26,7 +26,8 @@ from ..data import Preprocess
 from ..engine.graph import model_runs_on
 from ..errors import ConfigError, DatasetError
 from ..figures.draw import save_png
-from ..figures.report import write_thumbnails
+from ..figures.pages import LAYER_INFO, layer_info, write_pages
+from ..figures.report import sheet_name, write_thumbnails
 from ..figures.sheet import MANIFEST, display_tiles, figure2_sheet, save_projections
 from ..io import write_json, write_text
 from ..mirror import Mirror, build_mirror
@@ -159,7 +160,7 @@ def run(settings: Top9Settings) -> int:
             "top9",
             "top9.json",
             STATE,
-            outputs=("config.toml", "skipped.json", CENSUS_FILE, CENSUS_META),
+            outputs=("config.toml", "skipped.json", CENSUS_FILE, CENSUS_META, LAYER_INFO),
             replace_all=True,
             resume=settings.resume,
             data=settings.data,
@@ -169,12 +170,16 @@ def run(settings: Top9Settings) -> int:
             out = folder.partial
             with clock("scan"):  # and writing its records and census
                 state = _scan(job, out)
+                census = _census(job, state)
                 records = _chosen(state, job.dataset, job.wanted)
+                bottom = _bottom(census, job.wanted)
                 if group.main:
-                    _write_records(job, out, state, records)
-            sheets = _sheets(job, out, records, clock) if state.images else 0  # none readable: _summary says so
+                    _write_records(job, out, state, records, census)
+            sheets = _sheets(job, out, records, bottom, clock) if state.images else 0  # none readable: _summary says so
             committing = clock.now()
-        clock.add("report", clock.now() - committing)  # moving the files in, the report, the manifest
+            if group.main and state.images:
+                write_pages(out, census)
+        clock.add("report", clock.now() - committing)  # the unit pages, moving the files in, the report, the manifest
     _summary(job, folder, state, records, sheets, clock)
     return 0
 
@@ -211,17 +216,35 @@ def _setup(settings: Top9Settings, group: Group) -> Job:
     return Job(settings, group, model, preprocess, dataset, mirror, layers, wanted, total, rules)
 
 
-def _write_records(job: Job, out: Path, state: ScanState, records: list[Record]) -> None:
-    """The run's resolved settings, the images it skipped, its records and its census (rank 0 only)."""
+def _census(job: Job, state: ScanState) -> Census:
+    """The census of the merged scan (every process holds it: each projects its share of the bottom records);
+    ``DatasetError`` naming the first label that does not fit the class names."""
+    classes = class_names(job.dataset, job.model)
+    check_labels(job.dataset, classes, state)
+    labels = None if job.group.main else {}  # the other processes only project bottom records: no labels to read
+    k = min(job.settings.top, job.total)
+    return Census(state, k, mirror=job.mirror, dataset=job.dataset, classes=classes, labels=labels)
+
+
+def _bottom(census: Census, wanted: dict[str, list[int]]) -> list[Record]:
+    """The bottom records to project: those below zero (each projected with its own negative value) of the
+    ``wanted`` channels; none of a layer whose units never went below zero (as after a ReLU)."""
+    return [
+        r for r in census.records("bottom") if r.value < 0 and (r.layer not in wanted or r.channel in wanted[r.layer])
+    ]
+
+
+def _write_records(job: Job, out: Path, state: ScanState, records: list[Record], census: Census) -> None:
+    """The run's resolved settings, the images it skipped, its records, its census and what the unit pages
+    say of each layer (rank 0 only)."""
     header = "deconv top9: the resolved settings of this run"
     write_text(out / "config.toml", dump_toml(job.settings.values(), header))
     write_json(out / "skipped.json", [{"index": i, "path": p, "reason": r} for i, p, r in state.skipped])
     rule = job.rules[0] if len(job.rules) == 1 else job.rules  # the records are those of every rule: one scan
     write_json(out / "top9.json", [{**r.to_json(), "rule": rule} for r in records])
-    classes = class_names(job.dataset, job.model)
-    check_labels(job.dataset, classes, state)
-    census = Census(state, min(job.settings.top, job.total), mirror=job.mirror, dataset=job.dataset, classes=classes)
     census.write(out)
+    if state.images:  # the mirror has seen the images' shape
+        write_json(out / LAYER_INFO, layer_info(job.mirror, job.layers))
 
 
 def _summary(job: Job, folder: RunFolder, state: ScanState, records: list[Record], sheets: int, clock: Clock) -> None:
@@ -326,45 +349,56 @@ def _scan(job: Job, out: Path) -> ScanState:
     return merged
 
 
-def _sheets(job: Job, out: Path, records: list[Record], clock: Clock) -> int:
-    """Projects and draws the sheets one at a time: each process projects its share of a sheet's
+def _sheets(job: Job, out: Path, records: list[Record], bottom: list[Record], clock: Clock) -> int:
+    """Projects and draws the sheets one at a time, per layer its top records' then its ``bottom`` records'
+    (``sheets/LAYER-N.png``, ``sheets/LAYER-N.bottom.png``): each process projects its share of a sheet's
     records under each rule and turns them into display tiles at once; rank 0 gathers that sheet's
-    tiles, draws and writes it (one projection grid per rule) with its panels' thumbnails, and frees it
-    before the next; then the layouts the sheets were drawn by, in ``sheets.json``.
+    tiles, draws and writes it (one projection grid per rule) with its panels' thumbnails (of the top
+    sheets), and frees it before the next; then the layouts the sheets were drawn by, in ``sheets.json``.
     Returns the number of sheets. ``clock`` collects the time of each phase.
     """
     manifest = []
-    per_sheet, group = job.settings.per_sheet, job.group
     for layer in job.layers:
-        of_layer = [r for r in records if r.layer == layer]
-        channels = sorted({r.channel for r in of_layer})
-        parts = [set(channels[i : i + per_sheet]) for i in range(0, len(channels), per_sheet)]
-        images = set(group.shard(sorted({r.index for r in of_layer}), job.settings.data.batch_size))
-        mine = [r for r in of_layer if r.index in images]
-        bar = progress_bar(
-            total=len(mine) * len(job.rules),
-            desc=f"project {layer}",
-            unit="proj",
-            enabled=job.settings.output.progress and group.main,
-        )
-        with bar:
-            for n, part in enumerate(parts, 1):
-                tiles = _tiles(job, out, layer, [r for r in mine if r.channel in part], clock, bar)
-                with clock(f"projections {layer}"):  # rank 0 waits for the other processes' projections
-                    gathered = group.gather(tiles)
-                del tiles
-                if gathered is not None:
-                    with clock("rendering"):
-                        manifest.append(_draw(job, out, layer, n, len(parts), gathered))
-                    del gathered
-    if group.main:
+        for which, chosen in (("top", records), ("bottom", bottom)):
+            manifest += _layer_sheets(job, out, layer, which, [r for r in chosen if r.layer == layer], clock)
+    if job.group.main:
         write_json(out / MANIFEST, manifest)
     return len(manifest)
 
 
-def _tiles(job: Job, out: Path, layer: str, records: list[Record], clock: Clock, bar: Any) -> dict[str, list]:
-    """This process's display tiles of ``records`` (its share of one sheet of ``layer``) under each rule,
-    and their full-resolution projections written on request."""
+def _layer_sheets(job: Job, out: Path, layer: str, which: str, of_layer: list[Record], clock: Clock) -> list[dict]:
+    """The sheets of ``layer``'s ``which`` (``"top"`` or ``"bottom"``) records ``of_layer``: their entries of
+    ``sheets.json`` (rank 0; none elsewhere)."""
+    per_sheet, group, manifest = job.settings.per_sheet, job.group, []
+    channels = sorted({r.channel for r in of_layer})
+    parts = [set(channels[i : i + per_sheet]) for i in range(0, len(channels), per_sheet)]
+    images = set(group.shard(sorted({r.index for r in of_layer}), job.settings.data.batch_size))
+    mine = [r for r in of_layer if r.index in images]
+    bar = progress_bar(
+        total=len(mine) * len(job.rules),
+        desc=f"project {layer}" + (" bottom" if which == "bottom" else ""),
+        unit="proj",
+        enabled=job.settings.output.progress and group.main and bool(of_layer),
+    )
+    with bar:
+        for n, part in enumerate(parts, 1):
+            tiles = _tiles(job, out, layer, which, [r for r in mine if r.channel in part], clock, bar)
+            with clock(f"projections {layer}"):  # rank 0 waits for the other processes' projections
+                gathered = group.gather(tiles)
+            del tiles
+            if gathered is not None:
+                with clock("rendering"):
+                    manifest.append(_draw(job, out, layer, which, n, len(parts), gathered))
+                del gathered
+    return manifest
+
+
+def _tiles(
+    job: Job, out: Path, layer: str, which: str, records: list[Record], clock: Clock, bar: Any
+) -> dict[str, list]:
+    """This process's display tiles of ``records`` (its share of one sheet of ``layer``'s ``which`` records)
+    under each rule, and their full-resolution projections written on request (``projections/``, the bottom
+    records' in ``projections-bottom/``). A bottom entry is below zero: it is always drawn."""
     settings, preprocess = job.settings, job.preprocess
     options = ProjectOptions(
         batch_size=settings.data.batch_size,
@@ -378,12 +412,15 @@ def _tiles(job: Job, out: Path, layer: str, records: list[Record], clock: Clock,
         # on the host inside the phase: a device's queued work is waited for here, not while rendering
         for chunk in clock.timed(f"projections {layer}", (c.cpu() for c in chunks)):
             with clock("rendering"):
-                tiles[rule] += display_tiles(chunk, preprocess.denormalize, settings.tile_px, preprocess.channel_order)
+                shown = display_tiles(chunk, preprocess.denormalize, settings.tile_px, preprocess.channel_order)
+                tiles[rule] += shown if which == "top" else [t._replace(active=True) for t in shown]
                 if settings.save_projections:
                     save_projections(
                         chunk,
                         preprocess.denormalize,
-                        out / "projections" / (rule if len(job.rules) > 1 else ""),
+                        out
+                        / ("projections" if which == "top" else "projections-bottom")
+                        / (rule if len(job.rules) > 1 else ""),
                         settings.save_projections,
                         preprocess.channel_order,
                     )
@@ -391,25 +428,28 @@ def _tiles(job: Job, out: Path, layer: str, records: list[Record], clock: Clock,
     return tiles
 
 
-def _title(job: Job, layer: str, n: int, sheets: int) -> str:
-    """The title of sheet ``n`` of ``sheets`` of ``layer``."""
+def _title(job: Job, layer: str, which: str, n: int, sheets: int) -> str:
+    """The title of sheet ``n`` of ``sheets`` of ``layer``'s ``which`` records."""
     rules = job.rules
     named = f"rule {rules[0]}" if len(rules) == 1 else f"rules {', '.join(rules)}"
-    return f"{layer}: top {job.settings.top} activations per channel, {named}" + (
+    what = "activations" if which == "top" else "minima (most negative first)"
+    return f"{layer}: {which} {job.settings.top} {what} per channel, {named}" + (
         f" (sheet {n} of {sheets})" if sheets > 1 else ""
     )
 
 
-def _draw(job: Job, out: Path, layer: str, n: int, sheets: int, gathered: list[dict[str, list]]) -> dict:
-    """Draws and writes sheet ``n`` of ``sheets`` of ``layer`` from every process's tiles, one projection grid
-    per rule, and its panels' thumbnails; returns its entry of ``sheets.json``."""
+def _draw(job: Job, out: Path, layer: str, which: str, n: int, sheets: int, gathered: list[dict[str, list]]) -> dict:
+    """Draws and writes sheet ``n`` of ``sheets`` of ``layer``'s ``which`` records from every process's tiles,
+    one projection grid per rule, and the thumbnails of a top sheet's panels; returns its entry of ``sheets.json``
+    (its ``which`` beside :meth:`~deconv.figures.sheet.Sheet.manifest`'s keys)."""
     rules = job.rules
     merged = {rule: itertools.chain(*(part[rule] for part in gathered)) for rule in rules}
-    sheet = figure2_sheet(merged if len(rules) > 1 else merged[rules[0]], _title(job, layer, n, sheets))
-    name = f"sheets/{layer}-{n}.png"
-    entry = sheet.manifest(name, layer, rules)
+    sheet = figure2_sheet(merged if len(rules) > 1 else merged[rules[0]], _title(job, layer, which, n, sheets))
+    name = sheet_name(layer, n, which)
+    entry = {**sheet.manifest(name, layer, rules), "which": which}
     with ThreadPoolExecutor(1) as writer:  # zlib and Pillow release the GIL: the PNG beside the thumbnails
         png = writer.submit(save_png, sheet.pixels, out / name)
-        write_thumbnails(out, entry, sheet.pixels)
+        if which == "top":
+            write_thumbnails(out, entry, sheet.pixels)
         png.result()
     return entry

@@ -24,7 +24,7 @@ from PIL import Image
 from ..io import write_text
 from .sheet import MANIFEST
 
-__all__ = ["write_report", "write_thumbnails", "read_manifest", "sheet_panels"]
+__all__ = ["write_report", "write_thumbnails", "read_manifest", "sheet_panels", "sheet_name", "unit_page", "layer_page"]
 
 THUMB = 240  # widest thumbnail, in pixels: a few tens of KB as JPEG
 DETAIL = 1000  # a channel's detail view is enlarged by an integer factor up to about this width
@@ -36,14 +36,14 @@ FIGURES = (  # section id, heading, the files it shows
 INTRO = (
     "<p>Per channel, the projections of its strongest activations over the dataset (left; {rules}) beside the "
     "image patches that caused them (right), best first, with the largest activation. Click a channel "
-    "for it enlarged, its records and its sheet.</p>"
+    "for its page (or, in a run without a census, for it enlarged, its records and its sheet).</p>"
 )
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 24px 48px;color:#222;background:#fafafa}
 h1{margin:16px 0 4px}h2{margin:28px 0 8px;border-bottom:1px solid #ccc}h2 small{font-weight:normal;color:#666}
 nav a{margin-right:12px}pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
-.thumb{display:block;text-decoration:none;color:#333;background:#fff;border:1px solid #ddd;padding:4px;font-size:12px}
+.thumb{display:block;color:#333;background:#fff;border:1px solid #ddd;padding:4px;font-size:12px}
 .thumb:hover{border-color:#36c}.thumb img{display:block}
 .detail{display:none;position:fixed;inset:0;background:rgba(0,0,0,.55);overflow:auto}
 .detail:target{display:block}\
@@ -67,6 +67,16 @@ def _save_thumbnail(image: Image.Image, path: Path) -> None:
     temp = path.with_name(f".{path.name}.tmp")
     image.save(temp, "JPEG", quality=85)
     os.replace(temp, path)
+
+
+def unit_page(layer: str, channel: int) -> Path:
+    """A unit page's file (:mod:`deconv.figures.pages`), relative to the run folder."""
+    return Path("units") / layer / f"{channel}.html"
+
+
+def layer_page(layer: str) -> Path:
+    """A layer page's file (:mod:`deconv.figures.pages`), relative to the run folder."""
+    return Path("layers") / f"{layer}.html"
 
 
 def _thumb(layer: str, channel: int) -> Path:
@@ -107,15 +117,22 @@ class _Panel(NamedTuple):
     patches: tuple[int, int, int, int]
 
 
-def sheet_panels(out: Path, layer: str) -> dict[int, _Panel]:
-    """Where each channel's panel of ``layer`` is, as the run's ``sheets.json`` says: ``{channel: panel}``, for
-    the sheets that exist in ``out``."""
+def sheet_name(layer: str, n: int, which: str = "top") -> str:
+    """The file of sheet ``n`` of ``layer``'s ``which`` records (``"top"``: ``sheets/LAYER-N.png``; ``"bottom"``:
+    ``sheets/LAYER-N.bottom.png``, which no top sheet's name ends with), relative to the run folder."""
+    return f"sheets/{layer}-{n}.png" if which == "top" else f"sheets/{layer}-{n}.{which}.png"
+
+
+def sheet_panels(out: Path, layer: str, which: str = "top") -> dict[int, _Panel]:
+    """Where each channel's panel of ``layer``'s ``which`` records (``"top"`` or ``"bottom"``) is, as the run's
+    ``sheets.json`` says: ``{channel: panel}``, for the sheets that exist in ``out`` (an entry without ``which``,
+    from before bottom sheets, is a top sheet's)."""
     found = {}
     for entry in read_manifest(out):
         sheet = Path(entry["sheet"])
         if sheet.parent != Path("sheets") or sheet.suffix != ".png":  # only the run's own sheets are opened
             raise ValueError(f"{MANIFEST} names {entry['sheet']!r}, not a PNG in the run's sheets/")
-        if entry["layer"] != layer or not (Path(out) / sheet).is_file():
+        if entry["layer"] != layer or entry.get("which", "top") != which or not (Path(out) / sheet).is_file():
             continue
         for p in entry["panels"]:
             found[p["channel"]] = _Panel(
@@ -152,7 +169,12 @@ def _layer(out: Path, layer: str, records: list[dict], rules: list[str]) -> tupl
     panels = {c: p for c, p in _thumbnails(out, layer).items() if c in by_channel}
     sheets = dict.fromkeys(panel.sheet for panel in panels.values())
     links = " ".join(f'<a href="{_href(sheet)}">sheet {n}</a>' for n, sheet in enumerate(sheets, 1))
-    cells = "".join(_cell(layer, channel, panel, by_channel[channel]) for channel, panel in panels.items())
+    pages = {c: unit_page(layer, c) for c in panels if (out / unit_page(layer, c)).is_file()}
+    cells = "".join(
+        _cell(layer, channel, panel, by_channel[channel], pages.get(channel)) for channel, panel in panels.items()
+    )
+    if (out / layer_page(layer)).is_file():
+        links = f'<a href="{_href(layer_page(layer))}">all channels, sortable</a> ' + links
     details = "".join(
         _detail(out, layer, channel, panel, by_channel[channel], rules)
         + _rule_details(layer, channel, panel, len(by_channel[channel]), rules)
@@ -171,14 +193,21 @@ def _layer(out: Path, layer: str, records: list[dict], rules: list[str]) -> tupl
     return section, details
 
 
-def _cell(layer: str, channel: int, panel: _Panel, records: list[dict]) -> str:
-    """A channel's thumbnail in its layer's gallery, linking to its detail overlay."""
+def _cell(layer: str, channel: int, panel: _Panel, records: list[dict], page: Path | None) -> str:
+    """A channel's thumbnail in its layer's gallery, linking to its unit ``page`` (where the run has one) and
+    to its detail overlay."""
     width, height = panel.box[2] - panel.box[0], panel.box[3] - panel.box[1]
     small = (min(width, THUMB), round(height * min(width, THUMB) / width))
+    overlay = html.escape(f"#{layer}/{channel}")
+    image = (
+        f'<a href="{_href(page) if page else overlay}"><img src="{_href(panel.thumb)}" width="{small[0]}" '
+        f'height="{small[1]}" alt="channel {channel}"></a>'
+    )
     return (
-        f'<a class="thumb" href="#{html.escape(f"{layer}/{channel}")}" title="{html.escape(layer)} channel {channel}">'
-        f'<img src="{_href(panel.thumb)}" width="{small[0]}" height="{small[1]}" alt="channel {channel}">'
-        f"<b>{channel}</b> top {records[0]['value']:.3g}</a>"
+        f'<div class="thumb" title="{html.escape(layer)} channel {channel}">{image}'
+        f"<b>{channel}</b> top {records[0]['value']:.3g}"
+        + (f' &middot; <a href="{overlay}">enlarge</a>' if page else "")
+        + "</div>"
     )
 
 

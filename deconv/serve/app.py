@@ -1,7 +1,8 @@
 """The web app of ``deconv serve``: routes only, wiring :class:`~deconv.serve.session.Session` to HTTP.
 
-Every request needs the token, as the query parameter ``token=`` or the header ``Authorization: token T``;
-without it: 403. Errors are JSON ``{"error": "<one line>"}`` with a 4xx status. Torch work runs in a
+Every request needs the token, as the query parameter ``token=``, the header ``Authorization: token T`` or the
+cookie that opening the top9 run's report with the token sets (so that its relative links work and the live page
+opens from them); without it: 403. Errors are JSON ``{"error": "<one line>"}`` with a 4xx status. Torch work runs in a
 thread pool under one lock, so the server answers other requests while a projection runs.
 
 The routes come in groups, each a function of the :class:`Context` they share: the page, the dataset
@@ -26,7 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import DeconvError, one_line
+from ..errors import DeconvError, SelectionError, one_line
 from ..selection import Position
 from . import pictures
 from .records import Run
@@ -46,6 +47,16 @@ HEADERS = {  # the page loads nothing from elsewhere and never sends its URL (wi
 }
 
 
+COOKIE = "deconv_token"  # set by the report's pages (HttpOnly, SameSite=Strict): the report's links carry no token
+REPORT_HEADERS = {  # the static report: its own images and stylesheet, inline PNGs, its sorting and live-link scripts
+    **HEADERS,
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": one_line(message)}, status, headers=HEADERS)
 
@@ -61,7 +72,11 @@ class Guard:
         if scope["type"] == "http":
             request = Request(scope)
             header = request.headers.get("authorization", "")
-            given = request.query_params.get("token") or (header[6:] if header.lower().startswith("token ") else "")
+            given = (
+                request.query_params.get("token")
+                or (header[6:] if header.lower().startswith("token ") else "")
+                or request.cookies.get(COOKIE, "")
+            )
             if not secrets.compare_digest(given.encode(), self.token):
                 refusal = _error(403, "missing or wrong token: add ?token=... from the URL deconv serve printed")
                 await refusal(scope, receive, send)
@@ -311,7 +326,20 @@ def _records(context: Context) -> list[Route]:
         layer, channel = _text(request, "layer"), _int(request, "channel")
         return _png(await context.work(lambda: pictures.png(run.panel(layer, channel))))
 
-    return [Route("/api/top9", top9), Route("/api/top9.png", top9_png)]
+    async def report(request: Request) -> Response:
+        """``/run/NAME``: a file of the run's static report; its unit pages link each entry to the live page."""
+        run = context.records()
+        try:
+            data, kind = await run_in_threadpool(run.report_file, request.path_params["name"])
+        except SelectionError as error:
+            raise HTTPException(404, str(error)) from None
+        response = Response(data, media_type=kind, headers=REPORT_HEADERS)
+        token = request.query_params.get("token")
+        if token:  # the Guard has checked it: the report's relative links (and the live page) go on with the cookie
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        return response
+
+    return [Route("/api/top9", top9), Route("/api/top9.png", top9_png), Route("/run/{name:path}", report)]
 
 
 async def _deconv_error(request: Request, error: Exception) -> Response:

@@ -15,7 +15,15 @@ from ..errors import ConfigError, InputError, SelectionError, one_line
 from ..figures.report import sheet_panels
 from ..figures.sheet import MANIFEST
 
-__all__ = ["Run"]
+__all__ = ["Run", "REPORT_TYPES"]
+
+REPORT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+}  # the report's files
+RUN_MANIFEST = "deconv-run.json"  # the run folder's list of the files deconv wrote (deconv.commands.run_folder)
 
 TYPES = {  # what clients see (no file paths) and the JSON types each may have
     "layer": (str,),
@@ -82,6 +90,22 @@ class Run:
         if (layer, channel) not in self.records:
             raise SelectionError(f"the run has no records of layer {layer!r} channel {channel}")
         return self.records[(layer, channel)]
+
+    def report_file(self, name: str) -> tuple[bytes, str]:
+        """A file of the run's static report (``index.html``, the unit and layer pages, sheets and thumbnails) and
+        its media type: only one that the run folder's own list of what deconv wrote names, with a suffix of
+        :data:`REPORT_TYPES`; ``SelectionError`` for any other name (nothing else in the folder is opened)."""
+        try:
+            written = json.loads((self.out / RUN_MANIFEST).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            written = {}
+        kind = REPORT_TYPES.get(Path(name).suffix)
+        if name not in written or kind is None or ".." in Path(name).parts:
+            raise SelectionError(f"the run's report has no file {name!r}")
+        try:
+            return (self.out / name).read_bytes(), kind
+        except OSError as error:
+            raise InputError(f"the run's report file {name!r} cannot be read ({type(error).__name__})") from None
 
     def panel(self, layer: str, channel: int) -> Image.Image:
         """The channel's top-9 panel, cut from the run's sheet of its layer."""

@@ -83,6 +83,41 @@ def test_channels_selects_what_is_projected_and_drawn(tmp_path: Path, monkeypatc
     assert len(list((out / "thumbs" / "features.11").iterdir())) == 5
 
 
+def test_bottom_records_below_zero_are_projected_for_the_chosen_channels_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """features.0 (a convolution) goes below zero: its chosen channels' bottom records are projected, each with
+    its own negative value, and drawn on sheets of their own; features.1 (its ReLU) never does: none of it."""
+    projected: list[tuple[str, int, float]] = []
+    project_top = top9.project_top
+
+    def projecting(mirror, dataset, records, **kw):
+        projected.extend((r.layer, r.channel, r.value) for r in records)
+        return project_top(mirror, dataset, records, **kw)
+
+    monkeypatch.setattr(top9, "project_top", projecting)
+    out = tmp_path / "run"
+    flags = ["--layers", "features.0", "features.1", "--channels", "features.0=3,9", "--out", str(out)]
+    assert main([*SMALL, *flags]) == 0
+    from deconv.census import Census
+
+    census = Census.load(out)
+    negative = [(r.layer, r.channel, r.value) for c in (3, 9) for r in census.bottom("features.0", c)]
+    assert len(negative) == 18 and all(value < 0 for _, _, value in negative)
+    assert sorted(v for v in projected if v[2] < 0) == sorted(negative)  # each with its own value, none other
+    assert all(census.unit("features.1", c).rectified for c in range(32))
+    assert {(layer, c) for layer, c, _ in projected} == {("features.0", 3), ("features.0", 9)} | {
+        ("features.1", c) for c in range(32)
+    }
+    sheets = json.loads((out / "sheets.json").read_text())
+    assert [(e["sheet"], e["which"]) for e in sheets] == [
+        ("sheets/features.0-1.png", "top"),
+        ("sheets/features.0-1.bottom.png", "bottom"),
+        ("sheets/features.1-1.png", "top"),
+    ]
+    assert [p["channel"] for p in sheets[1]["panels"]] == [3, 9]
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

@@ -2,13 +2,15 @@
 
 The page is opened with the token; an image, a layer, a channel (in the grid) and a position (in the
 enlarged map) are picked by clicks; the projection that appears must equal, pixel for pixel, deconv's
-renderer on ``mirror.project`` for that selection. Without the token the server refuses.
+renderer on ``mirror.project`` for that selection. Without the token the server refuses. With ``--run``, the
+run's static report is served at ``/run/`` and a unit page's entries open the live page.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,11 +18,15 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+from deconv.commands.main import main
 from deconv.figures.draw import show_projection, to_pil
 from deconv.mirror import build_mirror
-from deconv.zoo.models import default_dataset, default_model
+from deconv.serve.app import create_app
+from deconv.serve.records import Run
+from deconv.serve.session import Session
+from deconv.zoo.models import default_dataset, default_model, default_preprocess
 
-from .test_app import start_server
+from .test_app import ROOT, TOKEN, start_server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 FLAGS = (
@@ -145,6 +151,75 @@ def test_pick_image_layer_channel_position_and_see_the_projection(browser: Any) 
         body = browser.find_element("tag name", "body").text
         assert "missing or wrong token" in body
         assert browser.execute_script("return document.getElementById('grid') === null")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A top9 run of the default over 60 images: a ReLU's channels, with their unit pages."""
+    out = tmp_path_factory.mktemp("live") / "run"
+    config = str(ROOT / "configs/default.toml")
+    flags = ["--layers", "features.4", "--limit", "60", "--no-progress", "--out", str(out)]
+    assert main(["top9", "--config", config, *flags]) == 0
+    return out
+
+
+def test_the_report_is_served_from_the_run_files_deconv_wrote_only(run: Path) -> None:
+    from starlette.testclient import TestClient
+
+    mirror = build_mirror(default_model())
+    session = Session(mirror, default_dataset(), default_preprocess())
+    client = TestClient(create_app(session, TOKEN, Run(run, mirror.layer_names, 10000)))
+    assert client.get("/run/index.html").status_code == 403  # no token, no cookie
+    first = client.get(f"/run/index.html?token={TOKEN}")
+    assert first.status_code == 200 and first.headers["content-type"].startswith("text/html")
+    assert first.content == (run / "index.html").read_bytes()
+    assert "HttpOnly" in first.headers["set-cookie"] and "SameSite=strict" in first.headers["set-cookie"]
+    page = client.get("/run/units/features.4/37.html")  # the cookie carries on, as the report's relative links do
+    assert page.status_code == 200 and page.content == (run / "units/features.4/37.html").read_bytes()
+    assert client.get("/run/sheets/features.4-1.png").headers["content-type"] == "image/png"
+    assert client.get("/run/pages.css").headers["content-type"].startswith("text/css")
+    assert client.get("/run/thumbs/features.4/37.jpg").content == (run / "thumbs/features.4/37.jpg").read_bytes()
+    assert client.get("/api/layers").status_code == 200  # the live page's requests too
+    (run / "mine.html").write_text("not deconv's")
+    for name in ("top9.json", "census.npz", "mine.html", "../index.html", "state/rank0.pt", "deconv-run.json"):
+        refused = client.get(f"/run/{name}")
+        assert refused.status_code in (403, 404) and "error" in refused.json(), name
+    (run / "mine.html").unlink()
+    client.cookies.clear()
+    assert client.get("/run/units/features.4/37.html").status_code == 403
+
+
+def test_a_unit_page_of_the_served_report_opens_its_entry_live(run: Path, browser: Any) -> None:
+    process, url = start_server("--run", str(run))
+    try:
+        base, token = url.split("/?token=")
+        browser.get(url)
+        wait(browser, "document.getElementById('report') !== null")
+        browser.find_element("id", "report").click()  # the live page links to the run's report
+        wait(browser, "location.pathname === '/run/index.html' && document.images.length > 0")
+        browser.get(f"{base}/run/units/features.4/37.html")  # the cookie, not the token, opens the pages
+        wait(browser, "document.querySelectorAll('a.live:not([hidden])').length === 10")  # 9 entries, the channel
+        images = browser.execute_script("return [...document.images].map(i => [i.complete, i.naturalWidth])")
+        assert images and all(done and width > 0 for done, width in images)  # the sheets and the inline hit map
+        styled = "return getComputedStyle(document.body).backgroundColor"
+        assert browser.execute_script(styled) == "rgb(250, 250, 250)"  # the pages' stylesheet
+        records = json.loads((run / "top9.json").read_text())
+        second = next(r for r in records if (r["layer"], r["channel"], r["rank"]) == ("features.4", 37, 1))
+        links = browser.find_elements("css selector", "table a.live")
+        links[1].click()  # the second entry, live: that image, layer, channel and position
+        wait(
+            browser,
+            "(document.getElementById('projcap') || {textContent: ''}).textContent.endsWith(arguments[0])",
+            f"at ({second['y']}, {second['x']})",
+        )
+        assert (
+            browser.execute_script("return document.getElementById('imagename').textContent") == f"#{second['index']}"
+        )
+        assert browser.execute_script("return document.getElementById('channelname').textContent") == "37"
+        ready(browser, "projection")
     finally:
         process.terminate()
         process.wait(timeout=30)
