@@ -242,10 +242,10 @@ def _add(state: ScanState, found: dict[str, Extremes], batch: Batch, k: int, cen
         start = mine.stop
         y, x = extremes.positions(extremes.first(best[mine], largest=True), best[mine])
         state.tops[layer].update(values[mine], chosen[mine], y, x)
-        if census:
-            if layer not in state.tallies:
-                state.tallies[layer] = Tally(channels, k, extremes.size, extremes.maxima.dtype)
-            state.tallies[layer].update(extremes, index, batch.labels)
+        if census and layer not in state.tallies:
+            state.tallies[layer] = Tally(channels, k, extremes.size, extremes.maxima.dtype)
+    if census:
+        Tally.count([state.tallies[layer] for layer in found], list(found.values()), index, batch.labels)
 
 
 @dataclass
