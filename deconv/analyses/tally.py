@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from .sketch import Sketch
-from .topk import TopK, _key
+from .topk import TopK, _key, _largest
 
 __all__ = ["Tally", "Extremes"]
 
@@ -97,7 +97,7 @@ class Tally:
         active, sums, squares = on.sum(0), peak.sum(0), (peak * peak).sum(0)
         negated = -torch.cat([f.minima for f in found], 1).detach().cpu().T  # (all channels, B): most negative first
         k = min(tallies[0].bottom.k, len(index))
-        best = _key(negated, index).topk(k, dim=1).indices  # the batch's own bottom k
+        best = _largest(_key(negated, index), k)  # the batch's own bottom k
         lowest, chosen = negated.gather(1, best), index[best]
         hits = _hits(found, on)
         classes = _classes(peak, on, labels.cpu())

@@ -19,7 +19,7 @@ from ..errors import NonFiniteError, SelectionError
 from ..mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
 from ..progress import progress_bar
 from .tally import Extremes, Tally
-from .topk import TopK, _key
+from .topk import TopK, _key, _largest
 
 __all__ = ["TopK", "Record", "ScanState", "ScanOptions", "Projected", "ProjectOptions", "scan", "project_top"]
 
@@ -229,7 +229,7 @@ def _add(state: ScanState, found: dict[str, Extremes], batch: Batch, k: int, cen
     """
     index = batch.indices
     values = torch.cat([f.maxima for f in found.values()], 1).T.cpu()  # (channels, B)
-    best = _key(values, index).topk(min(k, len(index)), dim=1).indices  # (channels, k): images of the batch
+    best = _largest(_key(values, index), min(k, len(index)))  # (channels, k): images of the batch
     values, chosen = values.gather(1, best), index[best]
     start = 0
     for layer, extremes in found.items():
