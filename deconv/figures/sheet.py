@@ -105,6 +105,8 @@ def display_tiles(
         projections, patches = projections.contiguous(), patches.contiguous()  # an expanded grey one is a view
         projections[edge] = hatch(projections[edge], valid)
         patches[edge] = hatch(patches[edge], valid)
+    # each tile's (h, w, 3) pixels in one block, as a sheet's pixels take them: tiles are copied onto sheets
+    projections, patches = (x.contiguous(memory_format=torch.channels_last) for x in (projections, patches))
     silent = (~chunk.projections.flatten(1).any(1)).tolist()  # all zero
     return [
         Tile(r, p, q, r.value > 0 or not n)
@@ -311,7 +313,7 @@ def figure2_sheet(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: s
                 singles += [(x, y) for (x, y), (_, a) in zip(corners, column) if a]
                 drawn[1].extend(tile for tile, a in column if a)
     if singles or grids:
-        stacked = torch.stack(drawn[0] + drawn[1]).permute(0, 2, 3, 1).numpy()  # one copy, (N, h, w, 3)
+        stacked = torch.stack([t.permute(1, 2, 0) for t in drawn[0] + drawn[1]]).numpy()  # (N, h, w, 3)
         rows, cols, depth = pixels.strides
         for n, (x, y, down, across) in enumerate(grids):  # nine tiles in one copy, by a (3, 3, h, w, 3) view
             view = np.lib.stride_tricks.as_strided(
