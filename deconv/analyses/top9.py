@@ -7,7 +7,7 @@ then projects each of them and cuts the receptive-field box from the projection 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -42,7 +42,7 @@ class Record:
     value: float
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # its fields in order: what asdict gives for these plain values, ten times as fast
 
 
 @dataclass
@@ -64,13 +64,14 @@ class ScanState:
         out = []
         for layer, top in self.tops.items():
             vector = layer in self.vector_layers
-            for c in range(top.values.shape[0]):
+            values, indices, ys, xs = (t.tolist() for t in (top.values, top.index, top.y, top.x))
+            for c in range(len(values)):
                 for rank in range(top.k):
-                    index = int(top.index[c, rank])
+                    index = indices[c][rank]
                     if index < 0:
                         break
-                    y, x = (None, None) if vector else (int(top.y[c, rank]), int(top.x[c, rank]))
-                    out.append(Record(layer, c, rank, index, path(index), y, x, float(top.values[c, rank])))
+                    y, x = (None, None) if vector else (ys[c][rank], xs[c][rank])
+                    out.append(Record(layer, c, rank, index, path(index), y, x, values[c][rank]))
         return out
 
     def merge(self, other: ScanState) -> None:
