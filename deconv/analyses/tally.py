@@ -32,9 +32,8 @@ class Extremes:
         if out.dim() == 2:
             self.maxima = out
         elif census:  # one pooling window over the whole map: the maxima and their first positions at once
-            maxima, argmax = torch.nn.functional.max_pool2d(
-                out, out.shape[2:], return_indices=True
-            )  # (adaptive: 15% slower)
+            # (max_pool2d: 15% faster than adaptive_max_pool2d, the same values and positions)
+            maxima, argmax = torch.nn.functional.max_pool2d(out, out.shape[2:], return_indices=True)
             self.maxima, self.argmax = maxima.flatten(1), argmax.flatten(1)
         else:
             self.maxima = out.amax((2, 3))
