@@ -84,8 +84,9 @@ def _key(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _largest(keys: torch.Tensor, k: int) -> torch.Tensor:
-    """The columns ``(C, k)`` of the ``k`` largest of distinct ``keys`` ``(C, M)`` per row, largest first: as
-    ``keys.topk(k, dim=1).indices``, in about half the time for ``M`` in the hundreds.
+    """The columns ``(C, k)`` of the ``k`` largest ``keys`` ``(C, M)`` per row, largest first: as
+    ``keys.topk(k, dim=1).indices``, in about half the time for ``M`` in the hundreds (keys are distinct, but for
+    empty slots, which are interchangeable).
 
     The columns are cut into groups (column ``j`` in group ``j % G``); the ``k`` largest keys lie in the ``k``
     groups with the largest maxima (a key outside them is below ``k`` larger group maxima), so only those
