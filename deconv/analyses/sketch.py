@@ -16,6 +16,7 @@ __all__ = ["Sketch"]
 
 BINS = 8192  # per channel 128 KB: counts, smallest values and their counts
 WAITING = 4096  # values per channel held back and binned together: a range that grows moves the bins less often
+ROWS = 4  # channels binned together: their bins (4 x 128 KB) and values stay in the cache between the steps
 FINEST = -1000  # the narrowest bins: 2**-FINEST is still a float64, so binning is one exact multiplication
 
 
@@ -54,13 +55,13 @@ class Sketch:
         self._waiting = []
         self._widen(torch.minimum(self.low, values.amin(1)), torch.maximum(self.high, values.amax(1)))
         factor = torch.ldexp(torch.ones(len(self.scale), 1, dtype=torch.float64), -self.scale[:, None])
-        bins = torch.floor(values * factor).to(torch.int64) - self.start[:, None]  # exact: a power of two
-        self.counts.scatter_add_(1, bins, torch.ones_like(bins, dtype=torch.int32))
-        before = self.least.gather(1, bins)
-        self.least.scatter_reduce_(1, bins, values, "amin")
-        least = self.least.gather(1, bins)  # the same for every value of one bin
-        kept = torch.where(least < before, 0, self.at_least.gather(1, bins))  # a new smallest value: counted anew
-        self.at_least.scatter_(1, bins, kept).scatter_add_(1, bins, (values == least).int())
+        start = -self.start[:, None].to(torch.float64)
+        for rows in range(0, len(values), ROWS):
+            mine = slice(rows, rows + ROWS)
+            # value * 2**-scale - start is exact (a power of two, then a difference below BINS) and >= 0: truncated
+            # to an integer, it is floored
+            bins = torch.addcmul(start[mine], values[mine], factor[mine]).to(torch.int64)
+            _bin(self.counts[mine], self.least[mine], self.at_least[mine], bins, values[mine])
 
     def merge(self, other: Sketch) -> None:
         """Adds another shard's sketch: the result is that of one pass over both shards' values."""
@@ -102,15 +103,17 @@ class Sketch:
     def _rebin(self, scale: torch.Tensor, start: torch.Tensor) -> None:
         """Moves the bins to a coarser (or equal) ``scale`` from bin ``start``: only the filled bins of the
         channels that move are touched."""
-        moving = (scale != self.scale) | (start != self.start)
-        if bool(moving.any()):
-            channel, col = torch.nonzero(self.counts * moving[:, None], as_tuple=True)  # filled bins that move
+        moving = ((scale != self.scale) | (start != self.start)) & torch.isfinite(self.low)  # (an empty row is moved)
+        rows = moving.nonzero().flatten()
+        if len(rows):
+            row, col = torch.nonzero(self.counts[rows], as_tuple=True)  # the filled bins that move
+            channel = rows[row]
             absolute = (self.start[channel] + col).to(torch.float64)  # at the old scale
             moved = torch.floor(torch.ldexp(absolute, self.scale[channel] - scale[channel])).to(torch.int64)
             target = channel * BINS + moved - start[channel]  # flat
             count, least, at = self.counts[channel, col], self.least[channel, col], self.at_least[channel, col]
-            rows = moving[:, None].expand_as(self.counts)
-            self.counts[rows], self.least[rows], self.at_least[rows] = 0, torch.inf, 0
+            for table, empty in ((self.counts, 0), (self.least, torch.inf), (self.at_least, 0)):
+                table.index_fill_(0, rows, empty)
             self.counts.view(-1).index_add_(0, target, count)
             self.least.view(-1).scatter_reduce_(0, target, least, "amin")
             self.at_least.view(-1).index_add_(0, target, torch.where(least == self.least.view(-1)[target], at, 0))
@@ -169,3 +172,15 @@ class Sketch:
         for name in ("start", "scale", "low", "high"):
             setattr(sketch, name, torch.as_tensor(state[name]).clone())
         return sketch
+
+
+def _bin(
+    counts: torch.Tensor, least: torch.Tensor, at_least: torch.Tensor, bins: torch.Tensor, values: torch.Tensor
+) -> None:
+    """Counts ``values`` ``(C, M)`` into their ``bins`` ``(C, M)`` of the tables ``(C, BINS)``."""
+    counts.scatter_add_(1, bins, torch.ones_like(bins, dtype=torch.int32))
+    before = least.gather(1, bins)
+    least.scatter_reduce_(1, bins, values, "amin")
+    after = least.gather(1, bins)  # the same for every value of one bin
+    kept = torch.where(after < before, 0, at_least.gather(1, bins))  # a new smallest value: counted anew
+    at_least.scatter_(1, bins, kept).scatter_add_(1, bins, (values == after).int())

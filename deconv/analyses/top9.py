@@ -7,7 +7,7 @@ then projects each of them and cuts the receptive-field box from the projection 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -19,7 +19,7 @@ from ..errors import NonFiniteError, SelectionError
 from ..mirror import DEFAULT_MEMORY_BUDGET, Mirror, Selection, first_non_finite
 from ..progress import progress_bar
 from .tally import Extremes, Tally
-from .topk import TopK, _key
+from .topk import TopK, _key, _largest
 
 __all__ = ["TopK", "Record", "ScanState", "ScanOptions", "Projected", "ProjectOptions", "scan", "project_top"]
 
@@ -42,7 +42,7 @@ class Record:
     value: float
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # its fields in order: what asdict gives for these plain values, ten times as fast
 
 
 @dataclass
@@ -64,13 +64,14 @@ class ScanState:
         out = []
         for layer, top in self.tops.items():
             vector = layer in self.vector_layers
-            for c in range(top.values.shape[0]):
+            values, indices, ys, xs = (t.tolist() for t in (top.values, top.index, top.y, top.x))
+            for c in range(len(values)):
                 for rank in range(top.k):
-                    index = int(top.index[c, rank])
+                    index = indices[c][rank]
                     if index < 0:
                         break
-                    y, x = (None, None) if vector else (int(top.y[c, rank]), int(top.x[c, rank]))
-                    out.append(Record(layer, c, rank, index, path(index), y, x, float(top.values[c, rank])))
+                    y, x = (None, None) if vector else (ys[c][rank], xs[c][rank])
+                    out.append(Record(layer, c, rank, index, path(index), y, x, values[c][rank]))
         return out
 
     def merge(self, other: ScanState) -> None:
@@ -229,7 +230,7 @@ def _add(state: ScanState, found: dict[str, Extremes], batch: Batch, k: int, cen
     """
     index = batch.indices
     values = torch.cat([f.maxima for f in found.values()], 1).T.cpu()  # (channels, B)
-    best = _key(values, index).topk(min(k, len(index)), dim=1).indices  # (channels, k): images of the batch
+    best = _largest(_key(values, index), min(k, len(index)))  # (channels, k): images of the batch
     values, chosen = values.gather(1, best), index[best]
     start = 0
     for layer, extremes in found.items():
@@ -242,10 +243,10 @@ def _add(state: ScanState, found: dict[str, Extremes], batch: Batch, k: int, cen
         start = mine.stop
         y, x = extremes.positions(extremes.first(best[mine], largest=True), best[mine])
         state.tops[layer].update(values[mine], chosen[mine], y, x)
-        if census:
-            if layer not in state.tallies:
-                state.tallies[layer] = Tally(channels, k, extremes.size, extremes.maxima.dtype)
-            state.tallies[layer].update(extremes, index, batch.labels)
+        if census and layer not in state.tallies:
+            state.tallies[layer] = Tally(channels, k, extremes.size, extremes.maxima.dtype)
+    if census:
+        Tally.count([state.tallies[layer] for layer in found], list(found.values()), index, batch.labels)
 
 
 @dataclass

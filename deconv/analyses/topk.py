@@ -6,6 +6,8 @@ import torch
 
 __all__ = ["TopK"]
 
+GROUP = 4  # columns per group in _largest
+
 
 class TopK:
     """Running top ``k`` per channel of one layer: ``values``, dataset ``index``, position ``y``, ``x``,
@@ -50,7 +52,7 @@ class TopK:
             return self._best
         merged = [torch.cat(parts, 1) for parts in zip(self._best, *self._waiting)]
         self._waiting, self._columns = [], 0
-        best = _key(merged[0], merged[1]).topk(self.k, dim=1).indices
+        best = _largest(_key(merged[0], merged[1]), self.k)
         self._best = tuple(m.gather(1, best) for m in merged)
         return self._best
 
@@ -76,5 +78,25 @@ def _key(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     inverted. Float64 activations are ranked in float32: distinct values closer than float32 can tell apart tie.
     """
     bits = (values.to(torch.float32) + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # monotone in the float's value
-    return (ordered.to(torch.int64) << 32) | (2**32 - 2 - index)  # index -1 (an empty slot) .. 2**32 - 2
+    ordered = (bits >> 31).bitwise_and_(0x7FFFFFFF).bitwise_xor_(bits)  # monotone in the float's value
+    # in place on new tensors: a third of the time of the same operations out of place
+    return ordered.to(torch.int64).bitwise_left_shift_(32).bitwise_or_(2**32 - 2 - index)  # index -1 .. 2**32 - 2
+
+
+def _largest(keys: torch.Tensor, k: int) -> torch.Tensor:
+    """The columns ``(C, k)`` of the ``k`` largest ``keys`` ``(C, M)`` per row, largest first: as
+    ``keys.topk(k, dim=1).indices``, in about half the time for ``M`` in the hundreds (keys are distinct, but for
+    empty slots, which are interchangeable).
+
+    The columns are cut into groups (column ``j`` in group ``j % G``); the ``k`` largest keys lie in the ``k``
+    groups with the largest maxima (a key outside them is below ``k`` larger group maxima), so only those
+    ``k * GROUP`` candidates are ranked.
+    """
+    rows, m = keys.shape
+    groups = -(-m // GROUP)
+    if groups <= k:
+        return keys.topk(k, dim=1).indices
+    padded = torch.nn.functional.pad(keys, (0, groups * GROUP - m), value=torch.iinfo(torch.int64).min)
+    chosen = padded.view(rows, GROUP, groups).amax(1).topk(k, dim=1).indices  # (C, k) groups
+    candidates = (chosen[:, :, None] + groups * torch.arange(GROUP)).view(rows, -1)  # (C, k * GROUP) columns
+    return candidates.gather(1, padded.gather(1, candidates).topk(k, dim=1).indices)

@@ -119,8 +119,10 @@ def hatch(tiles: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     h, w = tiles.shape[-2:]
     stripes = ((torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 6 < 3).float()
     lines = torch.tensor(OUTSIDE).view(3, 1, 1) * (0.8 + 0.4 * stripes)
-    lines = as_uint8(lines) if tiles.dtype == torch.uint8 else lines.to(tiles)
-    return torch.where(valid.to(torch.bool), tiles, lines)
+    if tiles.dtype == torch.uint8:  # by bit masks: several times as fast as torch.where on bytes
+        mask = valid.to(torch.uint8).neg_()  # 255 inside, 0 outside
+        return (tiles & mask) | (as_uint8(lines) & ~mask)
+    return torch.where(valid.to(torch.bool), tiles, lines.to(tiles))
 
 
 def _rgb(x: torch.Tensor) -> torch.Tensor:

@@ -105,9 +105,12 @@ def display_tiles(
         projections, patches = projections.contiguous(), patches.contiguous()  # an expanded grey one is a view
         projections[edge] = hatch(projections[edge], valid)
         patches[edge] = hatch(patches[edge], valid)
-    silent = chunk.projections.flatten(1).abs().amax(1).cpu() == 0
+    # each tile's (h, w, 3) pixels in one block, as a sheet's pixels take them: tiles are copied onto sheets
+    projections, patches = (x.contiguous(memory_format=torch.channels_last) for x in (projections, patches))
+    silent = (~chunk.projections.flatten(1).any(1)).tolist()  # all zero
     return [
-        Tile(r, p, q, r.value > 0 or not bool(n)) for r, p, q, n in zip(chunk.records, projections, patches, silent)
+        Tile(r, p, q, r.value > 0 or not n)
+        for r, p, q, n in zip(chunk.records, projections.unbind(), patches.unbind(), silent)
     ]
 
 
@@ -283,10 +286,12 @@ def figure2_sheet(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: s
     _text(pixels, plan.title, [((2, 2), title, 18)])
     captions = [*by_rule, "image patches"] if captioned else []
     h, w = shape
-    placed = []  # (x, y, tile) of every active entry
+    grids: list[tuple[int, int, int, int]] = []  # (x, y, row step, column step) of each full 3x3 grid
+    singles: list[tuple[int, int]] = []  # (x, y) of every other active entry
+    drawn: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # their tiles: nine a grid, one a single
     for panel in plan.panels:
-        grids = ranked[panel.channel]
-        patches = grids[0]
+        ranked_grids = ranked[panel.channel]
+        patches = ranked_grids[0]
         active = sum(t.active for t in patches)
         note = (
             "" if active == len(patches) else "  never active" if not active else f"  {active} of {len(patches)} active"
@@ -296,14 +301,26 @@ def figure2_sheet(tiles: Iterable[Tile] | Mapping[str, Iterable[Tile]], title: s
         if captions:
             box = (panel.panel[0], panel.panel[1], panel.panel[2], panel.panel[1] + CAPTION)
             _text(pixels, box, [(where, text, 11) for where, text in zip(panel.captions, captions)])
-        columns = [[(t.projection, t.active) for t in of_rule] for of_rule in grids] + [
+        columns = [[(t.projection, t.active) for t in of_rule] for of_rule in ranked_grids] + [
             [(t.patch, t.active) for t in patches]
         ]
         for corners, column in zip(panel.tiles, columns):  # an inactive entry stays blank (white)
-            placed += [(x, y, tile) for (x, y), (tile, active) in zip(corners, column) if active]
-    if placed:
-        stacked = torch.stack([tile for _, _, tile in placed]).permute(0, 2, 3, 1).numpy()  # one copy, (N, h, w, 3)
-        for (x, y, _), tile in zip(placed, stacked):
+            if len(column) == 9 and all(a for _, a in column):
+                (x, y), step = corners[0], (corners[3][1] - corners[0][1], corners[1][0] - corners[0][0])
+                grids.append((x, y, *step))
+                drawn[0].extend(tile for tile, _ in column)
+            else:
+                singles += [(x, y) for (x, y), (_, a) in zip(corners, column) if a]
+                drawn[1].extend(tile for tile, a in column if a)
+    if singles or grids:
+        stacked = torch.stack([t.permute(1, 2, 0) for t in drawn[0] + drawn[1]]).numpy()  # (N, h, w, 3)
+        rows, cols, depth = pixels.strides
+        for n, (x, y, down, across) in enumerate(grids):  # nine tiles in one copy, by a (3, 3, h, w, 3) view
+            view = np.lib.stride_tricks.as_strided(
+                pixels[y:, x:], (3, 3, h, w, 3), (down * rows, across * cols, rows, cols, depth), writeable=True
+            )
+            view[...] = stacked[9 * n : 9 * n + 9].reshape(3, 3, h, w, 3)
+        for (x, y), tile in zip(singles, stacked[9 * len(grids) :]):
             pixels[y : y + h, x : x + w] = tile
     return Sheet(pixels, plan)
 

@@ -8,7 +8,7 @@ import torch
 
 from deconv.analyses.top9 import Projected, Record
 from deconv.commands import top9
-from deconv.figures.draw import OUTSIDE, grid, show_patch, show_projection, upscale
+from deconv.figures.draw import OUTSIDE, as_uint8, grid, hatch, show_patch, show_projection, upscale
 from deconv.figures.sheet import LABEL, TITLE, Tile, display_size, display_tiles, figure2, figure2_sheet, layout
 
 
@@ -193,3 +193,13 @@ def test_sheets_of_64_channels_fit_4096_pixels_at_the_default_tile_size() -> Non
     side = next(o.default for o in top9.OPTIONS if o.key == "tile_px")
     plan = layout(dict.fromkeys(range(64), 9), (side, side))
     assert max(plan.size) <= 4096
+
+
+def test_uint8_hatching_by_bit_masks_equals_the_float_hatching_in_bytes() -> None:
+    g = torch.Generator().manual_seed(1)
+    tiles = torch.rand(4, 3, 13, 17, generator=g)
+    valid = torch.rand(4, 1, 13, 17, generator=g) > 0.4
+    expected = as_uint8(hatch(tiles, valid))  # torch.where on floats, then bytes
+    assert torch.equal(hatch(as_uint8(tiles), valid), expected)
+    last = as_uint8(tiles).contiguous(memory_format=torch.channels_last)  # as display tiles are laid out
+    assert torch.equal(hatch(last, valid), expected)
