@@ -149,6 +149,7 @@ class Census:
         self._paths = paths if paths is not None else _paths(dataset, state)
         self._labels = labels if labels is not None else _labels(dataset, state)
         self._distributions = dict(distributions or {})
+        self._tables: dict[str, dict[str, torch.Tensor]] = {}
 
     def distribution(self, layer: str) -> Distribution:
         """The quantiles ``QUANTILES`` ``(C, Q)`` of each channel's per-image maximum and its histogram for
@@ -192,13 +193,14 @@ class Census:
 
     def _records(self, layer: str, channel: int, top: TopK, sign: float) -> list[Record]:
         vector = layer in self.state.vector_layers
+        indices, values = top.index[channel].tolist(), top.values[channel].double().tolist()
+        ys, xs = (None, None) if vector else (top.y[channel].tolist(), top.x[channel].tolist())
         out = []
-        for rank in range(top.k):
-            index = int(top.index[channel, rank])
+        for rank, index in enumerate(indices):
             if index < 0:
                 break
-            y, x = (None, None) if vector else (int(top.y[channel, rank]), int(top.x[channel, rank]))
-            value = sign * float(top.values[channel, rank]) + 0.0  # + 0.0: no -0.0
+            y, x = (None, None) if vector else (ys[rank], xs[rank])
+            value = sign * values[rank] + 0.0  # + 0.0: no -0.0
             out.append(Record(layer, channel, rank, index, self._paths.get(index), y, x, value))
         return out
 
@@ -220,6 +222,11 @@ class Census:
         activation), ``min`` (the most negative) and ``selectivity`` (how much more the best class's mean
         is than the mean over the other classes, relative to their sum; 0 without labels): what a layer's
         channels are sorted by."""
+        if layer not in self._tables:
+            self._tables[layer] = self._table(layer)
+        return self._tables[layer]
+
+    def _table(self, layer: str) -> dict[str, torch.Tensor]:
         tally = self._tally(layer)
         n = max(self.images, 1)
         mean = tally.sum / n
