@@ -35,6 +35,9 @@ def test_top9_on_a_timm_convnext_draws_its_blocks(tmp_path: Path) -> None:
     records = json.loads((out / "top9.json").read_text())
     assert list(dict.fromkeys(r["layer"] for r in records)) == BLOCKS  # the blocks, in forward order
     assert {(r["layer"], r["channel"]) for r in records} == {(b, c) for b in BLOCKS for c in range(8)}
-    assert sorted(p.name for p in (out / "sheets").iterdir()) == sorted(f"{b}-1.png" for b in BLOCKS)
+    # ConvNeXt's block outputs go below zero (no ReLU after them): each block's bottom entries get a sheet too
+    drawn = sorted(p.name for p in (out / "sheets").iterdir())
+    assert drawn == sorted([f"{b}-1.png" for b in BLOCKS] + [f"{b}-1.bottom.png" for b in BLOCKS])
+    assert all((out / "units" / b / "7.html").is_file() and (out / "layers" / f"{b}.html").is_file() for b in BLOCKS)
     report = (out / "index.html").read_text()
     assert all(b in report for b in BLOCKS) and "stem.1" not in report and "downsample" not in report
