@@ -18,7 +18,7 @@ from torch import nn
 from .builders import rules as registered_rules
 from .builders import walk
 from .builders.registry import DEFAULT_RULE, Rule, resolve_rule
-from .builders.walk import Traced, image_shape
+from .builders.trace import Traced, image_shape
 from .engine import field
 from .engine.field import Box, ReceptiveField
 from .engine.graph import IMAGES, Graph, Node, Trace, channels_last, evaluating, first_non_finite
