@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from pathlib import Path
@@ -22,9 +21,9 @@ from urllib.parse import quote
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..census import Census, ClassStats, Unit
+from .draw import encode_png
 from .report import DETAIL, _crop, _Panel, layer_page, sheet_panels, unit_page
 
 if TYPE_CHECKING:
@@ -204,10 +203,8 @@ def hits_image(hits: torch.Tensor) -> str:
     counts = hits.numpy().astype(np.float64)  # numpy: a map is small, torch's per-call cost would dominate
     shade = 255 * (1 - counts / max(counts.max(), 1.0)) ** 1.5
     pixels = np.stack([shade, shade, 255 - (255 - shade) / 3], -1).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, "PNG")
     return (
-        f'<img class="hits" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" '
+        f'<img class="hits" src="data:image/png;base64,{base64.b64encode(encode_png(pixels)).decode()}" '
         f'width="{w * cell}" height="{h * cell}" alt="how often each position held the maximum" '
         f'data-hits="{" ".join(map(str, hits.flatten().tolist()))}">'
     )
@@ -298,31 +295,19 @@ def _bottom(page: Path, out: Path, unit: Unit, panel: _Panel | None, info: dict 
     )
 
 
-def _unit(
-    out: Path,
-    census: Census,
-    unit: Unit,
-    row: dict[str, float],
-    channels: list[int],
-    top: _Panel | None,
-    bottom: _Panel | None,
-    info: dict | None,
-) -> str:
-    """The unit page of ``unit``."""
+def _unit(out: Path, census: Census, unit: Unit, top: _Panel | None, bottom: _Panel | None, info: dict | None) -> str:
+    """The unit page of ``unit``, with its ``top`` and ``bottom`` panels and what ``layers.json`` says of its layer."""
     layer, channel = unit.layer, unit.channel
     page = unit_page(layer, channel)
-    at = channels.index(channel)
+    row = {k: float(v[channel]) for k, v in census.table(layer).items()}
     nav = [f'<a href="{_link(page, layer_page(layer))}">layer {html.escape(layer)}</a>']
-    if at > 0:
+    if channel > 0:
         nav.insert(
-            0,
-            f'<a rel="prev" href="{_link(page, unit_page(layer, channels[at - 1]))}">&larr; channel '
-            f"{channels[at - 1]}</a>",
+            0, f'<a rel="prev" href="{_link(page, unit_page(layer, channel - 1))}">&larr; channel {channel - 1}</a>'
         )
-    if at + 1 < len(channels):
+    if channel + 1 < census.channels(layer):
         nav.append(
-            f'<a rel="next" href="{_link(page, unit_page(layer, channels[at + 1]))}">channel '
-            f"{channels[at + 1]} &rarr;</a>"
+            f'<a rel="next" href="{_link(page, unit_page(layer, channel + 1))}">channel {channel + 1} &rarr;</a>'
         )
     nav.append(f'<a href="{_link(page, "index.html")}">report</a>')
     if unit.top:
@@ -413,13 +398,9 @@ def write_pages(out_dir: Path, census: Census) -> list[Path]:
     infos = json.loads(info_file.read_text()) if info_file.is_file() else {}
     written = [_save(out / STYLESHEET, STYLE.lstrip())]
     for layer in census.layers:
-        table = census.table(layer)
-        rows = [{k: float(v[c]) for k, v in table.items()} for c in range(census.channels(layer))]
         tops, bottoms = sheet_panels(out, layer), sheet_panels(out, layer, "bottom")
-        channels = list(range(census.channels(layer)))
-        for c in channels:
-            unit = census.unit(layer, c)
-            text = _unit(out, census, unit, rows[c], channels, tops.get(c), bottoms.get(c), infos.get(layer))
+        for c in range(census.channels(layer)):
+            text = _unit(out, census, census.unit(layer, c), tops.get(c), bottoms.get(c), infos.get(layer))
             written.append(_save(out / unit_page(layer, c), text))
-        written.append(_save(out / layer_page(layer), _layer(census, layer, table, tops)))
+        written.append(_save(out / layer_page(layer), _layer(census, layer, census.table(layer), tops)))
     return [p.relative_to(out) for p in written]
